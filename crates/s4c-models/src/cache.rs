@@ -1,0 +1,131 @@
+//! The key/value cache: preallocated per layer, compacted on device after tree verification.
+
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+
+/// Keys and values of every layer, `[1, kv_heads, capacity, head_dim]` each, of which the first
+/// `len` slots are valid.
+///
+/// A forward pass appends its new tokens at `len..len + n` (remembering where the block started);
+/// after verification, [`KvCache::commit`] keeps only the accepted entries of that block, moved into
+/// contiguous slots, and [`KvCache::truncate`] rolls back.
+pub struct KvCache<B: Backend> {
+    keys: Vec<Option<Tensor<B, 4>>>,
+    values: Vec<Option<Tensor<B, 4>>>,
+    len: usize,
+    block_start: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `capacity` tokens of a model with `config`, stored in `dtype`.
+    pub fn new(config: &LlamaConfig, capacity: usize, device: &B::Device, dtype: DType) -> Self {
+        let shape = [1, config.num_kv_heads, capacity, config.head_dim];
+        let mk = || Some(Tensor::<B, 4>::zeros(shape, (device, dtype)));
+        KvCache {
+            keys: (0..config.num_layers).map(|_| mk()).collect(),
+            values: (0..config.num_layers).map(|_| mk()).collect(),
+            len: 0,
+            block_start: 0,
+            capacity,
+        }
+    }
+
+    /// Number of valid entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum number of entries.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Where the block appended by the latest forward pass starts.
+    pub fn block_start(&self) -> usize {
+        self.block_start
+    }
+
+    /// Forgets every entry from `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+        self.block_start = self.block_start.min(self.len);
+    }
+
+    /// Empties the cache (keeping its memory).
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Keeps, of the block appended by the latest forward pass, the entries at offsets `keep`
+    /// (in that order), moved to the slots right after the block's start; drops the rest.
+    ///
+    /// `keep` are offsets into the block (tree node indices when the block was a verification
+    /// tree). One gather and one slice-assign per layer, on device; nothing is read back.
+    pub fn commit(&mut self, keep: &[usize]) -> Result<()> {
+        let start = self.block_start;
+        let block = self.len - start;
+        if let Some(&bad) = keep.iter().find(|&&i| i >= block) {
+            return Err(ModelError::InvalidInput(format!(
+                "commit: offset {bad} is outside the last block of {block} entries"
+            )));
+        }
+        let is_prefix = keep.iter().enumerate().all(|(i, &k)| i == k);
+        if !is_prefix {
+            let device = self.device();
+            let idx: Vec<i64> = keep.iter().map(|&k| (start + k) as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [keep.len()]), &device);
+            for slot in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                let t = slot.take().expect("cache tensor present between calls");
+                let kept = t.clone().select(2, idx.clone());
+                let dims = t.dims();
+                let t = t.slice_assign(
+                    [0..1, 0..dims[1], start..start + keep.len(), 0..dims[3]],
+                    kept,
+                );
+                *slot = Some(t);
+            }
+        }
+        self.len = start + keep.len();
+        Ok(())
+    }
+
+    fn device(&self) -> B::Device {
+        self.keys[0].as_ref().expect("cache tensor present").device()
+    }
+
+    /// Writes the keys and values of `n` new tokens of `layer` at `len..len + n` and returns the
+    /// valid prefix `[.., 0..len + n, ..]` of both. Call [`KvCache::advance`] after the last layer.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [_, heads, n, hd] = k.dims();
+        let (start, end) = (self.len, self.len + n);
+        let mut out = [k, v].into_iter().zip([&mut self.keys[layer], &mut self.values[layer]]).map(
+            |(new, slot)| {
+                let t = slot.take().expect("cache tensor present between calls");
+                let t = t.slice_assign([0..1, 0..heads, start..end, 0..hd], new);
+                let valid = t.clone().slice([0..1, 0..heads, 0..end, 0..hd]);
+                *slot = Some(t);
+                valid
+            },
+        );
+        (out.next().unwrap(), out.next().unwrap())
+    }
+
+    /// Marks `n` appended tokens as valid (end of a forward pass).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.block_start = self.len;
+        self.len += n;
+    }
+}

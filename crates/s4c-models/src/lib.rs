@@ -1,0 +1,44 @@
+//! Llama-family causal language models on [Burn](https://burn.dev), ready for speculative
+//! decoding: arbitrary per-token positions, a tree attention mask over `[cached ‖ new]`, final-norm
+//! features for every new token, and a KV cache that keeps only the accepted tokens.
+//!
+//! Load a GGUF file or a Hugging Face folder with [`load`], then call [`CausalLm::forward`].
+//!
+//! ```no_run
+//! use s4c_models::{load, CausalLm, Input, LoadOptions, Logits};
+//! type B = burn::backend::Flex;
+//! # fn main() -> Result<(), s4c_models::ModelError> {
+//! let device = Default::default();
+//! let m = load::<B>("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &device, &LoadOptions::default())?;
+//! let ids = m.tokenizer.encode("The three primary colors are")?;
+//! let mut cache = m.model.new_cache(256);
+//! let out = m.model.forward(&Input::causal(&ids, 0, Logits::Last), &mut cache)?;
+//! assert_eq!(out.logits.dims()[1], m.model.config().vocab_size);
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod host;
+pub mod llama;
+pub mod lm;
+pub mod loader;
+pub mod mask;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+pub use cache::KvCache;
+pub use chat::{ChatTemplate, Message, TemplateKind};
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use host::HostTensor;
+pub use llama::Llama;
+pub use lm::{CausalLm, Input, LmOutput, Logits};
+pub use loader::{convert_to_hf, load, LoadOptions, LoadedModel, ModelFiles};
+pub use mask::AttentionMask;
+pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};

@@ -1,0 +1,350 @@
+//! The Llama decoder on Burn: RMSNorm, rotate-half rotary embeddings, grouped-query attention with
+//! an arbitrary mask over `[cached ‖ new]`, SwiGLU MLP, optional tied embeddings.
+
+use burn::tensor::{
+    activation::silu, backend::Backend, module::attention, ops::AttentionModuleOptions, DType, Int,
+    Tensor, TensorData,
+};
+
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::host::HostTensor;
+use crate::lm::{CausalLm, Input, Logits, LmOutput};
+use crate::weights::WeightSource;
+
+struct Layer<B: Backend> {
+    attn_norm: Tensor<B, 2>,
+    /// `[hidden, q + 2·kv]`: query, key and value projections fused.
+    wqkv: Tensor<B, 2>,
+    /// `[q, hidden]`
+    wo: Tensor<B, 2>,
+    mlp_norm: Tensor<B, 2>,
+    /// `[hidden, 2·intermediate]`: gate and up projections fused.
+    w_gate_up: Tensor<B, 2>,
+    /// `[intermediate, hidden]`
+    w_down: Tensor<B, 2>,
+}
+
+/// A Llama-family causal language model on backend `B`.
+pub struct Llama<B: Backend> {
+    config: LlamaConfig,
+    device: B::Device,
+    dtype: DType,
+    /// `[vocab, hidden]`
+    embed: Tensor<B, 2>,
+    /// `[hidden, vocab]`; for tied embeddings this is a transposed view of `embed`.
+    lm_head: Tensor<B, 2>,
+    layers: Vec<Layer<B>>,
+    final_norm: Tensor<B, 2>,
+    /// `[max_positions, head_dim]` cosines and sign-folded sines (rotate-half convention).
+    rope_cos: Tensor<B, 2>,
+    rope_sin: Tensor<B, 2>,
+    max_positions: usize,
+}
+
+/// Inverse rotary frequencies, with Llama 3 scaling when configured.
+pub fn inv_frequencies(config: &LlamaConfig) -> Vec<f64> {
+    let d = config.head_dim;
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
+    let Some(rs) = config.rope_scaling else {
+        return base;
+    };
+    let old = rs.original_max_position_embeddings as f64;
+    let low_wavelen = old / rs.low_freq_factor;
+    let high_wavelen = old / rs.high_freq_factor;
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / rs.factor
+            } else {
+                let smooth = (old / wavelen - rs.low_freq_factor)
+                    / (rs.high_freq_factor - rs.low_freq_factor);
+                (1.0 - smooth) * f / rs.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model from a weight source, checking every shape against `config`.
+    ///
+    /// `max_positions` bounds the positions the rotary table covers (and so the context).
+    pub fn from_weights(
+        config: &LlamaConfig,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+        dtype: DType,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let c = config;
+        let (h, q, kv, inter) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let t = weights.tensor(name)?;
+            if t.shape != shape {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.into(),
+                    found: t.shape,
+                    expected: shape.to_vec(),
+                });
+            }
+            Ok(t)
+        };
+        let up = |t: HostTensor| -> Tensor<B, 2> {
+            let shape = [t.shape[0], t.shape.get(1).copied().unwrap_or(1)];
+            Tensor::from_data(TensorData::new(t.data, shape), (device, dtype))
+        };
+        let norm = |t: HostTensor| -> Tensor<B, 2> {
+            let n = t.len();
+            Tensor::from_data(TensorData::new(t.data, [1, n]), (device, dtype))
+        };
+        // Linear weights are stored `[out, in]` in files; the forward wants `[in, out]`.
+        let fused = |parts: Vec<HostTensor>| -> Tensor<B, 2> {
+            let cols: usize = parts.iter().map(|p| p.shape[0]).sum();
+            let rows = parts[0].shape[1];
+            let mut data = Vec::with_capacity(rows * cols);
+            let ts: Vec<HostTensor> = parts.iter().map(HostTensor::transpose).collect();
+            for r in 0..rows {
+                for t in &ts {
+                    let w = t.shape[1];
+                    data.extend_from_slice(&t.data[r * w..(r + 1) * w]);
+                }
+            }
+            Tensor::from_data(TensorData::new(data, [rows, cols]), (device, dtype))
+        };
+        let embed = up(get("model.embed_tokens.weight", &[c.vocab_size, h])?);
+        let lm_head = if c.tie_word_embeddings || !weights.has("lm_head.weight") {
+            embed.clone().transpose()
+        } else {
+            up(get("lm_head.weight", &[c.vocab_size, h])?.transpose())
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                attn_norm: norm(get(&format!("{p}.input_layernorm.weight"), &[h])?),
+                wqkv: fused(vec![
+                    get(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                    get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                    get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                ]),
+                wo: fused(vec![get(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?]),
+                mlp_norm: norm(get(&format!("{p}.post_attention_layernorm.weight"), &[h])?),
+                w_gate_up: fused(vec![
+                    get(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
+                    get(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
+                ]),
+                w_down: fused(vec![get(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?]),
+            });
+        }
+        let final_norm = norm(get("model.norm.weight", &[h])?);
+        let max_positions = max_positions.max(1);
+        let inv = inv_frequencies(c);
+        let half = c.head_dim / 2;
+        let mut cos = Vec::with_capacity(max_positions * c.head_dim);
+        let mut sin = Vec::with_capacity(max_positions * c.head_dim);
+        for p in 0..max_positions {
+            for s in 0..2 {
+                for f in &inv {
+                    let a = p as f64 * f;
+                    cos.push(a.cos() as f32);
+                    // rotate_half(x) = [-x2, x1]; swap(x) = [x2, x1]; fold the sign into sin.
+                    sin.push(if s == 0 { -a.sin() } else { a.sin() } as f32);
+                }
+            }
+        }
+        debug_assert_eq!(cos.len(), max_positions * 2 * half);
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(
+                TensorData::new(v, [max_positions, c.head_dim]),
+                (device, dtype),
+            )
+        };
+        Ok(Llama {
+            config: c.clone(),
+            device: device.clone(),
+            dtype,
+            embed,
+            lm_head,
+            layers,
+            final_norm,
+            rope_cos: table(cos),
+            rope_sin: table(sin),
+            max_positions,
+        })
+    }
+
+    /// The float dtype of weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The largest position + 1 this instance supports.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// The LM head's weights, `[hidden, vocab]`.
+    pub fn lm_head_weight(&self) -> Tensor<B, 2> {
+        self.lm_head.clone()
+    }
+
+    fn rms_norm(&self, x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
+        let ms = (x.clone() * x.clone()).mean_dim(1);
+        let inv = (ms + self.config.rms_norm_eps).sqrt().recip();
+        x * inv * w.clone()
+    }
+
+    /// `x·cos + swap_halves(x)·sin`, with `x: [n, heads, head_dim]`, tables `[n, 1, head_dim]`.
+    fn rope(x: Tensor<B, 3>, cos: &Tensor<B, 3>, sin: &Tensor<B, 3>) -> Tensor<B, 3> {
+        let [n, heads, hd] = x.dims();
+        let half = hd / 2;
+        let x1 = x.clone().slice([0..n, 0..heads, 0..half]);
+        let x2 = x.clone().slice([0..n, 0..heads, half..hd]);
+        let swapped = Tensor::cat(vec![x2, x1], 2);
+        x * cos.clone() + swapped * sin.clone()
+    }
+
+    fn validate(&self, input: &Input<'_>, cache: &KvCache<B>) -> Result<()> {
+        let n = input.tokens.len();
+        if n == 0 {
+            return Err(ModelError::InvalidInput("forward called with no tokens".into()));
+        }
+        if input.positions.len() != n {
+            return Err(ModelError::InvalidInput(format!(
+                "{} positions for {n} tokens",
+                input.positions.len()
+            )));
+        }
+        if cache.len() + n > cache.capacity() {
+            return Err(ModelError::InvalidInput(format!(
+                "context full: {} cached + {n} new tokens exceed the cache capacity of {}; \
+                 use a shorter prompt or fewer new tokens",
+                cache.len(),
+                cache.capacity()
+            )));
+        }
+        if let Some(&p) = input.positions.iter().find(|&&p| p >= self.max_positions) {
+            return Err(ModelError::InvalidInput(format!(
+                "position {p} is beyond the model's context of {} tokens",
+                self.max_positions
+            )));
+        }
+        if let Some(&t) = input.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        if let Some(m) = input.mask {
+            if m.rows() != n || m.cols() != cache.len() + n {
+                return Err(ModelError::InvalidInput(format!(
+                    "mask is {}×{}, expected {n}×{}",
+                    m.rows(),
+                    m.cols(),
+                    cache.len() + n
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn ids(&self, v: impl Iterator<Item = i64>) -> Tensor<B, 1, Int> {
+        let v: Vec<i64> = v.collect();
+        let n = v.len();
+        Tensor::from_data(TensorData::new(v, [n]), &self.device)
+    }
+}
+
+impl<B: Backend> CausalLm<B> for Llama<B> {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        KvCache::new(&self.config, capacity.min(self.max_positions), &self.device, self.dtype)
+    }
+
+    fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.embed.clone().select(0, tokens)
+    }
+
+    fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
+        features.matmul(self.lm_head.clone())
+    }
+
+    fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>> {
+        self.validate(input, cache)?;
+        let c = &self.config;
+        let n = input.tokens.len();
+        let (heads, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let group = c.group_size();
+        let (qd, kvd) = (heads * hd, kvh * hd);
+        let cached = cache.len();
+
+        let mut x = self.embed(self.ids(input.tokens.iter().map(|&t| t as i64)));
+        let pos = self.ids(input.positions.iter().map(|&p| p as i64));
+        let cos = self.rope_cos.clone().select(0, pos.clone()).reshape([n, 1, hd]);
+        let sin = self.rope_sin.clone().select(0, pos).reshape([n, 1, hd]);
+        let mask = match input.mask {
+            Some(m) => Some(m.to_burn::<B>(kvh, group, &self.device)),
+            None if n > 1 => {
+                Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(kvh, group, &self.device))
+            }
+            None => None,
+        };
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            let xn = self.rms_norm(x.clone(), &layer.attn_norm);
+            let qkv = xn.matmul(layer.wqkv.clone());
+            let q = qkv.clone().slice([0..n, 0..qd]).reshape([n, heads, hd]);
+            let k = qkv.clone().slice([0..n, qd..qd + kvd]).reshape([n, kvh, hd]);
+            let v = qkv.slice([0..n, qd + kvd..qd + 2 * kvd]).reshape([n, kvh, hd]);
+            let q = Self::rope(q, &cos, &sin);
+            let k = Self::rope(k, &cos, &sin);
+            // Queries of one KV group side by side: [1, kv_heads, group·n, hd].
+            let q = q.swap_dims(0, 1).reshape([1, kvh, group * n, hd]);
+            let k = k.swap_dims(0, 1).reshape([1, kvh, n, hd]);
+            let v = v.swap_dims(0, 1).reshape([1, kvh, n, hd]);
+            let (k_all, v_all) = cache.append(l, k, v);
+            let att = attention(
+                q,
+                k_all,
+                v_all,
+                mask.clone(),
+                None,
+                AttentionModuleOptions::default(),
+            );
+            let att = att.reshape([heads, n, hd]).swap_dims(0, 1).reshape([n, qd]);
+            x = x + att.matmul(layer.wo.clone());
+
+            let xn = self.rms_norm(x.clone(), &layer.mlp_norm);
+            let gu = xn.matmul(layer.w_gate_up.clone());
+            let inter = c.intermediate_size;
+            let gate = gu.clone().slice([0..n, 0..inter]);
+            let up = gu.slice([0..n, inter..2 * inter]);
+            x = x + (silu(gate) * up).matmul(layer.w_down.clone());
+        }
+        cache.advance(n);
+        let features = self.rms_norm(x, &self.final_norm);
+        let logits = match input.logits {
+            Logits::All => self.lm_head(features.clone()),
+            Logits::Last => self.lm_head(features.clone().slice([n - 1..n, 0..c.hidden_size])),
+        };
+        Ok(LmOutput { logits, features })
+    }
+}

@@ -1,0 +1,78 @@
+//! The backend-generic interface every target model implements.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::mask::AttentionMask;
+
+/// Which rows of logits a forward pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// One row per new token (verification).
+    All,
+    /// Only the last new token's row (prefill, plain decoding).
+    Last,
+}
+
+/// The new tokens of one forward pass.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    /// Token ids.
+    pub tokens: &'a [u32],
+    /// Rotary position of each token.
+    pub positions: Vec<usize>,
+    /// Visibility over `[cached ‖ new]`; `None` is causal.
+    pub mask: Option<&'a AttentionMask>,
+    /// Which logits rows to compute.
+    pub logits: Logits,
+}
+
+impl<'a> Input<'a> {
+    /// A causal block of tokens at positions `start..start + n`.
+    pub fn causal(tokens: &'a [u32], start: usize, logits: Logits) -> Self {
+        Input {
+            tokens,
+            positions: (start..start + tokens.len()).collect(),
+            mask: None,
+            logits,
+        }
+    }
+
+    /// A verification tree: explicit positions (prefix length + depth) and a tree mask.
+    pub fn tree(tokens: &'a [u32], positions: Vec<usize>, mask: &'a AttentionMask) -> Self {
+        Input {
+            tokens,
+            positions,
+            mask: Some(mask),
+            logits: Logits::All,
+        }
+    }
+}
+
+/// The outputs of a forward pass.
+#[derive(Debug, Clone)]
+pub struct LmOutput<B: Backend> {
+    /// `[rows, vocab]` logits (rows per [`Logits`]).
+    pub logits: Tensor<B, 2>,
+    /// `[n, hidden]` final-norm hidden states of every new token: the drafter's features.
+    pub features: Tensor<B, 2>,
+}
+
+/// A causal language model that can verify token trees.
+pub trait CausalLm<B: Backend> {
+    /// The model's hyper-parameters.
+    fn config(&self) -> &LlamaConfig;
+    /// The device its weights live on.
+    fn device(&self) -> &B::Device;
+    /// A fresh KV cache for up to `capacity` tokens.
+    fn new_cache(&self, capacity: usize) -> KvCache<B>;
+    /// Token embeddings, `[n, hidden]`.
+    fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2>;
+    /// LM head: features `[n, hidden]` → logits `[n, vocab]`.
+    fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2>;
+    /// Runs the new tokens against the cache, appends their keys and values, and returns their
+    /// logits and features. No host synchronisation happens inside.
+    fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>>;
+}

@@ -1,0 +1,203 @@
+//! Loading a model by path: a GGUF file or a Hugging Face folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{backend::Backend, DType};
+use serde_json::Value;
+
+use crate::chat::ChatTemplate;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::host::HostTensor;
+use crate::llama::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{write_safetensors, GgufWeights, SafetensorsWeights, WeightSource};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Float type of weights and activations.
+    pub dtype: DType,
+    /// Longest context to support (bounded by the model's own); sizes the rotary table.
+    pub max_context: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            max_context: 4096,
+        }
+    }
+}
+
+/// A model with its tokenizer and chat template.
+pub struct LoadedModel<B: Backend> {
+    /// The network.
+    pub model: Llama<B>,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template, when the files name one.
+    pub template: Option<ChatTemplate>,
+    /// Where it came from.
+    pub path: PathBuf,
+    /// The storage types of the weights on disk (for `s4c info`).
+    pub file_dtypes: Vec<String>,
+}
+
+/// The parts of a model on disk, before any tensor is read.
+pub struct ModelFiles {
+    /// Hyper-parameters.
+    pub config: LlamaConfig,
+    /// Weights by Hugging Face name.
+    pub weights: Box<dyn WeightSource>,
+    /// Tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Chat template, if the files name one.
+    pub template: Option<ChatTemplate>,
+    /// Storage types found on disk.
+    pub file_dtypes: Vec<String>,
+}
+
+impl ModelFiles {
+    /// Opens a GGUF file or a Hugging Face folder (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::open_hf(path)
+        } else if path.exists() {
+            Self::open_gguf(path)
+        } else {
+            Err(ModelError::NotFound {
+                path: path.to_path_buf(),
+                what: "a GGUF file or a Hugging Face model folder",
+            })
+        }
+    }
+
+    fn open_gguf(path: &Path) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let config = LlamaConfig::from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let template = file.meta_str("tokenizer.chat_template").and_then(ChatTemplate::detect);
+        let mut file_dtypes: Vec<String> = file.tensors().values().map(|t| t.ty.name()).collect();
+        file_dtypes.sort();
+        file_dtypes.dedup();
+        Ok(ModelFiles {
+            weights: Box::new(GgufWeights::new(file, &config)),
+            config,
+            tokenizer,
+            template,
+            file_dtypes,
+        })
+    }
+
+    fn open_hf(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| ModelError::io(&cfg_path, "config.json", e))?;
+        let config = LlamaConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| match v.get("chat_template")? {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(a) => a
+                    .iter()
+                    .find_map(|t| t.get("template")?.as_str().map(str::to_string)),
+                _ => None,
+            })
+            .and_then(|j| ChatTemplate::detect(&j));
+        Ok(ModelFiles {
+            config,
+            weights: Box::new(weights),
+            tokenizer,
+            template,
+            file_dtypes: vec!["safetensors".into()],
+        })
+    }
+
+    /// Every tensor the Llama architecture needs, by Hugging Face name, in `f32`.
+    pub fn all_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
+        let c = &self.config;
+        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".into()];
+        if !c.tie_word_embeddings && self.weights.has("lm_head.weight") {
+            names.push("lm_head.weight".into());
+        }
+        for l in 0..c.num_layers {
+            for t in [
+                "input_layernorm",
+                "post_attention_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
+                names.push(format!("model.layers.{l}.{t}.weight"));
+            }
+        }
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.weights.tensor(&n)?)))
+            .collect()
+    }
+}
+
+/// Loads a model (GGUF file or Hugging Face folder) onto `device`.
+pub fn load<B: Backend>(path: &Path, device: &B::Device, options: &LoadOptions) -> Result<LoadedModel<B>> {
+    let files = ModelFiles::open(path)?;
+    let max_positions = options.max_context.min(files.config.max_position_embeddings).max(1);
+    let model = Llama::from_weights(&files.config, files.weights.as_ref(), device, options.dtype, max_positions)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: files.tokenizer,
+        template: files.template,
+        path: path.to_path_buf(),
+        file_dtypes: files.file_dtypes,
+    })
+}
+
+/// Writes a Hugging Face folder (`config.json`, `model.safetensors` in f32, `tokenizer.json`,
+/// `tokenizer_config.json`) equivalent to the model at `src`.
+pub fn convert_to_hf(src: &Path, out: &Path) -> Result<()> {
+    let files = ModelFiles::open(src)?;
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, "output folder", e))?;
+    let w = |name: &str, text: String| -> Result<()> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| ModelError::io(&p, "output file", e))
+    };
+    w("config.json", serde_json::to_string_pretty(&files.config.to_hf_json()).unwrap_or_default())?;
+    w("tokenizer.json", files.tokenizer.to_json().to_string())?;
+    if let Some(t) = &files.template {
+        let jinja = template_jinja(t);
+        w(
+            "tokenizer_config.json",
+            serde_json::to_string_pretty(&serde_json::json!({ "chat_template": jinja }))
+                .unwrap_or_default(),
+        )?;
+    }
+    write_safetensors(&out.join("model.safetensors"), &files.all_tensors()?)
+}
+
+/// A minimal Jinja template that [`ChatTemplate::detect`] maps back to `t`.
+fn template_jinja(t: &ChatTemplate) -> String {
+    use crate::chat::TemplateKind::*;
+    match t.kind {
+        ChatMl => {
+            let sys = t.default_system.as_deref().map(|s| {
+                format!("{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ '<|im_start|>system\n{s}<|im_end|>\n' }}}}{{% endif %}}")
+            }).unwrap_or_default();
+            format!("{{% for message in messages %}}{sys}{{{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}}}{{% endfor %}}")
+        }
+        Llama3 => "<|start_header_id|>".into(),
+        Llama2 => "[INST]".into(),
+        Vicuna => "USER: ASSISTANT:".into(),
+    }
+}

@@ -1,0 +1,165 @@
+//! Tokenizer: Hugging Face `tokenizers` loaded from `tokenizer.json`, or built from GGUF metadata.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// A text ↔ token-id codec with the model's special tokens.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    json: String,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+/// The Llama 3 pre-tokenizer split pattern.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl Tokenizer {
+    /// Parses the text of a `tokenizer.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|e| ModelError::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
+        Ok(Tokenizer {
+            inner,
+            json: text.to_string(),
+        })
+    }
+
+    /// Loads a `tokenizer.json` file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ModelError::io(path, "tokenizer.json", e))?;
+        Self::from_json(&text).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Builds the byte-level BPE tokenizer described by GGUF metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        Self::from_json(&Self::gguf_to_json(gguf)?.to_string())
+    }
+
+    /// The `tokenizer.json` equivalent of GGUF tokenizer metadata.
+    pub fn gguf_to_json(gguf: &GgufFile) -> Result<Value> {
+        let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("");
+        if model != "gpt2" {
+            return Err(ModelError::Tokenizer(format!(
+                "GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\"); \
+                 use the model's Hugging Face folder with its tokenizer.json instead"
+            )));
+        }
+        let tokens = gguf
+            .meta_strings("tokenizer.ggml.tokens")
+            .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+        let merges = gguf
+            .meta_strings("tokenizer.ggml.merges")
+            .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.merges".into()))?;
+        let types = gguf.meta_ints("tokenizer.ggml.token_type").unwrap_or_default();
+        let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = match pre {
+            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level]}),
+            "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            "default" | "gpt2" | "gpt-2" => byte_level,
+            other => {
+                return Err(ModelError::Tokenizer(format!(
+                    "GGUF pre-tokenizer {other:?} is not supported (smollm, llama-bpe, gpt2); \
+                     use the model's Hugging Face folder with its tokenizer.json instead"
+                )))
+            }
+        };
+        let mut vocab = serde_json::Map::new();
+        let mut added = vec![];
+        for (id, t) in tokens.iter().enumerate() {
+            vocab.insert(t.to_string(), json!(id));
+            // 3 = control, 4 = user-defined: matched whole in the input text.
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}));
+            }
+        }
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges},
+        }))
+    }
+
+    /// The `tokenizer.json` text (for `s4c convert`).
+    pub fn to_json(&self) -> &str {
+        &self.json
+    }
+
+    /// Token ids of `text`, special-token strings matched, no BOS/EOS added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; special tokens are kept when `skip_special` is false.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Turns a stream of token ids into a stream of text pieces, holding back incomplete UTF-8.
+#[derive(Debug, Clone, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl StreamDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds tokens and returns the newly completed text (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, new: &[u32]) -> Result<String> {
+        self.ids.extend_from_slice(new);
+        let text = tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}
