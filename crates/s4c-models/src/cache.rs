@@ -98,7 +98,10 @@ impl<B: Backend> KvCache<B> {
     }
 
     fn device(&self) -> B::Device {
-        self.keys[0].as_ref().expect("cache tensor present").device()
+        self.keys[0]
+            .as_ref()
+            .expect("cache tensor present")
+            .device()
     }
 
     /// Writes the keys and values of `n` new tokens of `layer` at `len..len + n` and returns the
@@ -111,15 +114,16 @@ impl<B: Backend> KvCache<B> {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [_, heads, n, hd] = k.dims();
         let (start, end) = (self.len, self.len + n);
-        let mut out = [k, v].into_iter().zip([&mut self.keys[layer], &mut self.values[layer]]).map(
-            |(new, slot)| {
+        let mut out = [k, v]
+            .into_iter()
+            .zip([&mut self.keys[layer], &mut self.values[layer]])
+            .map(|(new, slot)| {
                 let t = slot.take().expect("cache tensor present between calls");
                 let t = t.slice_assign([0..1, 0..heads, start..end, 0..hd], new);
                 let valid = t.clone().slice([0..1, 0..heads, 0..end, 0..hd]);
                 *slot = Some(t);
                 valid
-            },
-        );
+            });
         (out.next().unwrap(), out.next().unwrap())
     }
 

@@ -167,7 +167,9 @@ impl ChatTemplate {
                                 out += "<s>";
                             }
                             let content = match sys.take() {
-                                Some(s) => format!("<<SYS>>\n{s}\n<</SYS>>\n\n{}", m.content.trim()),
+                                Some(s) => {
+                                    format!("<<SYS>>\n{s}\n<</SYS>>\n\n{}", m.content.trim())
+                                }
                                 None => m.content.trim().to_string(),
                             };
                             out += &format!("[INST] {content} [/INST]");
@@ -205,11 +207,17 @@ mod tests {
             Message::new("user", "Q2"),
         ];
         let v = ChatTemplate::new(TemplateKind::Vicuna).render(&conv);
-        assert_eq!(v, format!("{VICUNA_SYSTEM} USER: Q1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:"));
+        assert_eq!(
+            v,
+            format!("{VICUNA_SYSTEM} USER: Q1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:")
+        );
         let mut sys = vec![Message::new("system", "S")];
         sys.extend(conv.iter().cloned());
         let l2 = ChatTemplate::new(TemplateKind::Llama2).render(&sys);
-        assert_eq!(l2, "[INST] <<SYS>>\nS\n<</SYS>>\n\nQ1 [/INST] A1 </s><s>[INST] Q2 [/INST]");
+        assert_eq!(
+            l2,
+            "[INST] <<SYS>>\nS\n<</SYS>>\n\nQ1 [/INST] A1 </s><s>[INST] Q2 [/INST]"
+        );
         let l3 = ChatTemplate::new(TemplateKind::Llama3).render(&conv[..1]);
         assert_eq!(l3, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nQ1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         assert!("nope".parse::<TemplateKind>().is_err());

@@ -126,7 +126,11 @@ impl LlamaConfig {
         };
         let eos_token_ids = match obj.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             _ => vec![],
         };
         let cfg = LlamaConfig {
@@ -137,8 +141,14 @@ impl LlamaConfig {
             num_kv_heads,
             head_dim,
             vocab_size: req("vocab_size")?,
-            rms_norm_eps: obj.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
-            rope_theta: obj.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+            rms_norm_eps: obj
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
+            rope_theta: obj
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: obj
                 .get("max_position_embeddings")
@@ -148,7 +158,10 @@ impl LlamaConfig {
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            bos_token_id: obj.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: obj
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
             eos_token_ids,
         };
         cfg.validate(source_name)?;
@@ -185,8 +198,12 @@ impl LlamaConfig {
         let rope_scaling = match gguf.meta_str("llama.rope.scaling.type") {
             Some("llama3") => Some(Llama3RopeScaling {
                 factor: gguf.meta_f64("llama.rope.scaling.factor").unwrap_or(8.0),
-                low_freq_factor: gguf.meta_f64("llama.rope.scaling.low_freq_factor").unwrap_or(1.0),
-                high_freq_factor: gguf.meta_f64("llama.rope.scaling.high_freq_factor").unwrap_or(4.0),
+                low_freq_factor: gguf
+                    .meta_f64("llama.rope.scaling.low_freq_factor")
+                    .unwrap_or(1.0),
+                high_freq_factor: gguf
+                    .meta_f64("llama.rope.scaling.high_freq_factor")
+                    .unwrap_or(4.0),
                 original_max_position_embeddings: gguf
                     .meta_u64("llama.rope.scaling.original_context_length")
                     .unwrap_or(8192) as usize,
@@ -208,7 +225,9 @@ impl LlamaConfig {
             rope_scaling,
             max_position_embeddings: u("context_length").unwrap_or(2048),
             tie_word_embeddings: !gguf.has_tensor("output.weight"),
-            bos_token_id: gguf.meta_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
+            bos_token_id: gguf
+                .meta_u64("tokenizer.ggml.bos_token_id")
+                .map(|x| x as u32),
             eos_token_ids: gguf
                 .meta_u64("tokenizer.ggml.eos_token_id")
                 .map(|x| vec![x as u32])
@@ -224,7 +243,10 @@ impl LlamaConfig {
             (self.hidden_size > 0, "hidden_size must be positive"),
             (self.num_layers > 0, "num_hidden_layers must be positive"),
             (self.num_heads > 0, "num_attention_heads must be positive"),
-            (self.num_kv_heads > 0, "num_key_value_heads must be positive"),
+            (
+                self.num_kv_heads > 0,
+                "num_key_value_heads must be positive",
+            ),
             (
                 self.num_heads % self.num_kv_heads.max(1) == 0,
                 "num_attention_heads must be a multiple of num_key_value_heads",
@@ -234,7 +256,10 @@ impl LlamaConfig {
                 "head_dim must be positive and even",
             ),
             (self.vocab_size > 0, "vocab_size must be positive"),
-            (self.intermediate_size > 0, "intermediate_size must be positive"),
+            (
+                self.intermediate_size > 0,
+                "intermediate_size must be positive",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {
@@ -361,7 +386,10 @@ mod tests {
             r#"{"hidden_size":64,"intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2,"vocab_size":4}"#,
         ] {
             let err = LlamaConfig::from_hf_json(bad, "cfg").unwrap_err();
-            assert!(matches!(err, ModelError::InvalidConfig { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ModelError::InvalidConfig { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -163,7 +163,10 @@ impl<'a> Reader<'a> {
     fn len(&mut self) -> std::result::Result<usize, String> {
         let n = self.u64()?;
         if n > self.buf.len() as u64 {
-            return Err(format!("length {n} at offset {} exceeds the file", self.pos - 8));
+            return Err(format!(
+                "length {n} at offset {} exceeds the file",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }
@@ -227,7 +230,9 @@ impl GgufFile {
         }
         let version = r.u32().map_err(bad)?;
         if !(2..=3).contains(&version) {
-            return Err(bad(format!("unsupported GGUF version {version} (2 or 3 expected)")));
+            return Err(bad(format!(
+                "unsupported GGUF version {version} (2 or 3 expected)"
+            )));
         }
         let n_tensors = r.len().map_err(bad)?;
         let n_kv = r.len().map_err(bad)?;
@@ -268,11 +273,15 @@ impl GgufFile {
         };
         for (name, info) in &gguf.tensors {
             if let Some(bytes) = gguf.byte_len(info) {
-                let end = data_start.checked_add(info.offset).and_then(|s| s.checked_add(bytes));
+                let end = data_start
+                    .checked_add(info.offset)
+                    .and_then(|s| s.checked_add(bytes));
                 if end.is_none_or(|e| e > gguf.mmap.len()) {
                     return Err(ModelError::InvalidGguf {
                         path: gguf.path.clone(),
-                        reason: format!("tensor {name} extends past the end of the file (truncated download?)"),
+                        reason: format!(
+                            "tensor {name} extends past the end of the file (truncated download?)"
+                        ),
                     });
                 }
             }
@@ -395,7 +404,9 @@ impl GgufFile {
         if per_block > 1 && n % per_block != 0 {
             return Err(ModelError::InvalidGguf {
                 path: self.path.clone(),
-                reason: format!("tensor {name}: {n} elements is not a multiple of the block size {per_block}"),
+                reason: format!(
+                    "tensor {name}: {n} elements is not a multiple of the block size {per_block}"
+                ),
             });
         }
         let data = dequantize(info.ty, bytes, n)?;
@@ -432,7 +443,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
             }
         }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (bs, qs_at) = if ty == GgmlType::Q4_0 { (18, 2) } else { (20, 4) };
+            let (bs, qs_at) = if ty == GgmlType::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
             for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(bs)) {
                 let d = f16_at(b, 0);
                 let (m, off) = if ty == GgmlType::Q4_0 {
@@ -637,7 +652,13 @@ mod tests {
     fn q4_0_and_q4_1_blocks() {
         // byte j holds element j (low nibble) and element j + 16 (high nibble).
         let qs: Vec<u8> = (0..16).map(|j| (j as u8) | ((15 - j as u8) << 4)).collect();
-        let expect_q = |i: usize| if i < 16 { i as f32 } else { (15 - (i - 16)) as f32 };
+        let expect_q = |i: usize| {
+            if i < 16 {
+                i as f32
+            } else {
+                (15 - (i - 16)) as f32
+            }
+        };
         let mut b0 = h(2.0).to_vec();
         b0.extend(&qs);
         let out0 = dequantize(GgmlType::Q4_0, &b0, 32).unwrap();
@@ -692,7 +713,8 @@ mod tests {
                 let e = |k: usize| v(128 * half + 32 * k + l);
                 ql[64 * half + l] = (e(0) & 0xF) | ((e(2) & 0xF) << 4);
                 ql[64 * half + l + 32] = (e(1) & 0xF) | ((e(3) & 0xF) << 4);
-                qh[32 * half + l] = (e(0) >> 4) | ((e(1) >> 4) << 2) | ((e(2) >> 4) << 4) | ((e(3) >> 4) << 6);
+                qh[32 * half + l] =
+                    (e(0) >> 4) | ((e(1) >> 4) << 2) | ((e(2) >> 4) << 4) | ((e(3) >> 4) << 6);
             }
         }
         let scales: Vec<i8> = (0..16).map(|i| i as i8 - 8).collect();
@@ -712,7 +734,10 @@ mod tests {
         let vals = [1.5f32, -2.0, 0.0, 65504.0];
         let b16: Vec<u8> = vals.iter().flat_map(|&x| h(x)).collect();
         assert_eq!(dequantize(GgmlType::F16, &b16, 4).unwrap(), vals);
-        let bb: Vec<u8> = vals.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect();
+        let bb: Vec<u8> = vals
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect();
         let got = dequantize(GgmlType::BF16, &bb, 4).unwrap();
         assert_eq!(&got[..3], &vals[..3]);
         let b32: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -729,7 +754,10 @@ mod tests {
 
     #[test]
     fn reads_metadata_and_tensors() {
-        let t: Vec<u8> = [1f32, 2., 3., 4., 5., 6.].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let t: Vec<u8> = [1f32, 2., 3., 4., 5., 6.]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let bytes = GgufBuilder::new()
             .str("general.architecture", "llama")
             .u32("llama.block_count", 2)
@@ -742,11 +770,17 @@ mod tests {
         assert_eq!(g.meta_str("general.architecture"), Some("llama"));
         assert_eq!(g.meta_u64("llama.block_count"), Some(2));
         assert_eq!(g.meta_f64("llama.rope.freq_base"), Some(1e4));
-        assert_eq!(g.meta_strings("tokenizer.ggml.tokens").unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            g.meta_strings("tokenizer.ggml.tokens").unwrap(),
+            vec!["a", "b"]
+        );
         let w = g.tensor("w").unwrap();
         assert_eq!(w.shape, vec![2, 3]);
         assert_eq!(w.data, vec![1., 2., 3., 4., 5., 6.]);
-        assert!(matches!(g.tensor("nope"), Err(ModelError::MissingTensor(_))));
+        assert!(matches!(
+            g.tensor("nope"),
+            Err(ModelError::MissingTensor(_))
+        ));
     }
 
     #[test]
@@ -755,17 +789,29 @@ mod tests {
             .tensor("w", &[4], 0, vec![0u8; 16])
             .build();
         let p = write_tmp(b"GGML\x03\0\0\0", "magic.gguf");
-        assert!(matches!(GgufFile::open(&p), Err(ModelError::InvalidGguf { reason, .. }) if reason.contains("magic")));
+        assert!(
+            matches!(GgufFile::open(&p), Err(ModelError::InvalidGguf { reason, .. }) if reason.contains("magic"))
+        );
         let p = write_tmp(&good[..good.len() - 4], "trunc.gguf");
-        assert!(matches!(GgufFile::open(&p), Err(ModelError::InvalidGguf { .. })));
+        assert!(matches!(
+            GgufFile::open(&p),
+            Err(ModelError::InvalidGguf { .. })
+        ));
         let p = write_tmp(&good[..20], "trunc2.gguf");
-        assert!(matches!(GgufFile::open(&p), Err(ModelError::InvalidGguf { reason, .. }) if reason.contains("truncated")));
+        assert!(
+            matches!(GgufFile::open(&p), Err(ModelError::InvalidGguf { reason, .. }) if reason.contains("truncated"))
+        );
         let p = write_tmp(
-            &GgufBuilder::new().tensor("w", &[4], 99, vec![0u8; 16]).build(),
+            &GgufBuilder::new()
+                .tensor("w", &[4], 99, vec![0u8; 16])
+                .build(),
             "type.gguf",
         );
         let g = GgufFile::open(&p).unwrap();
-        assert!(matches!(g.tensor("w"), Err(ModelError::UnsupportedTensorType { .. })));
+        assert!(matches!(
+            g.tensor("w"),
+            Err(ModelError::UnsupportedTensorType { .. })
+        ));
         assert!(matches!(
             GgufFile::open("/nonexistent/model.gguf"),
             Err(ModelError::NotFound { .. })

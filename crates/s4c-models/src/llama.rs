@@ -10,7 +10,7 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::host::HostTensor;
-use crate::lm::{CausalLm, Input, Logits, LmOutput};
+use crate::lm::{CausalLm, Input, LmOutput, Logits};
 use crate::weights::WeightSource;
 
 struct Layer<B: Backend> {
@@ -144,7 +144,10 @@ impl<B: Backend> Llama<B> {
                     get(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
                     get(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
                 ]),
-                w_down: fused(vec![get(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?]),
+                w_down: fused(vec![get(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[h, inter],
+                )?]),
             });
         }
         let final_norm = norm(get("model.norm.weight", &[h])?);
@@ -218,7 +221,9 @@ impl<B: Backend> Llama<B> {
     fn validate(&self, input: &Input<'_>, cache: &KvCache<B>) -> Result<()> {
         let n = input.tokens.len();
         if n == 0 {
-            return Err(ModelError::InvalidInput("forward called with no tokens".into()));
+            return Err(ModelError::InvalidInput(
+                "forward called with no tokens".into(),
+            ));
         }
         if input.positions.len() != n {
             return Err(ModelError::InvalidInput(format!(
@@ -240,7 +245,11 @@ impl<B: Backend> Llama<B> {
                 self.max_positions
             )));
         }
-        if let Some(&t) = input.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&t) = input
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::InvalidInput(format!(
                 "token id {t} is outside the vocabulary of {}",
                 self.config.vocab_size
@@ -276,7 +285,12 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache<B> {
-        KvCache::new(&self.config, capacity.min(self.max_positions), &self.device, self.dtype)
+        KvCache::new(
+            &self.config,
+            capacity.min(self.max_positions),
+            &self.device,
+            self.dtype,
+        )
     }
 
     fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2> {
@@ -298,13 +312,19 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
         let mut x = self.embed(self.ids(input.tokens.iter().map(|&t| t as i64)));
         let pos = self.ids(input.positions.iter().map(|&p| p as i64));
-        let cos = self.rope_cos.clone().select(0, pos.clone()).reshape([n, 1, hd]);
+        let cos = self
+            .rope_cos
+            .clone()
+            .select(0, pos.clone())
+            .reshape([n, 1, hd]);
         let sin = self.rope_sin.clone().select(0, pos).reshape([n, 1, hd]);
         let mask = match input.mask {
             Some(m) => Some(m.to_burn::<B>(kvh, group, &self.device)),
-            None if n > 1 => {
-                Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(kvh, group, &self.device))
-            }
+            None if n > 1 => Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(
+                kvh,
+                group,
+                &self.device,
+            )),
             None => None,
         };
 
@@ -312,8 +332,13 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             let xn = self.rms_norm(x.clone(), &layer.attn_norm);
             let qkv = xn.matmul(layer.wqkv.clone());
             let q = qkv.clone().slice([0..n, 0..qd]).reshape([n, heads, hd]);
-            let k = qkv.clone().slice([0..n, qd..qd + kvd]).reshape([n, kvh, hd]);
-            let v = qkv.slice([0..n, qd + kvd..qd + 2 * kvd]).reshape([n, kvh, hd]);
+            let k = qkv
+                .clone()
+                .slice([0..n, qd..qd + kvd])
+                .reshape([n, kvh, hd]);
+            let v = qkv
+                .slice([0..n, qd + kvd..qd + 2 * kvd])
+                .reshape([n, kvh, hd]);
             let q = Self::rope(q, &cos, &sin);
             let k = Self::rope(k, &cos, &sin);
             // Queries of one KV group side by side: [1, kv_heads, group·n, hd].

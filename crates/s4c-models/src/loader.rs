@@ -81,7 +81,9 @@ impl ModelFiles {
         let file = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let template = file.meta_str("tokenizer.chat_template").and_then(ChatTemplate::detect);
+        let template = file
+            .meta_str("tokenizer.chat_template")
+            .and_then(ChatTemplate::detect);
         let mut file_dtypes: Vec<String> = file.tensors().values().map(|t| t.ty.name()).collect();
         file_dtypes.sort();
         file_dtypes.dedup();
@@ -124,7 +126,10 @@ impl ModelFiles {
     /// Every tensor the Llama architecture needs, by Hugging Face name, in `f32`.
     pub fn all_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
         let c = &self.config;
-        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".into()];
+        let mut names = vec![
+            "model.embed_tokens.weight".to_string(),
+            "model.norm.weight".into(),
+        ];
         if !c.tie_word_embeddings && self.weights.has("lm_head.weight") {
             names.push("lm_head.weight".into());
         }
@@ -151,10 +156,23 @@ impl ModelFiles {
 }
 
 /// Loads a model (GGUF file or Hugging Face folder) onto `device`.
-pub fn load<B: Backend>(path: &Path, device: &B::Device, options: &LoadOptions) -> Result<LoadedModel<B>> {
+pub fn load<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel<B>> {
     let files = ModelFiles::open(path)?;
-    let max_positions = options.max_context.min(files.config.max_position_embeddings).max(1);
-    let model = Llama::from_weights(&files.config, files.weights.as_ref(), device, options.dtype, max_positions)?;
+    let max_positions = options
+        .max_context
+        .min(files.config.max_position_embeddings)
+        .max(1);
+    let model = Llama::from_weights(
+        &files.config,
+        files.weights.as_ref(),
+        device,
+        options.dtype,
+        max_positions,
+    )?;
     Ok(LoadedModel {
         model,
         tokenizer: files.tokenizer,
@@ -173,7 +191,10 @@ pub fn convert_to_hf(src: &Path, out: &Path) -> Result<()> {
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| ModelError::io(&p, "output file", e))
     };
-    w("config.json", serde_json::to_string_pretty(&files.config.to_hf_json()).unwrap_or_default())?;
+    w(
+        "config.json",
+        serde_json::to_string_pretty(&files.config.to_hf_json()).unwrap_or_default(),
+    )?;
     w("tokenizer.json", files.tokenizer.to_json().to_string())?;
     if let Some(t) = &files.template {
         let jinja = template_jinja(t);

@@ -18,7 +18,11 @@ impl AttentionMask {
     ///
     /// Returns `None` when the table's size is not `rows × cols`.
     pub fn new(rows: usize, cols: usize, visible: Vec<bool>) -> Option<Self> {
-        (visible.len() == rows * cols && cols >= rows).then_some(AttentionMask { rows, cols, visible })
+        (visible.len() == rows * cols && cols >= rows).then_some(AttentionMask {
+            rows,
+            cols,
+            visible,
+        })
     }
 
     /// The causal mask of `n` new tokens after `cached` tokens.
@@ -27,7 +31,11 @@ impl AttentionMask {
         let visible = (0..n)
             .flat_map(|i| (0..cols).map(move |j| j <= cached + i))
             .collect();
-        AttentionMask { rows: n, cols, visible }
+        AttentionMask {
+            rows: n,
+            cols,
+            visible,
+        }
     }
 
     /// A tree mask: every new token sees all `cached` tokens and the new tokens `j` with
@@ -38,11 +46,13 @@ impl AttentionMask {
         }
         let cols = cached + n;
         let visible = (0..n)
-            .flat_map(|i| {
-                (0..cols).map(move |j| j < cached || new_visible[i * n + (j - cached)])
-            })
+            .flat_map(|i| (0..cols).map(move |j| j < cached || new_visible[i * n + (j - cached)]))
             .collect();
-        Some(AttentionMask { rows: n, cols, visible })
+        Some(AttentionMask {
+            rows: n,
+            cols,
+            visible,
+        })
     }
 
     /// Number of new tokens (rows).
@@ -69,7 +79,10 @@ impl AttentionMask {
         device: &B::Device,
     ) -> Tensor<B, 4, Bool> {
         let masked: Vec<bool> = self.visible.iter().map(|v| !v).collect();
-        let rows = Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [self.rows, self.cols]), device);
+        let rows = Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(masked, [self.rows, self.cols]),
+            device,
+        );
         rows.repeat_dim(0, group)
             .reshape([1, 1, group * self.rows, self.cols])
             .expand([1, kv_heads, group * self.rows, self.cols])

@@ -61,7 +61,10 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemoryWeights {
         c.intermediate_size,
     );
     let s = |fan_in: usize| 1.7 / (fan_in as f32).sqrt();
-    m.insert("model.embed_tokens.weight".into(), mat(c.vocab_size, h, 1.0));
+    m.insert(
+        "model.embed_tokens.weight".into(),
+        mat(c.vocab_size, h, 1.0),
+    );
     if !c.tie_word_embeddings {
         m.insert("lm_head.weight".into(), mat(c.vocab_size, h, s(h)));
     }
@@ -75,11 +78,17 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemoryWeights {
         m.insert(format!("{p}.mlp.up_proj.weight"), mat(i, h, s(h)));
         m.insert(format!("{p}.mlp.down_proj.weight"), mat(h, i, s(i)));
         let ones = |n: usize, rng: &mut SplitMix| {
-            HostTensor::new(vec![n], (0..n).map(|_| 1.0 + 0.1 * rng.symmetric()).collect())
+            HostTensor::new(
+                vec![n],
+                (0..n).map(|_| 1.0 + 0.1 * rng.symmetric()).collect(),
+            )
         };
         let mut r2 = SplitMix(seed ^ l as u64);
         m.insert(format!("{p}.input_layernorm.weight"), ones(h, &mut r2));
-        m.insert(format!("{p}.post_attention_layernorm.weight"), ones(h, &mut r2));
+        m.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            ones(h, &mut r2),
+        );
     }
     m.insert(
         "model.norm.weight".into(),
@@ -92,6 +101,12 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemoryWeights {
 pub fn tiny_model<B: Backend>(vocab_size: usize, seed: u64, device: &B::Device) -> Llama<B> {
     let config = LlamaConfig::tiny(vocab_size);
     let w = random_weights(&config, seed);
-    Llama::from_weights(&config, &w, device, DType::F32, config.max_position_embeddings)
-        .expect("random weights match their own config")
+    Llama::from_weights(
+        &config,
+        &w,
+        device,
+        DType::F32,
+        config.max_position_embeddings,
+    )
+    .expect("random weights match their own config")
 }

@@ -45,7 +45,8 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ModelError::io(path, "tokenizer.json", e))?;
-        Self::from_json(&text).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+        Self::from_json(&text)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
     }
 
     /// Builds the byte-level BPE tokenizer described by GGUF metadata (`tokenizer.ggml.*`).
@@ -68,7 +69,9 @@ impl Tokenizer {
         let merges = gguf
             .meta_strings("tokenizer.ggml.merges")
             .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.merges".into()))?;
-        let types = gguf.meta_ints("tokenizer.ggml.token_type").unwrap_or_default();
+        let types = gguf
+            .meta_ints("tokenizer.ggml.token_type")
+            .unwrap_or_default();
         let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre_tokenizer = match pre {
@@ -92,8 +95,10 @@ impl Tokenizer {
             // 3 = control, 4 = user-defined: matched whole in the input text.
             let ty = types.get(id).copied().unwrap_or(1);
             if ty == 3 || ty == 4 {
-                added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}));
+                added.push(
+                    json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+                );
             }
         }
         Ok(json!({

@@ -43,12 +43,13 @@ impl SafetensorsWeights {
                     path: index_path.clone(),
                     reason: format!("index is not valid JSON: {e}"),
                 })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::InvalidSafetensors {
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::InvalidSafetensors {
                     path: index_path.clone(),
                     reason: "index has no \"weight_map\" object".into(),
-                }
-            })?;
+                })?;
             let mut names: Vec<String> = map
                 .values()
                 .filter_map(|f| f.as_str().map(str::to_string))
@@ -68,13 +69,16 @@ impl SafetensorsWeights {
         let mut index = HashMap::new();
         for name in shard_names {
             let path = dir.join(&name);
-            let file = File::open(&path).map_err(|e| ModelError::io(&path, "safetensors shard", e))?;
+            let file =
+                File::open(&path).map_err(|e| ModelError::io(&path, "safetensors shard", e))?;
             // SAFETY: read-only map kept alive with the struct.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, "shard", e))?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::InvalidSafetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let mmap =
+                unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, "shard", e))?;
+            let st =
+                SafeTensors::deserialize(&mmap).map_err(|e| ModelError::InvalidSafetensors {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             for n in st.names() {
                 index.insert(n.to_string(), files.len());
             }
@@ -99,10 +103,12 @@ impl WeightSource for SafetensorsWeights {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let view = st.tensor(name).map_err(|e| ModelError::InvalidSafetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| ModelError::InvalidSafetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
@@ -188,13 +194,13 @@ impl WeightSource for GgufWeights {
         let g = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         let t = self.file.tensor(&g).map_err(|e| match e {
             ModelError::MissingTensor(_) => ModelError::MissingTensor(format!("{name} (GGUF {g})")),
-            ModelError::UnsupportedTensorType { dtype, supported, .. } => {
-                ModelError::UnsupportedTensorType {
-                    tensor: g.clone(),
-                    dtype,
-                    supported,
-                }
-            }
+            ModelError::UnsupportedTensorType {
+                dtype, supported, ..
+            } => ModelError::UnsupportedTensorType {
+                tensor: g.clone(),
+                dtype,
+                supported,
+            },
             e => e,
         })?;
         Ok(if name.ends_with("q_proj.weight") {

@@ -31,26 +31,38 @@ fn model() -> &'static LoadedModel<B> {
     static M: OnceLock<LoadedModel<B>> = OnceLock::new();
     M.get_or_init(|| {
         let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        load::<B>(&p, &Default::default(), &LoadOptions::default()).unwrap_or_else(|e| {
-            panic!("{e}\n(run scripts/fetch-default-model.sh first)")
-        })
+        load::<B>(&p, &Default::default(), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}\n(run scripts/fetch-default-model.sh first)"))
     })
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn prompt_ids(case: &Value) -> Vec<u32> {
     let m = model();
     let text = case["text"].as_str().unwrap();
     if case["kind"] == "chat" {
-        let t = m.template.as_ref().expect("the default model has a chat template");
-        m.tokenizer.encode(&t.render(&[Message::new("user", text)])).unwrap()
+        let t = m
+            .template
+            .as_ref()
+            .expect("the default model has a chat template");
+        m.tokenizer
+            .encode(&t.render(&[Message::new("user", text)]))
+            .unwrap()
     } else {
         m.tokenizer.encode(text).unwrap()
     }
@@ -77,14 +89,23 @@ fn tokenizer_matches_reference() {
     let m = model();
     for case in golden()["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(m.tokenizer.encode(text).unwrap(), ids(&case["ids"]), "text {text:?}");
+        assert_eq!(
+            m.tokenizer.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "text {text:?}"
+        );
     }
 }
 
 #[test]
 fn prompt_ids_match_reference_including_chat_template() {
     for case in golden()["cases"].as_array().unwrap() {
-        assert_eq!(prompt_ids(case), ids(&case["input_ids"]), "case {:?}", case["text"]);
+        assert_eq!(
+            prompt_ids(case),
+            ids(&case["input_ids"]),
+            "case {:?}",
+            case["text"]
+        );
     }
 }
 
@@ -94,7 +115,10 @@ fn last_logits_top20_and_features_match_reference() {
     for case in golden()["cases"].as_array().unwrap() {
         let input = ids(&case["input_ids"]);
         let mut cache = m.model.new_cache(input.len());
-        let out = m.model.forward(&Input::causal(&input, 0, Logits::Last), &mut cache).unwrap();
+        let out = m
+            .model
+            .forward(&Input::causal(&input, 0, Logits::Last), &mut cache)
+            .unwrap();
         let row = &rows(out.logits)[0];
         let want_ids = ids(&case["last_logits_top20"]["ids"]);
         let want_vals = floats(&case["last_logits_top20"]["values"]);
@@ -104,12 +128,19 @@ fn last_logits_top20_and_features_match_reference() {
         assert_eq!(got_ids, want_ids, "top-20 ids of {:?}", case["text"]);
         for (id, want) in want_ids.iter().zip(&want_vals) {
             let got = row[*id as usize];
-            assert!((got - want).abs() < 1e-3, "{:?}: logit[{id}] = {got}, reference {want}", case["text"]);
+            assert!(
+                (got - want).abs() < 1e-3,
+                "{:?}: logit[{id}] = {got}, reference {want}",
+                case["text"]
+            );
         }
         let max = row.iter().cloned().fold(f32::MIN, f32::max);
         let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
         let want_lse = case["last_logits_logsumexp"].as_f64().unwrap() as f32;
-        assert!((lse - want_lse).abs() < 1e-3, "logsumexp {lse} vs {want_lse}");
+        assert!(
+            (lse - want_lse).abs() < 1e-3,
+            "logsumexp {lse} vs {want_lse}"
+        );
         let feats = rows(out.features);
         let last = feats.last().unwrap();
         for (g, w) in last.iter().zip(floats(&case["last_hidden_first8"])) {
@@ -117,7 +148,10 @@ fn last_logits_top20_and_features_match_reference() {
         }
         let norm = last.iter().map(|x| x * x).sum::<f32>().sqrt();
         let want_norm = case["last_hidden_norm"].as_f64().unwrap() as f32;
-        assert!((norm - want_norm).abs() < 1e-3 * want_norm, "feature norm {norm} vs {want_norm}");
+        assert!(
+            (norm - want_norm).abs() < 1e-3 * want_norm,
+            "feature norm {norm} vs {want_norm}"
+        );
     }
 }
 
@@ -131,12 +165,20 @@ fn teacher_forced_argmax_matches_reference_where_margin_is_clear() {
         let mut all = input.clone();
         all.extend(&new);
         let mut cache = m.model.new_cache(all.len());
-        let out = m.model.forward(&Input::causal(&all, 0, Logits::All), &mut cache).unwrap();
+        let out = m
+            .model
+            .forward(&Input::causal(&all, 0, Logits::All), &mut cache)
+            .unwrap();
         let r = rows(out.logits);
         let mut checked = 0;
         for (k, (&want, &margin)) in new.iter().zip(&margins).enumerate() {
             if margin > 0.02 {
-                assert_eq!(argmax(&r[input.len() - 1 + k]), want, "{:?} step {k}", case["text"]);
+                assert_eq!(
+                    argmax(&r[input.len() - 1 + k]),
+                    want,
+                    "{:?} step {k}",
+                    case["text"]
+                );
                 checked += 1;
             }
         }
@@ -153,14 +195,20 @@ fn free_running_greedy_reproduces_reference_until_first_near_tie() {
         let margins = floats(&case["greedy_top2_margins"]);
         let until = margins.iter().position(|&x| x <= 0.02).unwrap_or(new.len());
         let mut cache = m.model.new_cache(input.len() + new.len());
-        let mut out = m.model.forward(&Input::causal(&input, 0, Logits::Last), &mut cache).unwrap();
+        let mut out = m
+            .model
+            .forward(&Input::causal(&input, 0, Logits::Last), &mut cache)
+            .unwrap();
         let mut got = vec![];
         for k in 0..until {
             let next = argmax(&rows(out.logits.clone())[0]);
             got.push(next);
             if k + 1 < until {
                 let pos = input.len() + k;
-                out = m.model.forward(&Input::causal(&[next], pos, Logits::Last), &mut cache).unwrap();
+                out = m
+                    .model
+                    .forward(&Input::causal(&[next], pos, Logits::Last), &mut cache)
+                    .unwrap();
             }
         }
         assert_eq!(got, new[..until].to_vec(), "{:?}", case["text"]);

@@ -1,0 +1,203 @@
+//! Forward-pass invariants on tiny random models: caching, masks, trees, commit.
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use s4c_models::testing::tiny_model;
+use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+
+type B = Flex;
+const VOCAB: usize = 50;
+
+fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let [n, v] = t.dims();
+    let d = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    (0..n).map(|i| d[i * v..(i + 1) * v].to_vec()).collect()
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol, "{what}: [{i}] {x} vs {y}");
+    }
+}
+
+#[test]
+fn sequence_at_once_equals_token_by_token_with_cache() {
+    let m = tiny_model::<B>(VOCAB, 1, &Default::default());
+    let toks: Vec<u32> = vec![3, 17, 5, 42, 8, 1, 9, 30];
+    let mut c1 = m.new_cache(64);
+    let all = rows(
+        m.forward(&Input::causal(&toks, 0, Logits::All), &mut c1)
+            .unwrap()
+            .logits,
+    );
+    let mut c2 = m.new_cache(64);
+    for (i, t) in toks.iter().enumerate() {
+        let one = rows(
+            m.forward(&Input::causal(&[*t], i, Logits::All), &mut c2)
+                .unwrap()
+                .logits,
+        );
+        assert_close(&one[0], &all[i], 1e-4, &format!("token {i}"));
+    }
+    assert_eq!(c2.len(), toks.len());
+}
+
+#[test]
+fn chain_mask_equals_causal_forward() {
+    let m = tiny_model::<B>(VOCAB, 2, &Default::default());
+    let prefix = [4u32, 9, 11];
+    let block = [7u32, 2, 33, 21];
+    let run = |mask: Option<&AttentionMask>| {
+        let mut c = m.new_cache(32);
+        m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+            .unwrap();
+        let input = Input {
+            tokens: &block,
+            positions: (3..7).collect(),
+            mask,
+            logits: Logits::All,
+        };
+        let out = m.forward(&input, &mut c).unwrap();
+        (rows(out.logits), rows(out.features))
+    };
+    let chain: Vec<bool> = (0..4).flat_map(|i| (0..4).map(move |j| j <= i)).collect();
+    let mask = AttentionMask::tree(3, 4, &chain).unwrap();
+    let (l1, f1) = run(None);
+    let (l2, f2) = run(Some(&mask));
+    for i in 0..4 {
+        assert_close(&l1[i], &l2[i], 1e-5, "logits");
+        assert_close(&f1[i], &f2[i], 1e-5, "features");
+    }
+}
+
+/// A branching tree: root r=5 at depth 0; children a, b (depth 1); a has children c, d (depth 2).
+/// Each node's logits must equal running its root-to-node path causally.
+#[test]
+fn branching_tree_equals_each_path_run_separately() {
+    let m = tiny_model::<B>(VOCAB, 3, &Default::default());
+    let prefix = [10u32, 20, 30, 40];
+    let tokens = [5u32, 6, 7, 8, 9];
+    let parent = [usize::MAX, 0, 0, 1, 1];
+    let depth = [0usize, 1, 1, 2, 2];
+    let n = tokens.len();
+    let mut vis = vec![false; n * n];
+    for i in 0..n {
+        let mut j = i;
+        loop {
+            vis[i * n + j] = true;
+            if parent[j] == usize::MAX {
+                break;
+            }
+            j = parent[j];
+        }
+    }
+    let mask = AttentionMask::tree(prefix.len(), n, &vis).unwrap();
+    let mut c = m.new_cache(32);
+    m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+        .unwrap();
+    let positions = depth.iter().map(|d| prefix.len() + d).collect();
+    let tree = rows(
+        m.forward(&Input::tree(&tokens, positions, &mask), &mut c)
+            .unwrap()
+            .logits,
+    );
+    for node in 0..n {
+        let mut path = vec![node];
+        while parent[*path.last().unwrap()] != usize::MAX {
+            path.push(parent[*path.last().unwrap()]);
+        }
+        path.reverse();
+        let mut seq = prefix.to_vec();
+        seq.extend(path.iter().map(|&p| tokens[p]));
+        let mut c2 = m.new_cache(32);
+        let want = rows(
+            m.forward(&Input::causal(&seq, 0, Logits::Last), &mut c2)
+                .unwrap()
+                .logits,
+        );
+        assert_close(&tree[node], &want[0], 1e-4, &format!("node {node}"));
+    }
+}
+
+#[test]
+fn commit_then_continue_equals_never_drafting_rejected_tokens() {
+    let m = tiny_model::<B>(VOCAB, 4, &Default::default());
+    let prefix = [1u32, 2, 3];
+    // Tree: root 11 (0); children 12 (1), 13 (2); 14 (3) child of 13. Accept path 0 → 2 → 3.
+    let tokens = [11u32, 12, 13, 14];
+    let vis = [
+        true, false, false, false, //
+        true, true, false, false, //
+        true, false, true, false, //
+        true, false, true, true,
+    ];
+    let mask = AttentionMask::tree(3, 4, &vis).unwrap();
+    let mut c = m.new_cache(32);
+    m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+        .unwrap();
+    m.forward(&Input::tree(&tokens, vec![3, 4, 4, 5], &mask), &mut c)
+        .unwrap();
+    c.commit(&[0, 2, 3]).unwrap();
+    assert_eq!(c.len(), 6);
+    let after = rows(
+        m.forward(&Input::causal(&[15, 16], 6, Logits::All), &mut c)
+            .unwrap()
+            .logits,
+    );
+
+    let seq = [1u32, 2, 3, 11, 13, 14, 15, 16];
+    let mut c2 = m.new_cache(32);
+    let want = rows(
+        m.forward(&Input::causal(&seq, 0, Logits::All), &mut c2)
+            .unwrap()
+            .logits,
+    );
+    assert_close(&after[0], &want[6], 1e-4, "first after commit");
+    assert_close(&after[1], &want[7], 1e-4, "second after commit");
+
+    // truncate rolls back too.
+    c.truncate(3);
+    let again = rows(
+        m.forward(&Input::causal(&[11, 13, 14], 3, Logits::All), &mut c)
+            .unwrap()
+            .logits,
+    );
+    assert_close(&again[2], &want[5], 1e-4, "after truncate");
+    assert!(c.commit(&[7]).is_err());
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let m = tiny_model::<B>(VOCAB, 5, &Default::default());
+    let mut c = m.new_cache(4);
+    assert!(m
+        .forward(&Input::causal(&[], 0, Logits::All), &mut c)
+        .is_err());
+    let err = m
+        .forward(&Input::causal(&[1, 2, 3, 4, 5], 0, Logits::All), &mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("context full"), "{err}");
+    assert!(m
+        .forward(&Input::causal(&[VOCAB as u32], 0, Logits::All), &mut c)
+        .is_err());
+    let input = Input {
+        tokens: &[1, 2],
+        positions: vec![0],
+        mask: None,
+        logits: Logits::All,
+    };
+    assert!(m.forward(&input, &mut c).is_err());
+    let mask = AttentionMask::causal(0, 3);
+    let input = Input {
+        tokens: &[1, 2],
+        positions: vec![0, 1],
+        mask: Some(&mask),
+        logits: Logits::All,
+    };
+    assert!(m.forward(&input, &mut c).is_err());
+    let mut big = m.new_cache(1000);
+    assert!(m
+        .forward(&Input::causal(&[1], 10_000, Logits::All), &mut big)
+        .is_err());
+}
