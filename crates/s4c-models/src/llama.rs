@@ -13,28 +13,73 @@ use crate::host::HostTensor;
 use crate::lm::{CausalLm, Input, LmOutput, Logits};
 use crate::weights::WeightSource;
 
+/// A weight matrix stored `[out, in]`, split by output rows into shards that decode steps
+/// multiply concurrently (a matrix-vector product is memory-bound, and one CPU thread does not
+/// saturate memory bandwidth).
+struct Linear<B: Backend> {
+    shards: Vec<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn new(w: Tensor<B, 2>, shards: usize) -> Self {
+        let [out, inp] = w.dims();
+        let shards = shards.clamp(1, out.max(1));
+        if shards == 1 {
+            return Linear { shards: vec![w] };
+        }
+        let step = out.div_ceil(shards);
+        let parts = (0..out)
+            .step_by(step)
+            .map(|s| w.clone().slice([s..(s + step).min(out), 0..inp]))
+            .collect();
+        Linear { shards: parts }
+    }
+
+    /// `x · Wᵀ`. Shards run in parallel for a few rows (decode), one after another otherwise
+    /// (the backend's matmul already parallelises large products).
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.shards.len() == 1 {
+            return x.matmul(self.shards[0].clone().transpose());
+        }
+        let one = |w: &Tensor<B, 2>| x.clone().matmul(w.clone().transpose());
+        let outs: Vec<Tensor<B, 2>> = if x.dims()[0] <= PARALLEL_ROWS {
+            use rayon::prelude::*;
+            self.shards.par_iter().map(one).collect()
+        } else {
+            self.shards.iter().map(one).collect()
+        };
+        Tensor::cat(outs, 1)
+    }
+}
+
+/// Up to this many rows, the shards of a [`Linear`] are multiplied concurrently.
+const PARALLEL_ROWS: usize = 4;
+
 struct Layer<B: Backend> {
     attn_norm: Tensor<B, 2>,
-    /// `[hidden, q + 2·kv]`: query, key and value projections fused.
-    wqkv: Tensor<B, 2>,
-    /// `[q, hidden]`
-    wo: Tensor<B, 2>,
+    /// `[q + 2·kv, hidden]`: query, key and value projections fused (rows `[out, in]`, as in files).
+    wqkv: Linear<B>,
+    /// `[hidden, q]`
+    wo: Linear<B>,
     mlp_norm: Tensor<B, 2>,
-    /// `[hidden, 2·intermediate]`: gate and up projections fused.
-    w_gate_up: Tensor<B, 2>,
-    /// `[intermediate, hidden]`
-    w_down: Tensor<B, 2>,
+    /// `[2·intermediate, hidden]`: gate and up projections fused.
+    w_gate_up: Linear<B>,
+    /// `[hidden, intermediate]`
+    w_down: Linear<B>,
 }
 
 /// A Llama-family causal language model on backend `B`.
 pub struct Llama<B: Backend> {
     config: LlamaConfig,
     device: B::Device,
+    /// Storage type of the weight matrices and the embedding.
     dtype: DType,
+    /// Type of activations, norms, the KV cache and the returned logits and features.
+    compute_dtype: DType,
     /// `[vocab, hidden]`
     embed: Tensor<B, 2>,
-    /// `[hidden, vocab]`; for tied embeddings this is a transposed view of `embed`.
-    lm_head: Tensor<B, 2>,
+    /// `[vocab, hidden]`; the same tensor as `embed` when embeddings are tied.
+    lm_head: Linear<B>,
     layers: Vec<Layer<B>>,
     final_norm: Tensor<B, 2>,
     /// `[max_positions, head_dim]` cosines and sign-folded sines (rotate-half convention).
@@ -74,13 +119,50 @@ pub fn inv_frequencies(config: &LlamaConfig) -> Vec<f64> {
 impl<B: Backend> Llama<B> {
     /// Builds the model from a weight source, checking every shape against `config`.
     ///
-    /// `max_positions` bounds the positions the rotary table covers (and so the context).
+    /// `max_positions` bounds the positions the rotary table covers (and so the context). Weight
+    /// matrices are stored in `dtype`; activations use `compute_dtype` (see [`Llama::from_weights_mixed`]).
     pub fn from_weights(
         config: &LlamaConfig,
         weights: &dyn WeightSource,
         device: &B::Device,
         dtype: DType,
         max_positions: usize,
+    ) -> Result<Self> {
+        Self::from_weights_mixed(config, weights, device, dtype, dtype, max_positions)
+    }
+
+    /// Like [`Llama::from_weights`], with weights stored in `dtype` and activations (norms,
+    /// attention, KV cache, outputs) in `compute_dtype`: `f16` weights with `f32` compute halve
+    /// the bytes a memory-bound decode step reads, at `f32` accuracy of everything else.
+    pub fn from_weights_mixed(
+        config: &LlamaConfig,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+        dtype: DType,
+        compute_dtype: DType,
+        max_positions: usize,
+    ) -> Result<Self> {
+        Self::build(
+            config,
+            weights,
+            device,
+            dtype,
+            compute_dtype,
+            max_positions,
+            1,
+        )
+    }
+
+    /// The full constructor: `shards > 1` splits every weight matrix into that many row blocks
+    /// multiplied concurrently during decoding (use the number of CPU cores on `flex`; 1 on GPUs).
+    pub fn build(
+        config: &LlamaConfig,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+        dtype: DType,
+        compute_dtype: DType,
+        max_positions: usize,
+        shards: usize,
     ) -> Result<Self> {
         let c = config;
         let (h, q, kv, inter) = (
@@ -106,27 +188,27 @@ impl<B: Backend> Llama<B> {
         };
         let norm = |t: HostTensor| -> Tensor<B, 2> {
             let n = t.len();
-            Tensor::from_data(TensorData::new(t.data, [1, n]), (device, dtype))
+            Tensor::from_data(TensorData::new(t.data, [1, n]), (device, compute_dtype))
         };
-        // Linear weights are stored `[out, in]` in files; the forward wants `[in, out]`.
-        let fused = |parts: Vec<HostTensor>| -> Tensor<B, 2> {
-            let cols: usize = parts.iter().map(|p| p.shape[0]).sum();
-            let rows = parts[0].shape[1];
+        // Linear weights stay `[out, in]` as in the files (x·Wᵀ through a transposed view was the
+        // faster layout on flex); fused projections stack their rows.
+        let fused = |parts: Vec<HostTensor>| -> Linear<B> {
+            let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+            let cols = parts[0].shape[1];
             let mut data = Vec::with_capacity(rows * cols);
-            let ts: Vec<HostTensor> = parts.iter().map(HostTensor::transpose).collect();
-            for r in 0..rows {
-                for t in &ts {
-                    let w = t.shape[1];
-                    data.extend_from_slice(&t.data[r * w..(r + 1) * w]);
-                }
+            for p in parts {
+                data.extend(p.data);
             }
-            Tensor::from_data(TensorData::new(data, [rows, cols]), (device, dtype))
+            Linear::new(
+                Tensor::from_data(TensorData::new(data, [rows, cols]), (device, dtype)),
+                shards,
+            )
         };
         let embed = up(get("model.embed_tokens.weight", &[c.vocab_size, h])?);
         let lm_head = if c.tie_word_embeddings || !weights.has("lm_head.weight") {
-            embed.clone().transpose()
+            Linear::new(embed.clone(), shards)
         } else {
-            up(get("lm_head.weight", &[c.vocab_size, h])?.transpose())
+            Linear::new(up(get("lm_head.weight", &[c.vocab_size, h])?), shards)
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
@@ -170,13 +252,14 @@ impl<B: Backend> Llama<B> {
         let table = |v: Vec<f32>| {
             Tensor::<B, 2>::from_data(
                 TensorData::new(v, [max_positions, c.head_dim]),
-                (device, dtype),
+                (device, compute_dtype),
             )
         };
         Ok(Llama {
             config: c.clone(),
             device: device.clone(),
             dtype,
+            compute_dtype,
             embed,
             lm_head,
             layers,
@@ -187,9 +270,24 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// The float dtype of weights and activations.
+    /// The storage type of the weight matrices.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The type of activations, the KV cache, logits and features.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// `x · Wᵀ` for a weight stored `[out, in]`, casting around it when the weights are stored
+    /// in another type than activations.
+    fn linear(&self, x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
+        if self.dtype == self.compute_dtype {
+            w.forward(x)
+        } else {
+            w.forward(x.cast(self.dtype)).cast(self.compute_dtype)
+        }
     }
 
     /// The largest position + 1 this instance supports.
@@ -197,15 +295,20 @@ impl<B: Backend> Llama<B> {
         self.max_positions
     }
 
-    /// The LM head's weights, `[hidden, vocab]`.
+    /// The LM head's weights, `[vocab, hidden]` (in the storage dtype).
     pub fn lm_head_weight(&self) -> Tensor<B, 2> {
-        self.lm_head.clone()
+        Tensor::cat(self.lm_head.shards.clone(), 0)
     }
 
+    /// RMSNorm; half-precision activations are normalised in `f32` (their squares overflow f16).
     fn rms_norm(&self, x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
-        let ms = (x.clone() * x.clone()).mean_dim(1);
+        let half = matches!(self.compute_dtype, DType::F16 | DType::BF16);
+        let xf = if half { x.cast(DType::F32) } else { x };
+        let ms = (xf.clone() * xf.clone()).mean_dim(1);
         let inv = (ms + self.config.rms_norm_eps).sqrt().recip();
-        x * inv * w.clone()
+        let y = xf * inv;
+        let y = if half { y.cast(self.compute_dtype) } else { y };
+        y * w.clone()
     }
 
     /// `x·cos + swap_halves(x)·sin`, with `x: [n, heads, head_dim]`, tables `[n, 1, head_dim]`.
@@ -289,16 +392,21 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             &self.config,
             capacity.min(self.max_positions),
             &self.device,
-            self.dtype,
+            self.compute_dtype,
         )
     }
 
     fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        self.embed.clone().select(0, tokens)
+        let e = self.embed.clone().select(0, tokens);
+        if self.dtype == self.compute_dtype {
+            e
+        } else {
+            e.cast(self.compute_dtype)
+        }
     }
 
     fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
-        features.matmul(self.lm_head.clone())
+        self.linear(features, &self.lm_head)
     }
 
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>> {
@@ -330,7 +438,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
         for (l, layer) in self.layers.iter().enumerate() {
             let xn = self.rms_norm(x.clone(), &layer.attn_norm);
-            let qkv = xn.matmul(layer.wqkv.clone());
+            let qkv = self.linear(xn, &layer.wqkv);
             let q = qkv.clone().slice([0..n, 0..qd]).reshape([n, heads, hd]);
             let k = qkv
                 .clone()
@@ -355,14 +463,14 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
                 AttentionModuleOptions::default(),
             );
             let att = att.reshape([heads, n, hd]).swap_dims(0, 1).reshape([n, qd]);
-            x = x + att.matmul(layer.wo.clone());
+            x = x + self.linear(att, &layer.wo);
 
             let xn = self.rms_norm(x.clone(), &layer.mlp_norm);
-            let gu = xn.matmul(layer.w_gate_up.clone());
+            let gu = self.linear(xn, &layer.w_gate_up);
             let inter = c.intermediate_size;
             let gate = gu.clone().slice([0..n, 0..inter]);
             let up = gu.slice([0..n, inter..2 * inter]);
-            x = x + (silu(gate) * up).matmul(layer.w_down.clone());
+            x = x + self.linear(silu(gate) * up, &layer.w_down);
         }
         cache.advance(n);
         let features = self.rms_norm(x, &self.final_norm);

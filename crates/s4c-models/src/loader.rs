@@ -18,8 +18,13 @@ use crate::weights::{write_safetensors, GgufWeights, SafetensorsWeights, WeightS
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Float type of weights and activations.
+    /// Storage type of the weight matrices.
     pub dtype: DType,
+    /// Type of activations, KV cache and outputs (`f32` keeps half-precision weights accurate).
+    pub compute_dtype: DType,
+    /// Row shards per weight matrix multiplied concurrently when decoding (CPU cores on
+    /// `flex`; 1 on GPUs).
+    pub shards: usize,
     /// Longest context to support (bounded by the model's own); sizes the rotary table.
     pub max_context: usize,
 }
@@ -28,6 +33,8 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             dtype: DType::F32,
+            compute_dtype: DType::F32,
+            shards: 1,
             max_context: 4096,
         }
     }
@@ -166,12 +173,14 @@ pub fn load<B: Backend>(
         .max_context
         .min(files.config.max_position_embeddings)
         .max(1);
-    let model = Llama::from_weights(
+    let model = Llama::build(
         &files.config,
         files.weights.as_ref(),
         device,
         options.dtype,
+        options.compute_dtype,
         max_positions,
+        options.shards,
     )?;
     Ok(LoadedModel {
         model,

@@ -201,3 +201,34 @@ fn bad_inputs_are_errors_not_panics() {
         .forward(&Input::causal(&[1], 10_000, Logits::All), &mut big)
         .is_err());
 }
+
+#[test]
+fn sharded_weights_give_the_same_logits() {
+    use burn::tensor::DType;
+    use s4c_models::testing::random_weights;
+    use s4c_models::{Llama, LlamaConfig};
+    let config = LlamaConfig::tiny(VOCAB);
+    let w = random_weights(&config, 6);
+    let d = Default::default();
+    let one = Llama::<B>::build(&config, &w, &d, DType::F32, DType::F32, 64, 1).unwrap();
+    let three = Llama::<B>::build(&config, &w, &d, DType::F32, DType::F32, 64, 3).unwrap();
+    // One row (parallel shards) and many rows (sequential shards).
+    for toks in [vec![5u32], vec![5, 6, 7, 8, 9, 10, 11]] {
+        let mut c1 = one.new_cache(16);
+        let mut c3 = three.new_cache(16);
+        let a = rows(
+            one.forward(&Input::causal(&toks, 0, Logits::All), &mut c1)
+                .unwrap()
+                .logits,
+        );
+        let b = rows(
+            three
+                .forward(&Input::causal(&toks, 0, Logits::All), &mut c3)
+                .unwrap()
+                .logits,
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert_close(x, y, 1e-5, "sharded");
+        }
+    }
+}

@@ -1,1 +1,423 @@
-fn main() {}
+//! The `s4c` command-line program.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::tensor::{backend::Backend, DType};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use s4c::plain::{generate_plain, GenerateOptions};
+use s4c::{stop_tokens, EngineError, Result};
+use s4c_models::{
+    load, CausalLm, LoadOptions, LoadedModel, Message, ModelFiles, StreamDecoder, TemplateKind,
+};
+use s4c_verify::SamplingParams;
+use serde_json::json;
+
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(
+    name = "s4c",
+    version,
+    about = "Fast, lossless speculative decoding for Llama-family models (S4C)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (streams it, or prints JSON with --json).
+    Generate(GenerateArgs),
+    /// Print the token ids of a text (no special tokens added).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print `{"ids": [...]}`.
+        #[arg(long)]
+        json: bool,
+        /// The text.
+        text: String,
+    },
+    /// Write a Hugging Face folder (config.json, model.safetensors, tokenizer.json) from a GGUF file.
+    Convert {
+        /// The GGUF file.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// The output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a model's configuration, storage types and parameter count.
+    Info {
+        /// A GGUF file or a Hugging Face folder.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum BackendKind {
+    Flex,
+    Wgpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Mode {
+    Plain,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file or a Hugging Face folder.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    backend: BackendKind,
+    /// Storage type of the weight matrices (f16 halves the bytes a decode step reads).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// Type of activations and the KV cache (default f32; f16 on GPUs for speed).
+    #[arg(long, value_enum)]
+    compute_dtype: Option<DtypeArg>,
+    /// Weight shards multiplied concurrently when decoding (default: CPU cores on flex, 1 on GPUs).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Longest context to support (prompt plus new tokens).
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Chat template to use instead of the model's own (chatml, vicuna, llama2, llama3).
+    #[arg(long)]
+    template: Option<String>,
+    /// The prompt text.
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// A file holding the prompt text.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Decoding mode.
+    #[arg(long, value_enum, default_value_t = Mode::Plain)]
+    mode: Mode,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => {
+            let m = args.model.clone();
+            dispatch(&m, |loaded| cmd_generate(loaded, &args))
+        }
+        Command::Tokenize { model, json, text } => {
+            let files = ModelFiles::open(&model.model)?;
+            let ids = files.tokenizer.encode(&text)?;
+            if json {
+                println!("{}", json!({ "ids": ids }));
+            } else {
+                println!("{ids:?}");
+            }
+            Ok(())
+        }
+        Command::Convert { model, out } => {
+            s4c_models::convert_to_hf(&model, &out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Info { model } => cmd_info(&model),
+    }
+}
+
+fn dtype(d: DtypeArg) -> DType {
+    match d {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F16 => DType::F16,
+        DtypeArg::Bf16 => DType::BF16,
+    }
+}
+
+/// Loads the model on the chosen backend and runs `f` with it.
+fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Result<()> {
+    if args.context < 2 {
+        return Err(EngineError::InvalidOption(
+            "--context must be at least 2".into(),
+        ));
+    }
+    let options = LoadOptions {
+        dtype: dtype(args.dtype),
+        compute_dtype: dtype(args.compute_dtype.unwrap_or(DtypeArg::F32)),
+        shards: args.shards.unwrap_or(match args.backend {
+            BackendKind::Flex => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            _ => 1,
+        }),
+        max_context: args.context,
+    };
+    match args.backend {
+        BackendKind::Flex => {
+            #[cfg(feature = "flex")]
+            {
+                let device = burn::backend::flex::FlexDevice;
+                return f(&Loaded::<burn::backend::Flex>::new(
+                    &args.model,
+                    &device,
+                    &options,
+                )?);
+            }
+        }
+        BackendKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let device = burn::backend::wgpu::WgpuDevice::default();
+                return f(&Loaded::<burn::backend::Wgpu>::new(
+                    &args.model,
+                    &device,
+                    &options,
+                )?);
+            }
+        }
+        BackendKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let device = burn::backend::cuda::CudaDevice::default();
+                return f(&Loaded::<burn::backend::Cuda>::new(
+                    &args.model,
+                    &device,
+                    &options,
+                )?);
+            }
+        }
+    }
+    #[allow(unreachable_code)]
+    Err(EngineError::InvalidOption(format!(
+        "backend {:?} is not compiled into this binary; rebuild with `cargo build --release --features {}`",
+        args.backend,
+        format!("{:?}", args.backend).to_lowercase()
+    )))
+}
+
+/// A loaded model behind a backend-erased interface, so commands are written once.
+trait Runner {
+    fn loaded_prompt(&self, args: &GenerateArgs) -> Result<Vec<u32>>;
+    fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        stream: bool,
+    ) -> Result<serde_json::Value>;
+    fn stop_tokens(&self) -> Vec<u32>;
+}
+
+struct Loaded<B: Backend> {
+    m: LoadedModel<B>,
+    backend: String,
+}
+
+impl<B: Backend> Loaded<B> {
+    fn new(path: &Path, device: &B::Device, options: &LoadOptions) -> Result<Self> {
+        check_dtype::<B>(device, options.dtype)?;
+        check_dtype::<B>(device, options.compute_dtype)?;
+        Ok(Loaded {
+            m: load::<B>(path, device, options)?,
+            backend: B::name(device),
+        })
+    }
+}
+
+fn check_dtype<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
+    let usage = B::dtype_usage(device, dtype);
+    if !usage.contains(burn::tensor::backend::DTypeUsage::Arithmetic) {
+        return Err(EngineError::Model(
+            s4c_models::ModelError::UnsupportedDtype {
+                dtype: format!("{dtype:?}"),
+                backend: B::name(device),
+                supported: "f32",
+            },
+        ));
+    }
+    Ok(())
+}
+
+impl<B: Backend> Runner for Loaded<B> {
+    fn loaded_prompt(&self, args: &GenerateArgs) -> Result<Vec<u32>> {
+        let text = match (&args.prompt, &args.prompt_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|source| EngineError::Io {
+                path: f.clone(),
+                source,
+            })?,
+            (None, None) => {
+                return Err(EngineError::InvalidOption(
+                    "give --prompt or --prompt-file".into(),
+                ))
+            }
+        };
+        let m = &self.m;
+        if !args.chat {
+            return Ok(m.tokenizer.encode(&text)?);
+        }
+        let template = match &args.template {
+            Some(name) => s4c_models::ChatTemplate::new(
+                name.parse::<TemplateKind>()
+                    .map_err(EngineError::InvalidOption)?,
+            ),
+            None => m.template.clone().ok_or_else(|| {
+                EngineError::InvalidOption(
+                    "the model names no chat template; pass --template chatml|vicuna|llama2|llama3"
+                        .into(),
+                )
+            })?,
+        };
+        let mut ids = vec![];
+        if template.needs_bos() {
+            ids.extend(m.model.config().bos_token_id);
+        }
+        ids.extend(
+            m.tokenizer
+                .encode(&template.render(&[Message::new("user", &text)]))?,
+        );
+        Ok(ids)
+    }
+
+    fn stop_tokens(&self) -> Vec<u32> {
+        stop_tokens(&self.m)
+    }
+
+    fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        stream: bool,
+    ) -> Result<serde_json::Value> {
+        let m = &self.m;
+        let mut decoder = StreamDecoder::new();
+        let mut out = std::io::stdout();
+        let mut on_tokens = |ids: &[u32]| {
+            if stream {
+                if let Ok(piece) = decoder.push(&m.tokenizer, ids) {
+                    let _ = out.write_all(piece.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+        };
+        let g = generate_plain(
+            &m.model,
+            prompt,
+            opts,
+            m.model.max_positions(),
+            &mut on_tokens,
+        )?;
+        if stream {
+            println!();
+        }
+        Ok(json!({
+            "prompt_ids": prompt,
+            "new_ids": g.new_ids,
+            "text": m.tokenizer.decode(&g.new_ids, true)?,
+            "steps": g.steps,
+            "new_tokens": g.new_ids.len(),
+            "tok_per_s": g.tokens_per_second(),
+            "elapsed_s": g.elapsed.as_secs_f64(),
+            "prefill_s": g.prefill.as_secs_f64(),
+            "stop": g.stop,
+            "mode": "plain",
+            "backend": self.backend,
+            "dtype": format!("{:?}", m.model.dtype()).to_lowercase(),
+            "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
+        }))
+    }
+}
+
+fn cmd_generate(r: &dyn Runner, args: &GenerateArgs) -> Result<()> {
+    let prompt = r.loaded_prompt(args)?;
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        },
+        seed: args.seed,
+        stop_tokens: r.stop_tokens(),
+    };
+    let result = r.generate(&prompt, &opts, !args.json)?;
+    if args.json {
+        println!("{result}");
+    } else {
+        eprintln!(
+            "[{} new tokens, {:.1} tok/s, {} mode]",
+            result["new_tokens"],
+            result["tok_per_s"].as_f64().unwrap_or(0.0),
+            result["mode"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn cmd_info(path: &Path) -> Result<()> {
+    let files = ModelFiles::open(path)?;
+    let c = &files.config;
+    let info = json!({
+        "path": path.display().to_string(),
+        "architecture": "llama",
+        "config": c,
+        "file_dtypes": files.file_dtypes,
+        "parameters": c.parameter_count(),
+        "chat_template": files.template.as_ref().map(|t| format!("{:?}", t.kind)),
+        "vocab_size_tokenizer": files.tokenizer.vocab_size(),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&info).unwrap_or_default()
+    );
+    Ok(())
+}
