@@ -1,1 +1,65 @@
-fn main() {}
+//! Forward-pass cost of the default model on flex: one decode step and verification blocks of
+//! growing size (the verify-latency curve). Needs `scripts/fetch-default-model.sh`.
+
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::tensor::DType;
+use criterion::{criterion_group, criterion_main, Criterion};
+use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
+
+type B = Flex;
+
+fn bench(c: &mut Criterion) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!(
+            "{} missing: run scripts/fetch-default-model.sh",
+            path.display()
+        );
+        return;
+    }
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for dtype in [DType::F32, DType::F16] {
+        let opts = LoadOptions {
+            dtype,
+            compute_dtype: DType::F32,
+            shards,
+            ..Default::default()
+        };
+        let m = load::<B>(&path, &Default::default(), &opts).unwrap();
+        let prefix: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+        let mut cache = m.model.new_cache(512);
+        m.model
+            .forward(&Input::causal(&prefix, 0, Logits::Last), &mut cache)
+            .unwrap();
+        let name = format!("{dtype:?}").to_lowercase();
+        for n in [1usize, 4, 16, 64] {
+            // A chain-shaped tree of n nodes after 128 cached tokens (same cost as any tree of n).
+            let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();
+            let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
+            let mask = AttentionMask::tree(128, n, &vis).unwrap();
+            c.bench_function(
+                &format!(
+                    "smollm2 {name} weights: forward {n} token(s) after 128 cached, all logits"
+                ),
+                |b| {
+                    b.iter(|| {
+                        let input = Input::tree(&toks, (128..128 + n).collect(), &mask);
+                        let out = m.model.forward(&input, &mut cache).unwrap();
+                        let _ = out.logits.argmax(1).into_data();
+                        cache.truncate(128);
+                    })
+                },
+            );
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = bench
+}
+criterion_main!(benches);

@@ -248,11 +248,11 @@ impl LlamaConfig {
                 "num_key_value_heads must be positive",
             ),
             (
-                self.num_heads % self.num_kv_heads.max(1) == 0,
+                self.num_heads.is_multiple_of(self.num_kv_heads.max(1)),
                 "num_attention_heads must be a multiple of num_key_value_heads",
             ),
             (
-                self.head_dim > 0 && self.head_dim % 2 == 0,
+                self.head_dim > 0 && self.head_dim.is_multiple_of(2),
                 "head_dim must be positive and even",
             ),
             (self.vocab_size > 0, "vocab_size must be positive"),

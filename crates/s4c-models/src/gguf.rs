@@ -401,7 +401,7 @@ impl GgufFile {
         let start = self.data_start + info.offset;
         let bytes = &self.mmap[start..start + len];
         let (per_block, _) = info.ty.block().expect("checked by byte_len");
-        if per_block > 1 && n % per_block != 0 {
+        if per_block > 1 && !n.is_multiple_of(per_block) {
             return Err(ModelError::InvalidGguf {
                 path: self.path.clone(),
                 reason: format!(
@@ -616,7 +616,7 @@ pub mod write {
                 offsets.push(offset);
                 offset += bytes.len().div_ceil(32) * 32;
             }
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             let base = out.len();

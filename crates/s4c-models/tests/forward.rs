@@ -102,7 +102,7 @@ fn branching_tree_equals_each_path_run_separately() {
             .unwrap()
             .logits,
     );
-    for node in 0..n {
+    for (node, tree_row) in tree.iter().enumerate() {
         let mut path = vec![node];
         while parent[*path.last().unwrap()] != usize::MAX {
             path.push(parent[*path.last().unwrap()]);
@@ -116,7 +116,7 @@ fn branching_tree_equals_each_path_run_separately() {
                 .unwrap()
                 .logits,
         );
-        assert_close(&tree[node], &want[0], 1e-4, &format!("node {node}"));
+        assert_close(tree_row, &want[0], 1e-4, &format!("node {node}"));
     }
 }
 

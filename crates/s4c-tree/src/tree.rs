@@ -90,12 +90,12 @@ impl TokenTree {
         logprobs: &[f32],
     ) -> Result<Self, TreeError> {
         let mut t = TokenTree::new(*tokens.first().ok_or(TreeError::ZeroBudget("tree size"))?);
-        for i in 1..tokens.len() {
+        for (i, &token) in tokens.iter().enumerate().skip(1) {
             let p = *parents.get(i).ok_or(TreeError::BadParent {
                 node: i,
                 parent: usize::MAX,
             })?;
-            t.push(p, tokens[i], logprobs.get(i).copied().unwrap_or(0.0))?;
+            t.push(p, token, logprobs.get(i).copied().unwrap_or(0.0))?;
         }
         Ok(t)
     }
@@ -120,7 +120,7 @@ impl TokenTree {
         let p = *self
             .nodes
             .get(parent)
-            .ok_or_else(|| TreeError::BadParent { node: i, parent })?;
+            .ok_or(TreeError::BadParent { node: i, parent })?;
         let depth = p.depth + 1;
         if self.nodes.last().is_some_and(|last| last.depth > depth) {
             return Err(TreeError::NotBreadthFirst { node: i, depth });

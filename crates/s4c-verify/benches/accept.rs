@@ -29,17 +29,30 @@ fn bench(c: &mut Criterion) {
     let device = Default::default();
     let tree = Template::mc_sim_7b_63().build(1, &mut Fixed).unwrap();
     let props = vec![Proposal::Deterministic; tree.len()];
-    for vocab in [32_000usize, 49_152] {
-        let logits =
-            Tensor::<Flex, 2>::random([tree.len(), vocab], Distribution::Normal(0.0, 2.0), &device);
-        c.bench_function(&format!("greedy accept, 64 nodes, vocab {vocab}"), |b| {
-            b.iter(|| {
-                black_box(
-                    Acceptor::<Flex>::accept(&mut GreedyAcceptor, &tree, &props, logits.clone())
+    // σ = 2: flat, nearly every token in the nucleus (worst case for top-p); σ = 5: peaked, closer
+    // to a language model's next-token distribution.
+    for (vocab, sigma) in [(32_000usize, 2.0), (49_152, 2.0), (49_152, 5.0)] {
+        let logits = Tensor::<Flex, 2>::random(
+            [tree.len(), vocab],
+            Distribution::Normal(0.0, sigma),
+            &device,
+        );
+        c.bench_function(
+            &format!("greedy accept, 64 nodes, vocab {vocab}, logits σ {sigma}"),
+            |b| {
+                b.iter(|| {
+                    black_box(
+                        Acceptor::<Flex>::accept(
+                            &mut GreedyAcceptor,
+                            &tree,
+                            &props,
+                            logits.clone(),
+                        )
                         .unwrap(),
-                )
-            })
-        });
+                    )
+                })
+            },
+        );
         let params = SamplingParams {
             temperature: 0.8,
             top_k: 0,
@@ -47,7 +60,9 @@ fn bench(c: &mut Criterion) {
         };
         let mut acc = SamplingAcceptor::new(params, 0).unwrap();
         c.bench_function(
-            &format!("sampling accept (T 0.8, top-p 0.95), 64 nodes, vocab {vocab}"),
+            &format!(
+                "sampling accept (T 0.8, top-p 0.95), 64 nodes, vocab {vocab}, logits σ {sigma}"
+            ),
             |b| {
                 b.iter(|| {
                     black_box(

@@ -82,7 +82,10 @@ impl SamplingParams {
         }
         let total: f64 = p.iter().sum();
         if self.top_p < 1.0 {
-            let mut idx: Vec<usize> = (0..n).filter(|&i| p[i] > 0.0).collect();
+            // Tokens below (1 − top_p)·total / n together hold less than 1 − top_p of the mass,
+            // so the nucleus lies entirely above that bound: sort only those candidates.
+            let floor = (1.0 - self.top_p as f64) * total / n as f64;
+            let mut idx: Vec<usize> = (0..n).filter(|&i| p[i] > 0.0 && p[i] >= floor).collect();
             idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
             let target = self.top_p as f64 * total;
             let mut cum = 0.0;

@@ -140,6 +140,9 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Do not stop at end-of-sequence tokens (benchmarks with a fixed token count).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 fn main() -> ExitCode {
@@ -387,7 +390,11 @@ fn cmd_generate(r: &dyn Runner, args: &GenerateArgs) -> Result<()> {
             top_p: args.top_p,
         },
         seed: args.seed,
-        stop_tokens: r.stop_tokens(),
+        stop_tokens: if args.ignore_eos {
+            vec![]
+        } else {
+            r.stop_tokens()
+        },
     };
     let result = r.generate(&prompt, &opts, !args.json)?;
     if args.json {
