@@ -27,45 +27,57 @@ impl Default for DynamicConfig {
     }
 }
 
-/// Orders nodes best first: higher cumulative score, then shallower, then earlier. Parents come
-/// before their children under this order whenever log-probabilities are ≤ 0.
-fn best_first(tree: &TokenTree, a: usize, b: usize) -> std::cmp::Ordering {
-    let (x, y) = (tree.node(a), tree.node(b));
-    y.score
-        .total_cmp(&x.score)
-        .then(x.depth.cmp(&y.depth))
-        .then(a.cmp(&b))
+/// Sort key putting nodes best first: higher cumulative score, then shallower, then earlier.
+/// Parents come before their children under this order whenever log-probabilities are ≤ 0.
+#[derive(Clone, Copy)]
+struct Key {
+    score: f32,
+    depth: u32,
+    index: u32,
 }
 
-/// Keeps the `k` smallest items under `cmp`, sorted (a partial selection, then a small sort).
-fn top_sorted(v: &mut Vec<usize>, k: usize, cmp: impl Fn(usize, usize) -> std::cmp::Ordering) {
-    if v.len() > k {
-        if k == 0 {
-            v.clear();
-            return;
+impl Key {
+    fn of(tree: &TokenTree, i: usize) -> Key {
+        let n = tree.node(i);
+        Key {
+            score: n.score,
+            depth: n.depth as u32,
+            index: i as u32,
         }
-        v.select_nth_unstable_by(k - 1, |&a, &b| cmp(a, b));
-        v.truncate(k);
     }
-    v.sort_by(|&a, &b| cmp(a, b));
+
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.depth.cmp(&other.depth))
+            .then(self.index.cmp(&other.index))
+    }
 }
 
-/// The best `max_nodes` draft nodes of `tree` (root always kept), closed under ancestors.
+/// The `k` best of `nodes`, best first (a partial selection, then a small sort).
+fn top_sorted(tree: &TokenTree, nodes: impl Iterator<Item = usize>, k: usize) -> Vec<usize> {
+    let mut keys: Vec<Key> = nodes.map(|i| Key::of(tree, i)).collect();
+    if keys.len() > k {
+        if k == 0 {
+            return vec![];
+        }
+        keys.select_nth_unstable_by(k - 1, Key::cmp);
+        keys.truncate(k);
+    }
+    keys.sort_unstable_by(Key::cmp);
+    keys.into_iter().map(|key| key.index as usize).collect()
+}
+
+/// The best `max_nodes` draft nodes of `tree` (root always kept), closed under ancestors: with
+/// log-probabilities ≤ 0 exactly the best `max_nodes`; otherwise a node whose parent is not kept
+/// is dropped.
 pub fn keep_best(tree: &TokenTree, max_nodes: usize) -> TokenTree {
-    let mut order: Vec<usize> = (1..tree.len()).collect();
-    top_sorted(&mut order, max_nodes, |a, b| best_first(tree, a, b));
     let mut keep = vec![false; tree.len()];
     keep[ROOT] = true;
-    let mut kept = 0;
-    for i in order {
-        if kept == max_nodes {
-            break;
-        }
+    for i in top_sorted(tree, 1..tree.len(), max_nodes) {
         let parent = tree.node(i).parent.expect("non-root");
-        if keep[parent] {
-            keep[i] = true;
-            kept += 1;
-        }
+        keep[i] = keep[parent];
     }
     tree.retain(&keep)
 }
@@ -98,7 +110,7 @@ pub fn build_dynamic(
                 added.push(tree.push_ranked(parent, c.token, c.logprob, rank)?);
             }
         }
-        top_sorted(&mut added, config.top_k, |a, b| best_first(&tree, a, b));
+        let mut added = top_sorted(&tree, added.into_iter(), config.top_k);
         added.sort_unstable();
         if added.is_empty() {
             break;
