@@ -120,7 +120,7 @@ impl<B: Backend> Llama<B> {
     /// Builds the model from a weight source, checking every shape against `config`.
     ///
     /// `max_positions` bounds the positions the rotary table covers (and so the context). Weight
-    /// matrices are stored in `dtype`; activations use `compute_dtype` (see [`Llama::from_weights_mixed`]).
+    /// matrices and activations both use `dtype` (see [`Llama::build`] for mixed precision).
     pub fn from_weights(
         config: &LlamaConfig,
         weights: &dyn WeightSource,
@@ -128,33 +128,13 @@ impl<B: Backend> Llama<B> {
         dtype: DType,
         max_positions: usize,
     ) -> Result<Self> {
-        Self::from_weights_mixed(config, weights, device, dtype, dtype, max_positions)
+        Self::build(config, weights, device, dtype, dtype, max_positions, 1)
     }
 
-    /// Like [`Llama::from_weights`], with weights stored in `dtype` and activations (norms,
-    /// attention, KV cache, outputs) in `compute_dtype`: `f16` weights with `f32` compute halve
-    /// the bytes a memory-bound decode step reads, at `f32` accuracy of everything else.
-    pub fn from_weights_mixed(
-        config: &LlamaConfig,
-        weights: &dyn WeightSource,
-        device: &B::Device,
-        dtype: DType,
-        compute_dtype: DType,
-        max_positions: usize,
-    ) -> Result<Self> {
-        Self::build(
-            config,
-            weights,
-            device,
-            dtype,
-            compute_dtype,
-            max_positions,
-            1,
-        )
-    }
-
-    /// The full constructor: `shards > 1` splits every weight matrix into that many row blocks
-    /// multiplied concurrently during decoding (use the number of CPU cores on `flex`; 1 on GPUs).
+    /// The full constructor. Weights are stored in `dtype` and activations (norms, attention, KV
+    /// cache, outputs) computed in `compute_dtype`: `f16` weights with `f32` compute halve the
+    /// bytes a memory-bound decode step reads. `shards > 1` splits every weight matrix into that
+    /// many row blocks multiplied concurrently during decoding (CPU cores on `flex`; 1 on GPUs).
     pub fn build(
         config: &LlamaConfig,
         weights: &dyn WeightSource,

@@ -69,6 +69,28 @@ pub fn read_row<B: Backend>(logits: &Tensor<B, 2>, i: usize) -> Result<Vec<f32>,
         .map_err(|e| VerifyError::Read(format!("{e:?}")))
 }
 
+/// Runs a tree walk whose row source reads row `i` of `logits` to the host and processes it with
+/// `params`; only the rows the walk asks for are read. The first read error is returned.
+fn walk_rows<B: Backend>(
+    logits: &Tensor<B, 2>,
+    params: SamplingParams,
+    walk: impl FnOnce(&mut dyn FnMut(usize) -> Vec<f32>) -> Verdict,
+) -> Result<Verdict, VerifyError> {
+    let mut err = None;
+    let mut probs = |i: usize| match read_row(logits, i) {
+        Ok(row) => params.probabilities(&row),
+        Err(e) => {
+            err.get_or_insert(e);
+            vec![0.0; logits.dims()[1]]
+        }
+    };
+    let verdict = walk(&mut probs);
+    match err {
+        Some(e) => Err(e),
+        None => Ok(verdict),
+    }
+}
+
 /// Greedy acceptance: output equals plain greedy decoding.
 #[derive(Debug, Clone, Default)]
 pub struct GreedyAcceptor;
@@ -123,20 +145,10 @@ impl<B: Backend> Acceptor<B> for SamplingAcceptor {
         logits: Tensor<B, 2>,
     ) -> Result<Verdict, VerifyError> {
         check_rows(tree, &logits)?;
-        let mut err = None;
-        let params = self.params;
-        let mut probs = |i: usize| match read_row(&logits, i) {
-            Ok(row) => params.probabilities(&row),
-            Err(e) => {
-                err = Some(e);
-                vec![0.0; logits.dims()[1]]
-            }
-        };
-        let v = accept_sampling(tree, proposals, &mut probs, &mut self.rng);
-        match err {
-            Some(e) => Err(e),
-            None => Ok(v),
-        }
+        let rng = &mut self.rng;
+        walk_rows(&logits, self.params, |probs| {
+            accept_sampling(tree, proposals, probs, rng)
+        })
     }
 
     fn is_lossless(&self) -> bool {
@@ -176,20 +188,10 @@ impl<B: Backend> Acceptor<B> for TypicalAcceptor {
         logits: Tensor<B, 2>,
     ) -> Result<Verdict, VerifyError> {
         check_rows(tree, &logits)?;
-        let mut err = None;
-        let params = self.params;
-        let mut probs = |i: usize| match read_row(&logits, i) {
-            Ok(row) => params.probabilities(&row),
-            Err(e) => {
-                err = Some(e);
-                vec![0.0; logits.dims()[1]]
-            }
-        };
-        let v = accept_typical(tree, &self.typical, &mut probs, &mut self.rng);
-        match err {
-            Some(e) => Err(e),
-            None => Ok(v),
-        }
+        let (typical, rng) = (&self.typical, &mut self.rng);
+        walk_rows(&logits, self.params, |probs| {
+            accept_typical(tree, typical, probs, rng)
+        })
     }
 
     fn is_lossless(&self) -> bool {
