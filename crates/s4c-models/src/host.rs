@@ -26,18 +26,6 @@ impl HostTensor {
         self.data.is_empty()
     }
 
-    /// The transpose of a 2-D tensor.
-    pub fn transpose(&self) -> HostTensor {
-        let (r, c) = (self.shape[0], self.shape[1]);
-        let mut out = vec![0f32; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                out[j * r + i] = self.data[i * c + j];
-            }
-        }
-        HostTensor::new(vec![c, r], out)
-    }
-
     /// Permutes the rows of a Q or K projection between the two rotary layouts.
     ///
     /// `to_halves = true` turns llama.cpp's interleaved layout (GGUF: within each head, rows
@@ -79,7 +67,5 @@ mod tests {
         let gg = hf.permute_rotary_rows(1, false);
         assert_eq!(gg.data, vec![0., 2., 1., 3.]);
         assert_eq!(gg.permute_rotary_rows(1, true), hf);
-        let t = HostTensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
-        assert_eq!(t.transpose().data, vec![1., 4., 2., 5., 3., 6.]);
     }
 }

@@ -117,10 +117,9 @@ impl TokenTree {
         rank: usize,
     ) -> Result<usize, TreeError> {
         let i = self.nodes.len();
-        let p = *self
-            .nodes
-            .get(parent)
-            .ok_or(TreeError::BadParent { node: i, parent })?;
+        let Some(&p) = self.nodes.get(parent) else {
+            return Err(TreeError::BadParent { node: i, parent });
+        };
         let depth = p.depth + 1;
         if self.nodes.last().is_some_and(|last| last.depth > depth) {
             return Err(TreeError::NotBreadthFirst { node: i, depth });
@@ -294,9 +293,8 @@ impl TokenTree {
         let mut t = TokenTree::with_capacity(self.nodes[ROOT].token, self.len());
         let mut new_index = vec![usize::MAX; self.len()];
         new_index[ROOT] = ROOT;
-        let mut order: Vec<usize> = (1..self.len()).filter(|&i| keep[i]).collect();
-        order.sort_by_key(|&i| (self.nodes[i].depth, i));
-        for i in order {
+        // Index order is breadth-first order already (nodes are stored by depth).
+        for i in (1..self.len()).filter(|&i| keep[i]) {
             let p = self.nodes[i].parent.expect("non-root");
             if new_index[p] == usize::MAX {
                 continue;
