@@ -91,6 +91,17 @@ fn walk_rows<B: Backend>(
     }
 }
 
+/// The argmax id of every row, computed on device; only the ids cross to the host.
+pub fn read_argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>, VerifyError> {
+    let ids = logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| VerifyError::Read(format!("{e:?}")))?;
+    Ok(ids.into_iter().map(|x| x as u32).collect())
+}
+
 /// Greedy acceptance: output equals plain greedy decoding.
 #[derive(Debug, Clone, Default)]
 pub struct GreedyAcceptor;
@@ -103,15 +114,7 @@ impl<B: Backend> Acceptor<B> for GreedyAcceptor {
         logits: Tensor<B, 2>,
     ) -> Result<Verdict, VerifyError> {
         check_rows(tree, &logits)?;
-        // Only the argmax ids cross to the host.
-        let ids = logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .map_err(|e| VerifyError::Read(format!("{e:?}")))?;
-        let ids: Vec<u32> = ids.into_iter().map(|x| x as u32).collect();
-        Ok(accept_greedy(tree, &ids))
+        Ok(accept_greedy(tree, &read_argmax(logits)?))
     }
 
     fn is_lossless(&self) -> bool {

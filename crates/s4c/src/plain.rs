@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use s4c_models::{CausalLm, Input, Logits};
+use s4c_verify::acceptor::{read_argmax, read_row};
 use s4c_verify::sampling::Sampler;
 use s4c_verify::SamplingParams;
 use serde::Serialize;
@@ -95,23 +96,10 @@ pub fn next_token<B: Backend>(
     sampler: &mut Sampler,
 ) -> Result<u32> {
     let [n, v] = logits.dims();
-    let row = logits.slice([n - 1..n, 0..v]);
-    let read = |e| EngineError::Verify(s4c_verify::VerifyError::Read(format!("{e:?}")));
     if sampler.params.is_greedy() {
-        let id = row
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .map_err(read)?;
-        Ok(id[0] as u32)
+        Ok(read_argmax(logits.slice([n - 1..n, 0..v]))?[0])
     } else {
-        let r = row
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(read)?;
-        Ok(sampler.sample(&r))
+        Ok(sampler.sample(&read_row(&logits, n - 1)?))
     }
 }
 
