@@ -1,5 +1,19 @@
-//! The S4C multi-head drafter and its self-distillation training.
+//! The S4C drafter: small heads on the target's features that propose the tokens the target
+//! will most likely say next, with syntactic coherence (each head reads its parent's state and
+//! token) and semantic coherence (the initial state attends over recent target features).
 //!
-//! Not implemented yet: this crate currently exports nothing. See the project's open issue for
-//! the design (heads on the target's features, token-conditioned states for syntactic coherence,
-//! a feature window for semantic coherence, feature reuse across verification passes).
+//! Also its self-distillation training data ([`data`]) and training ([`train`]).
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod heads;
+
+pub use config::{Coherence, DrafterConfig, Fingerprint};
+pub use error::{DraftError, Result};
+pub use heads::Heads;
+pub mod drafter;
+pub mod io;
+
+pub use drafter::{fingerprint, DraftSession, Drafter, MultiHeadDrafter};
+pub mod train;

@@ -275,11 +275,6 @@ impl<B: Backend> Llama<B> {
         self.max_positions
     }
 
-    /// The LM head's weights, `[vocab, hidden]` (in the storage dtype).
-    pub fn lm_head_weight(&self) -> Tensor<B, 2> {
-        Tensor::cat(self.lm_head.shards.clone(), 0)
-    }
-
     /// RMSNorm; half-precision activations are normalised in `f32` (their squares overflow f16).
     fn rms_norm(&self, x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
         let half = matches!(self.compute_dtype, DType::F16 | DType::BF16);
@@ -387,6 +382,15 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
         self.linear(features, &self.lm_head)
+    }
+
+    fn lm_head_weight(&self) -> Tensor<B, 2> {
+        let w = Tensor::cat(self.lm_head.shards.clone(), 0);
+        if self.dtype == self.compute_dtype {
+            w
+        } else {
+            w.cast(self.compute_dtype)
+        }
     }
 
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>> {

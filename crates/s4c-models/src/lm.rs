@@ -72,6 +72,8 @@ pub trait CausalLm<B: Backend> {
     fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2>;
     /// LM head: features `[n, hidden]` → logits `[n, vocab]`.
     fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2>;
+    /// The LM head's weights `[vocab, hidden]` in the compute type (drafters share them).
+    fn lm_head_weight(&self) -> Tensor<B, 2>;
     /// Runs the new tokens against the cache, appends their keys and values, and returns their
     /// logits and features. No host synchronisation happens inside.
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>>;

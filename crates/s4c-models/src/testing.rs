@@ -110,3 +110,37 @@ pub fn tiny_model<B: Backend>(vocab_size: usize, seed: u64, device: &B::Device) 
     )
     .expect("random weights match their own config")
 }
+
+/// A tiny model whose greedy next token is always `token + 1` (mod the vocabulary): its layers
+/// add nothing (zero output projections) and its untied LM head maps each token's embedding to
+/// the next id. Speculative-decoding tests use it with a drafter that knows the rule, so long
+/// branches are accepted.
+pub fn counting_model<B: Backend>(vocab_size: usize, seed: u64, device: &B::Device) -> Llama<B> {
+    let mut config = LlamaConfig::tiny(vocab_size);
+    config.tie_word_embeddings = false;
+    let mut w = random_weights(&config, seed);
+    let h = config.hidden_size;
+    let embed = w.0["model.embed_tokens.weight"].clone();
+    let mut head = vec![0.0f32; vocab_size * h];
+    for t in 0..vocab_size {
+        let next = (t + 1) % vocab_size;
+        head[next * h..(next + 1) * h].copy_from_slice(&embed.data[t * h..(t + 1) * h]);
+    }
+    w.0.insert(
+        "lm_head.weight".into(),
+        HostTensor::new(vec![vocab_size, h], head),
+    );
+    for (name, t) in w.0.iter_mut() {
+        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+            t.data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    Llama::from_weights(
+        &config,
+        &w,
+        device,
+        DType::F32,
+        config.max_position_embeddings,
+    )
+    .expect("counting weights match their own config")
+}

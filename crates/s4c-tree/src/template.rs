@@ -112,6 +112,26 @@ impl Template {
         &self.paths
     }
 
+    /// The nodes of depth at most `depth` (a template for a drafter with fewer heads).
+    pub fn truncated(&self, depth: usize) -> Result<Self, TreeError> {
+        Template::new(
+            self.paths
+                .iter()
+                .filter(|p| p.len() <= depth)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether `path` (top-k ranks from the root) is one of the template's nodes.
+    pub fn contains(&self, path: &[usize]) -> bool {
+        let d = path.len();
+        // Paths are sorted breadth-first: by length, then lexicographically.
+        self.paths
+            .binary_search_by(|p| p.len().cmp(&d).then_with(|| p.as_slice().cmp(path)))
+            .is_ok()
+    }
+
     /// Number of draft nodes (root excluded).
     pub fn len(&self) -> usize {
         self.paths.len()

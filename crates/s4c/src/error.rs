@@ -6,6 +6,9 @@ pub enum EngineError {
     /// Loading or running the target model failed.
     #[error(transparent)]
     Model(#[from] s4c_models::ModelError),
+    /// Drafting, heads loading or training failed.
+    #[error(transparent)]
+    Draft(#[from] s4c_draft::DraftError),
     /// Acceptance failed.
     #[error(transparent)]
     Verify(#[from] s4c_verify::VerifyError),

@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod plain;
+pub mod speculative;
 
 pub use error::{EngineError, Result};
 

@@ -14,6 +14,8 @@ use s4c_models::{
 use s4c_verify::SamplingParams;
 use serde_json::json;
 
+mod train_cmd;
+
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Parser)]
@@ -50,6 +52,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train S4C draft heads for a model by self-distillation (data generation, then training).
+    TrainHeads(TrainHeadsArgs),
     /// Show a model's configuration, storage types and parameter count.
     Info {
         /// A GGUF file or a Hugging Face folder.
@@ -145,6 +149,66 @@ struct GenerateArgs {
     ignore_eos: bool,
 }
 
+#[derive(Args)]
+struct TrainHeadsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training prompts, JSON lines with a `prompt` field (never the benchmark questions).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Where to write the heads (`.safetensors`; the JSON config goes next to it).
+    #[arg(long, default_value = "heads.safetensors")]
+    out: PathBuf,
+    /// Folder of the self-distillation data (reused when present; delete it to regenerate).
+    #[arg(long, default_value = "runs/distill")]
+    data_dir: PathBuf,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit_prompts: Option<usize>,
+    /// Answer length per prompt when generating the data.
+    #[arg(long, default_value_t = 128)]
+    answer_tokens: usize,
+    /// Sequences decoded together when generating the data.
+    #[arg(long, default_value_t = 16)]
+    data_batch: usize,
+    /// Stop after generating the data.
+    #[arg(long)]
+    data_only: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Number of heads (maximum draft depth).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Past target features the initial state attends over.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
+    #[arg(long, default_value_t = 0)]
+    draft_vocab: usize,
+    /// Coherence components: independent (Medusa), tokens, full (S4C).
+    #[arg(long, default_value = "full")]
+    coherence: s4c_draft::Coherence,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// AdamW learning rate (cosine decay to 10%).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Examples per optimisation step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder of resumable checkpoints and the loss log.
+    #[arg(long, default_value = "runs/train-heads")]
+    checkpoint_dir: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -178,6 +242,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => cmd_info(&model),
+        Command::TrainHeads(args) => {
+            let m = args.model.clone();
+            dispatch(&m, |loaded| loaded.train_heads(&args))
+        }
     }
 }
 
@@ -258,6 +326,7 @@ trait Runner {
         stream: bool,
     ) -> Result<serde_json::Value>;
     fn stop_tokens(&self) -> Vec<u32>;
+    fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()>;
 }
 
 struct Loaded<B: Backend> {
@@ -333,6 +402,10 @@ impl<B: Backend> Runner for Loaded<B> {
 
     fn stop_tokens(&self) -> Vec<u32> {
         stop_tokens(&self.m)
+    }
+
+    fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()> {
+        train_cmd::train_heads(&self.m, args)
     }
 
     fn generate(

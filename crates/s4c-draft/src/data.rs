@@ -1,0 +1,496 @@
+//! Self-distillation data: the target answers the training prompts and every position's feature
+//! and top-k next-token distribution are kept, so training never runs the target again.
+//!
+//! Answers are generated greedily for many prompts at once in one shared KV cache: each step feeds
+//! one token per unfinished sequence, with a block-diagonal mask so a sequence sees only its own
+//! slots (batched decoding through the same tree-masked forward that verification uses).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{backend::Backend, Tensor};
+use half::f16;
+use rayon::prelude::*;
+use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+use crate::error::{DraftError, Result};
+
+/// One sequence of the distillation set: prompt then the target's own greedy answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    /// Prompt ids followed by the generated ids.
+    pub tokens: Vec<u32>,
+    /// How many of `tokens` are the prompt.
+    pub prompt_len: usize,
+    /// `[tokens.len() - 1, hidden]` final-norm features: row `t` is the target's state at token
+    /// `t`, the input of its prediction of token `t + 1`.
+    pub features: Vec<f16>,
+    /// `[tokens.len() - 1, top_k]` the target's most likely next tokens at each row, best first.
+    pub top_ids: Vec<u32>,
+    /// `[tokens.len() - 1, top_k]` their probabilities.
+    pub top_probs: Vec<f16>,
+}
+
+impl Sequence {
+    /// Number of positions with a feature (`tokens.len() - 1`).
+    pub fn positions(&self) -> usize {
+        self.tokens.len().saturating_sub(1)
+    }
+}
+
+/// A set of sequences with the feature width and distribution size they share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dataset {
+    /// Feature width (the target's hidden size).
+    pub hidden: usize,
+    /// Entries kept per next-token distribution.
+    pub top_k: usize,
+    /// The sequences.
+    pub sequences: Vec<Sequence>,
+}
+
+impl Dataset {
+    /// Total positions with a feature.
+    pub fn positions(&self) -> usize {
+        self.sequences.iter().map(Sequence::positions).sum()
+    }
+
+    /// Total generated (answer) tokens.
+    pub fn answer_tokens(&self) -> usize {
+        self.sequences
+            .iter()
+            .map(|s| s.tokens.len() - s.prompt_len)
+            .sum()
+    }
+}
+
+/// Options of [`distill`].
+#[derive(Debug, Clone)]
+pub struct DistillOptions {
+    /// Answer length limit per prompt.
+    pub max_new_tokens: usize,
+    /// Upper bound on the sequences decoded together (also bounded by the cache capacity).
+    pub batch: usize,
+    /// Entries kept per next-token distribution.
+    pub top_k: usize,
+    /// Tokens that end an answer (kept as the answer's last token).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Default for DistillOptions {
+    fn default() -> Self {
+        DistillOptions {
+            max_new_tokens: 128,
+            batch: 16,
+            top_k: 8,
+            stop_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Runs the target on `prompts` (token ids, chat template applied) and returns their
+/// distillation sequences in the same order. `progress(done_prompts, new_tokens)` is called
+/// after every decoding step.
+pub fn distill<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    options: &DistillOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Sequence>> {
+    if options.batch == 0 || options.top_k == 0 || options.max_new_tokens == 0 {
+        return Err(DraftError::InvalidOption(
+            "distillation needs batch, top_k and max_new_tokens of at least 1".into(),
+        ));
+    }
+    let capacity = model.new_cache(usize::MAX).capacity();
+    let mut out = Vec::with_capacity(prompts.len());
+    let mut start = 0;
+    while start < prompts.len() {
+        // As many prompts as fit in one cache.
+        let mut end = start;
+        let mut need = 0;
+        while end < prompts.len() && end - start < options.batch {
+            let n = prompts[end].len() + options.max_new_tokens;
+            if need + n > capacity {
+                break;
+            }
+            need += n;
+            end += 1;
+        }
+        if end == start {
+            return Err(DraftError::InvalidOption(format!(
+                "prompt {start} ({} tokens) plus {} new tokens does not fit the context of \
+                 {capacity}; lower --max-new-tokens",
+                prompts[start].len(),
+                options.max_new_tokens
+            )));
+        }
+        let done = out.len();
+        let mut report = |tokens: usize| progress(done, tokens);
+        out.extend(distill_batch(
+            model,
+            &prompts[start..end],
+            need,
+            options,
+            &mut report,
+        )?);
+        start = end;
+    }
+    progress(out.len(), 0);
+    Ok(out)
+}
+
+/// One batch of sequences decoded together in one cache of `capacity` slots.
+fn distill_batch<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    capacity: usize,
+    options: &DistillOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Sequence>> {
+    let mut cache = model.new_cache(capacity);
+    let mut seqs: Vec<Sequence> = prompts
+        .iter()
+        .map(|p| Sequence {
+            tokens: p.clone(),
+            prompt_len: p.len(),
+            features: Vec::new(),
+            top_ids: Vec::new(),
+            top_probs: Vec::new(),
+        })
+        .collect();
+    // Cache slots of each sequence.
+    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); prompts.len()];
+
+    // Prefill every prompt in one block-diagonal causal pass.
+    let mut tokens = Vec::new();
+    let mut positions = Vec::new();
+    let mut owner = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(DraftError::InvalidOption(format!("prompt {i} is empty")));
+        }
+        for (pos, &t) in p.iter().enumerate() {
+            slots[i].push(tokens.len());
+            tokens.push(t);
+            positions.push(pos);
+            owner.push(i);
+        }
+    }
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let rows = step(
+        model, &mut cache, &tokens, positions, &owner, &slots, options,
+    )?;
+    let mut new_tokens = 0;
+    for (row, &i) in rows.into_iter().zip(&owner) {
+        seqs[i].features.extend(row.feature);
+        seqs[i].top_ids.extend(row.ids);
+        seqs[i].top_probs.extend(row.probs);
+    }
+    let mut next: Vec<u32> = (0..prompts.len())
+        .map(|i| seqs[i].top_ids[seqs[i].top_ids.len() - options.top_k])
+        .collect();
+
+    loop {
+        // Append each active sequence's next token; finish those that stop.
+        active.retain(|&i| {
+            seqs[i].tokens.push(next[i]);
+            new_tokens += 1;
+            let generated = seqs[i].tokens.len() - seqs[i].prompt_len;
+            !(options.stop_tokens.contains(&next[i]) || generated >= options.max_new_tokens)
+        });
+        progress(new_tokens);
+        if active.is_empty() {
+            break;
+        }
+        let base = cache.len();
+        let tokens: Vec<u32> = active.iter().map(|&i| next[i]).collect();
+        let positions: Vec<usize> = active.iter().map(|&i| slots[i].len()).collect();
+        for (r, &i) in active.iter().enumerate() {
+            slots[i].push(base + r);
+        }
+        let rows = step(
+            model, &mut cache, &tokens, positions, &active, &slots, options,
+        )?;
+        for (row, &i) in rows.into_iter().zip(&active) {
+            next[i] = row.ids[0];
+            seqs[i].features.extend(row.feature);
+            seqs[i].top_ids.extend(row.ids);
+            seqs[i].top_probs.extend(row.probs);
+        }
+    }
+    Ok(seqs)
+}
+
+/// The host copy of one row of a forward pass.
+struct Row {
+    feature: Vec<f16>,
+    ids: Vec<u32>,
+    probs: Vec<f16>,
+}
+
+/// One forward over `tokens` (owned by `owner[r]`, each seeing only its owner's `slots`) and the
+/// per-row features and top-k distributions.
+fn step<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    cache: &mut s4c_models::KvCache<B>,
+    tokens: &[u32],
+    positions: Vec<usize>,
+    owner: &[usize],
+    slots: &[Vec<usize>],
+    options: &DistillOptions,
+) -> Result<Vec<Row>> {
+    let n = tokens.len();
+    let cols = cache.len() + n;
+    let base = cache.len();
+    let mut visible = vec![false; n * cols];
+    for (r, &i) in owner.iter().enumerate() {
+        let me = base + r;
+        for &s in &slots[i] {
+            if s <= me {
+                visible[r * cols + s] = true;
+            }
+        }
+    }
+    let mask = AttentionMask::new(n, cols, visible)
+        .ok_or_else(|| DraftError::InvalidOption("internal: bad distillation mask".into()))?;
+    let input = Input {
+        tokens,
+        positions,
+        mask: Some(&mask),
+        logits: Logits::All,
+    };
+    let out = model.forward(&input, cache)?;
+    let logits = to_host(out.logits)?;
+    let features = to_host(out.features)?;
+    let vocab = logits.len() / n;
+    let hidden = features.len() / n;
+    let k = options.top_k.min(vocab);
+    Ok(logits
+        .par_chunks(vocab)
+        .zip(features.par_chunks(hidden))
+        .map(|(l, f)| {
+            let (ids, probs) = top_k_softmax(l, k);
+            Row {
+                feature: f.iter().map(|&x| f16::from_f32(x)).collect(),
+                ids,
+                probs: probs.into_iter().map(f16::from_f32).collect(),
+            }
+        })
+        .collect())
+}
+
+fn to_host<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| DraftError::Read(format!("{e:?}")))
+}
+
+/// The `k` most likely ids of `softmax(logits)` with their probabilities, best first; ties go to
+/// the lower id (as the greedy argmax does).
+pub fn top_k_softmax(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let better = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let k = k.min(idx.len());
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, better);
+        idx.truncate(k);
+    }
+    idx.sort_by(better);
+    let probs = idx
+        .iter()
+        .map(|&i| (logits[i as usize] - max).exp() / total)
+        .collect();
+    (idx, probs)
+}
+
+/// Writes `sequences` to one safetensors chunk file.
+pub fn save_chunk(path: &Path, hidden: usize, top_k: usize, sequences: &[Sequence]) -> Result<()> {
+    let mut tokens = Vec::new();
+    let mut starts = vec![0u32];
+    let mut prompt_lens = Vec::new();
+    let (mut feats, mut ids, mut probs) = (Vec::new(), Vec::new(), Vec::new());
+    for s in sequences {
+        tokens.extend(&s.tokens);
+        starts.push(tokens.len() as u32);
+        prompt_lens.push(s.prompt_len as u32);
+        feats.extend(&s.features);
+        ids.extend(&s.top_ids);
+        probs.extend(&s.top_probs);
+    }
+    let positions = feats.len() / hidden.max(1);
+    let bytes_u32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let bytes_f16 = |v: &[f16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let data = [
+        ("tokens", Dtype::U32, vec![tokens.len()], bytes_u32(&tokens)),
+        ("starts", Dtype::U32, vec![starts.len()], bytes_u32(&starts)),
+        (
+            "prompt_lens",
+            Dtype::U32,
+            vec![prompt_lens.len()],
+            bytes_u32(&prompt_lens),
+        ),
+        (
+            "features",
+            Dtype::F16,
+            vec![positions, hidden],
+            bytes_f16(&feats),
+        ),
+        (
+            "top_ids",
+            Dtype::U32,
+            vec![positions, top_k],
+            bytes_u32(&ids),
+        ),
+        (
+            "top_probs",
+            Dtype::F16,
+            vec![positions, top_k],
+            bytes_f16(&probs),
+        ),
+    ];
+    let views = data
+        .iter()
+        .map(|(name, dt, shape, b)| {
+            TensorView::new(*dt, shape.clone(), b)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| DraftError::InvalidOption(format!("internal: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tmp = path.with_extension("tmp");
+    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| DraftError::InvalidData {
+        path: tmp.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| DraftError::io(path, e))
+}
+
+/// Reads a chunk written by [`save_chunk`]: `(hidden, top_k, sequences)`.
+pub fn load_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>)> {
+    let bad = |reason: String| DraftError::InvalidData {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| DraftError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let get = |name: &str, dt: Dtype| {
+        let t = st
+            .tensor(name)
+            .map_err(|_| bad(format!("tensor {name} missing")))?;
+        if t.dtype() != dt {
+            return Err(bad(format!("tensor {name} is {:?}", t.dtype())));
+        }
+        Ok((t.shape().to_vec(), t.data().to_vec()))
+    };
+    let u32s = |b: &[u8]| -> Vec<u32> {
+        b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let f16s = |b: &[u8]| -> Vec<f16> {
+        b.chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    };
+    let tokens = u32s(&get("tokens", Dtype::U32)?.1);
+    let starts = u32s(&get("starts", Dtype::U32)?.1);
+    let prompt_lens = u32s(&get("prompt_lens", Dtype::U32)?.1);
+    let (fshape, fbytes) = get("features", Dtype::F16)?;
+    let (ishape, ibytes) = get("top_ids", Dtype::U32)?;
+    let probs = f16s(&get("top_probs", Dtype::F16)?.1);
+    let (feats, ids) = (f16s(&fbytes), u32s(&ibytes));
+    if fshape.len() != 2 || ishape.len() != 2 || starts.len() != prompt_lens.len() + 1 {
+        return Err(bad("inconsistent shapes".into()));
+    }
+    let (hidden, top_k) = (fshape[1], ishape[1]);
+    let mut seqs = Vec::new();
+    let mut row = 0usize;
+    for (s, w) in starts.windows(2).enumerate() {
+        let (a, b) = (w[0] as usize, w[1] as usize);
+        if b < a + 1 || b > tokens.len() {
+            return Err(bad(format!("sequence {s} has bad bounds")));
+        }
+        let n = b - a - 1;
+        if (row + n) * hidden > feats.len() || (row + n) * top_k > ids.len().min(probs.len()) {
+            return Err(bad("fewer features than tokens".into()));
+        }
+        seqs.push(Sequence {
+            tokens: tokens[a..b].to_vec(),
+            prompt_len: prompt_lens[s] as usize,
+            features: feats[row * hidden..(row + n) * hidden].to_vec(),
+            top_ids: ids[row * top_k..(row + n) * top_k].to_vec(),
+            top_probs: probs[row * top_k..(row + n) * top_k].to_vec(),
+        });
+        row += n;
+    }
+    Ok((hidden, top_k, seqs))
+}
+
+/// The path of chunk `i` in a data folder.
+pub fn chunk_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("chunk-{i:05}.safetensors"))
+}
+
+/// Loads every chunk of a data folder, in order.
+pub fn load_dir(dir: &Path) -> Result<Dataset> {
+    let mut ds = Dataset::default();
+    let mut i = 0;
+    while chunk_path(dir, i).exists() {
+        let (hidden, top_k, seqs) = load_chunk(&chunk_path(dir, i))?;
+        if i > 0 && (hidden, top_k) != (ds.hidden, ds.top_k) {
+            return Err(DraftError::InvalidData {
+                path: chunk_path(dir, i),
+                reason: "feature width or top-k differs from chunk 0".into(),
+            });
+        }
+        ds.hidden = hidden;
+        ds.top_k = top_k;
+        ds.sequences.extend(seqs);
+        i += 1;
+    }
+    Ok(ds)
+}
+
+/// Distils `prompts` into `dir`, `chunk` prompts per file, skipping chunks already there (so an
+/// interrupted run resumes), and returns the whole dataset. `progress(done_prompts, new_tokens)`.
+pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    dir: &Path,
+    chunk: usize,
+    options: &DistillOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Dataset> {
+    if chunk == 0 {
+        return Err(DraftError::InvalidOption(
+            "chunk size must be at least 1".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| DraftError::io(dir, e))?;
+    let hidden = model.config().hidden_size;
+    let mut tokens = 0;
+    for (i, part) in prompts.chunks(chunk).enumerate() {
+        let path = chunk_path(dir, i);
+        if path.exists() {
+            progress((i + 1) * chunk, tokens);
+            continue;
+        }
+        let before = i * chunk;
+        let seqs = distill(model, part, options, &mut |done, t| {
+            progress(before + done, tokens + t)
+        })?;
+        tokens += seqs
+            .iter()
+            .map(|s| s.tokens.len() - s.prompt_len)
+            .sum::<usize>();
+        save_chunk(&path, hidden, options.top_k, &seqs)?;
+    }
+    load_dir(dir)
+}

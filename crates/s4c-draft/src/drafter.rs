@@ -1,0 +1,342 @@
+//! Drafting: the [`Drafter`] trait, the S4C [`MultiHeadDrafter`], and [`DraftSession`], the
+//! candidate provider that grows one verification tree from one initial state.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use s4c_models::CausalLm;
+use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
+
+use crate::config::{probe_positions, Coherence, DrafterConfig, Fingerprint};
+use crate::data::top_k_softmax;
+use crate::error::{DraftError, Result};
+use crate::heads::Heads;
+
+/// Proposes draft tokens from the target's features.
+///
+/// Drafting a tree is two stages: [`Drafter::initial_states`] turns target features (with the
+/// window of features before each) into draft states — batched over every node of a
+/// verification pass, so whichever node is accepted its state is ready (feature reuse) — then
+/// [`Drafter::expand`] runs head `depth` on a batch of nodes.
+pub trait Drafter<B: Backend> {
+    /// The deepest depth it drafts (its number of heads).
+    fn max_depth(&self) -> usize;
+    /// How many preceding features the first stage reads.
+    fn window(&self) -> usize;
+    /// Whether a node's state comes from its parent's (syntactic coherence); when not, every
+    /// head reads the initial state (independent, Medusa-style heads).
+    fn chains(&self) -> bool {
+        true
+    }
+    /// Initial states `[n, hidden]` of `features` `[n, hidden]`, each with its `window`
+    /// `[n, W, hidden]` of preceding features, `valid` `[n, W]` (1 = real, 0 = padding).
+    fn initial_states(
+        &self,
+        features: Tensor<B, 2>,
+        window: Tensor<B, 3>,
+        valid: Tensor<B, 2>,
+    ) -> Tensor<B, 2>;
+    /// Head `depth` (0-based) on nodes whose parents' states are `parents` `[m, hidden]` and
+    /// whose tokens are `tokens`: their states and each one's `k` best children, best first.
+    fn expand(
+        &self,
+        depth: usize,
+        parents: Tensor<B, 2>,
+        tokens: &[u32],
+        k: usize,
+    ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)>;
+}
+
+/// The S4C drafter: [`Heads`] plus the target's frozen embedding and LM head.
+pub struct MultiHeadDrafter<B: Backend> {
+    config: DrafterConfig,
+    heads: Heads<B>,
+    /// `[vocab, hidden]` the target's input embedding.
+    embed: Tensor<B, 2>,
+    /// `[hidden, draft_vocab]` the target's LM head restricted to the draft vocabulary.
+    head_t: Tensor<B, 2>,
+    /// Draft-vocabulary index → token id.
+    vocab: Vec<u32>,
+}
+
+impl<B: Backend> MultiHeadDrafter<B> {
+    /// A drafter from trained (or fresh) `heads` for `target`; `vocab` lists the draft
+    /// vocabulary's token ids (all ids, in order, for the full vocabulary).
+    pub fn new<M: CausalLm<B>>(
+        config: DrafterConfig,
+        heads: Heads<B>,
+        vocab: Vec<u32>,
+        target: &M,
+    ) -> Result<Self> {
+        config.validate().map_err(DraftError::InvalidOption)?;
+        let v = target.config().vocab_size;
+        if vocab.len() != config.draft_vocab || vocab.iter().any(|&t| t as usize >= v) {
+            return Err(DraftError::InvalidOption(format!(
+                "draft vocabulary must list {} ids below {v}",
+                config.draft_vocab
+            )));
+        }
+        if heads.len() != config.heads {
+            return Err(DraftError::InvalidOption(format!(
+                "{} head blocks for a config of {}",
+                heads.len(),
+                config.heads
+            )));
+        }
+        let device = target.device().clone();
+        let embed = target.embed(Tensor::arange(0..v as i64, &device));
+        let head = target.lm_head_weight();
+        let head = if vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize) {
+            head
+        } else {
+            head.select(0, ids_tensor::<B>(&vocab, &device))
+        };
+        Ok(MultiHeadDrafter {
+            config,
+            heads,
+            embed,
+            head_t: head.transpose(),
+            vocab,
+        })
+    }
+
+    /// Random heads (the blocks' output layers are made non-zero), for tests: losslessness
+    /// must not depend on good heads.
+    pub fn random<M: CausalLm<B>>(config: DrafterConfig, target: &M, seed: u64) -> Result<Self> {
+        let device = target.device().clone();
+        let mut heads = Heads::<B>::init(&config, &device, seed);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let mut noise = |w: Tensor<B, 2>| {
+            let dims = w.dims();
+            let v: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| rng.random_range(-0.1f32..0.1))
+                .collect();
+            burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(v, dims), &device))
+        };
+        heads.ctx_out.weight = noise(heads.ctx_out.weight.val());
+        for b in heads.blocks.iter_mut() {
+            b.out.weight = noise(b.out.weight.val());
+        }
+        let vocab = (0..config.draft_vocab as u32).collect();
+        Self::new(config, heads, vocab, target)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DrafterConfig {
+        &self.config
+    }
+
+    /// The trainable parameters.
+    pub fn heads(&self) -> &Heads<B> {
+        &self.heads
+    }
+
+    /// The frozen LM head restricted to the draft vocabulary, `[draft_vocab, hidden]`.
+    pub fn head(&self) -> Tensor<B, 2> {
+        self.head_t.clone().transpose()
+    }
+
+    /// The draft vocabulary (index → token id).
+    pub fn vocab(&self) -> &[u32] {
+        &self.vocab
+    }
+}
+
+fn ids_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(v, [ids.len()]), device)
+}
+
+impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
+    fn max_depth(&self) -> usize {
+        self.config.heads
+    }
+
+    fn window(&self) -> usize {
+        if self.config.coherence.uses_window() {
+            self.config.window
+        } else {
+            0
+        }
+    }
+
+    fn chains(&self) -> bool {
+        self.config.coherence.chains_tokens()
+    }
+
+    fn initial_states(
+        &self,
+        features: Tensor<B, 2>,
+        window: Tensor<B, 3>,
+        valid: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        self.heads
+            .initial(self.config.coherence, features, window, valid)
+    }
+
+    fn expand(
+        &self,
+        depth: usize,
+        parents: Tensor<B, 2>,
+        tokens: &[u32],
+        k: usize,
+    ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
+        let [m, _] = parents.dims();
+        if depth >= self.config.heads || m == 0 {
+            return Ok((parents, vec![Vec::new(); m]));
+        }
+        let emb = if self.config.coherence == Coherence::Independent {
+            parents.zeros_like()
+        } else {
+            self.embed
+                .clone()
+                .select(0, ids_tensor::<B>(tokens, &parents.device()))
+        };
+        let states = self.heads.step(depth, parents, emb);
+        let logits = states.clone().matmul(self.head_t.clone());
+        let host = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+        let dv = self.vocab.len();
+        let cands = host
+            .chunks(dv)
+            .map(|row| {
+                let (ids, probs) = top_k_softmax(row, k);
+                ids.into_iter()
+                    .zip(probs)
+                    .map(|(i, p)| Candidate {
+                        token: self.vocab[i as usize],
+                        logprob: p.max(f32::MIN_POSITIVE).ln(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((states, cands))
+    }
+}
+
+/// The fingerprint of `target`, to store with heads and to check them against.
+pub fn fingerprint<B: Backend, M: CausalLm<B>>(target: &M) -> Result<Fingerprint> {
+    let c = target.config();
+    let w = target.lm_head_weight();
+    let [v, h] = w.dims();
+    let pos = probe_positions(v, h);
+    let flat: Vec<i64> = pos.iter().map(|&(r, c)| (r * h + c) as i64).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [pos.len()]), target.device());
+    let probe = w
+        .reshape([v * h])
+        .select(0, idx)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+    Ok(Fingerprint {
+        architecture: "llama".into(),
+        hidden_size: c.hidden_size,
+        vocab_size: c.vocab_size,
+        num_layers: c.num_layers,
+        lm_head_probe: probe,
+    })
+}
+
+/// Grows one tree: a [`CandidateProvider`] that runs the heads from one initial state and keeps
+/// every expanded node's state, so a child is drafted from its own parent (its branch).
+pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
+    drafter: &'a D,
+    /// `[1, hidden]` the state before the root.
+    initial: Tensor<B, 2>,
+    /// Per tree node: (batch, row) of its state once expanded.
+    state_of: Vec<Option<(usize, usize)>>,
+    /// States computed by each `expand` call.
+    batches: Vec<Tensor<B, 2>>,
+    error: Option<DraftError>,
+    elapsed: Duration,
+}
+
+impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
+    /// A session from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`]).
+    pub fn new(drafter: &'a D, initial: Tensor<B, 2>) -> Self {
+        DraftSession {
+            drafter,
+            initial,
+            state_of: Vec::new(),
+            batches: Vec::new(),
+            error: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The first error the drafter hit (the tree is then smaller than asked), if any.
+    pub fn take_error(&mut self) -> Option<DraftError> {
+        self.error.take()
+    }
+
+    /// Time spent in the drafter.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    fn parent_state(&self, tree: &TokenTree, n: usize) -> Option<Tensor<B, 2>> {
+        if n == ROOT || !self.drafter.chains() {
+            return Some(self.initial.clone());
+        }
+        let p = tree.node(n).parent?;
+        let (b, r) = (*self.state_of.get(p)?)?;
+        let t = &self.batches[b];
+        let h = t.dims()[1];
+        Some(t.clone().slice([r..r + 1, 0..h]))
+    }
+}
+
+impl<B: Backend, D: Drafter<B>> CandidateProvider for DraftSession<'_, B, D> {
+    fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+        let start = Instant::now();
+        let mut out = vec![Vec::new(); nodes.len()];
+        if self.error.is_some() {
+            return out;
+        }
+        // One head call per depth among `nodes` (callers pass one depth at a time).
+        let mut depths: Vec<usize> = nodes.iter().map(|&n| tree.node(n).depth).collect();
+        depths.sort_unstable();
+        depths.dedup();
+        for d in depths {
+            if d >= self.drafter.max_depth() {
+                continue;
+            }
+            let group: Vec<usize> = (0..nodes.len())
+                .filter(|&i| tree.node(nodes[i]).depth == d)
+                .collect();
+            let parents: Option<Vec<Tensor<B, 2>>> = group
+                .iter()
+                .map(|&i| self.parent_state(tree, nodes[i]))
+                .collect();
+            let Some(parents) = parents else { continue };
+            let tokens: Vec<u32> = group.iter().map(|&i| tree.node(nodes[i]).token).collect();
+            match self.drafter.expand(d, Tensor::cat(parents, 0), &tokens, k) {
+                Ok((states, cands)) => {
+                    let b = self.batches.len();
+                    self.batches.push(states);
+                    for ((row, &i), c) in group.iter().enumerate().zip(cands) {
+                        let n = nodes[i];
+                        if self.state_of.len() <= n {
+                            self.state_of.resize(n + 1, None);
+                        }
+                        self.state_of[n] = Some((b, row));
+                        out[i] = c;
+                    }
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    break;
+                }
+            }
+        }
+        self.elapsed += start.elapsed();
+        out
+    }
+}

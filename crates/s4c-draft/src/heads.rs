@@ -1,0 +1,227 @@
+//! The trainable part of the drafter: the window attention of the initial state and one block
+//! per head. The target's embedding and LM head are shared and frozen, so they are inputs here.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Coherence, DrafterConfig};
+
+/// One head: `s_k = s_{k-1} + W_out · silu(W_in · [s_{k-1} ; e])`.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// `[2·hidden → inner]`
+    pub inp: Linear<B>,
+    /// `[inner → hidden]`, zero at initialisation (the block starts as the identity).
+    pub out: Linear<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, state: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = Tensor::cat(vec![state.clone(), emb], 1);
+        state + self.out.forward(activation::silu(self.inp.forward(x)))
+    }
+}
+
+/// The drafter's parameters.
+#[derive(Module, Debug)]
+pub struct Heads<B: Backend> {
+    /// Window-attention query projection `[hidden → attn_dim]`.
+    pub ctx_q: Linear<B>,
+    /// Window-attention key projection `[hidden → attn_dim]`.
+    pub ctx_k: Linear<B>,
+    /// Mixes the attended context into the state `[hidden → hidden]`, zero at initialisation.
+    pub ctx_out: Linear<B>,
+    /// One block per head.
+    pub blocks: Vec<Block<B>>,
+}
+
+impl<B: Backend> Heads<B> {
+    /// Fresh parameters from `seed` (host-side RNG: the same seed gives the same heads on every
+    /// backend, whatever else runs): uniform ±1/√fan_in inputs, zero output layers, so every
+    /// block starts as the identity.
+    pub fn init(config: &DrafterConfig, device: &B::Device, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (h, i, a) = (config.hidden, config.inner, config.attn_dim);
+        let mut linear = |d_in: usize, d_out: usize, bias: bool, zero: bool| {
+            let bound = 1.0 / (d_in as f32).sqrt();
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| {
+                        if zero {
+                            0.0
+                        } else {
+                            rng.random_range(-bound..bound)
+                        }
+                    })
+                    .collect()
+            };
+            let w = Tensor::<B, 2>::from_data(
+                TensorData::new(draw(d_in * d_out), [d_in, d_out]),
+                device,
+            );
+            let b = bias.then(|| {
+                Param::from_tensor(Tensor::<B, 1>::from_data(
+                    TensorData::new(draw(d_out), [d_out]),
+                    device,
+                ))
+            });
+            Linear {
+                weight: Param::from_tensor(w),
+                bias: b,
+            }
+        };
+        let ctx_q = linear(h, a, false, false);
+        let ctx_k = linear(h, a, false, false);
+        let ctx_out = linear(h, h, true, true);
+        let blocks = (0..config.heads)
+            .map(|_| Block {
+                inp: linear(2 * h, i, true, false),
+                out: linear(i, h, true, true),
+            })
+            .collect();
+        Heads {
+            ctx_q,
+            ctx_k,
+            ctx_out,
+            blocks,
+        }
+    }
+
+    /// Initial states `[n, hidden]` of `features` `[n, hidden]`, each attending over its
+    /// `window` `[n, W, hidden]` of preceding features where `valid` `[n, W]` is 1 (0 = padding).
+    /// Without semantic coherence (or with `W = 0`) the state is the feature itself.
+    pub fn initial(
+        &self,
+        coherence: Coherence,
+        features: Tensor<B, 2>,
+        window: Tensor<B, 3>,
+        valid: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let [n, w, h] = window.dims();
+        if !coherence.uses_window() || w == 0 {
+            return features;
+        }
+        let a = self.ctx_q.weight.dims()[1];
+        let q = self.ctx_q.forward(features.clone()).reshape([n, 1, a]);
+        let k = self.ctx_k.forward(window.clone());
+        let scores = q.matmul(k.swap_dims(1, 2)) / (a as f64).sqrt();
+        // Padding gets −1e4 (a softmax weight of ~0; rows with no valid entry attend to zeros).
+        let scores = scores + (valid.reshape([n, 1, w]) - 1.0) * 1e4;
+        let weights = activation::softmax(scores, 2);
+        let context = weights.matmul(window).reshape([n, h]);
+        features + self.ctx_out.forward(context)
+    }
+
+    /// Head `k`'s (0-based) state from its parent state and the embedding of the parent node's
+    /// token. Independent heads read the initial state and no token: pass them here as they are
+    /// (the caller supplies the initial state and zeros).
+    pub fn step(&self, k: usize, parent: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.blocks[k].forward(parent, emb)
+    }
+
+    /// Number of heads.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether there are no heads.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+/// One training batch, built on the host by [`crate::train`].
+#[derive(Debug, Clone)]
+pub struct Batch<B: Backend> {
+    /// `[n, hidden]` features of the last accepted token.
+    pub features: Tensor<B, 2>,
+    /// `[n, W, hidden]` preceding features (zero-padded).
+    pub window: Tensor<B, 3>,
+    /// `[n, W]` 1 where `window` is real.
+    pub valid: Tensor<B, 2>,
+    /// `[n, K, hidden]` embeddings of the tokens heads condition on (head `k` reads token
+    /// `t + k + 1`; head 1 reads the root = the target's next token).
+    pub cond: Tensor<B, 3>,
+    /// `[n, K, T]` draft-vocabulary indices of the target's top-`T` next tokens at offset `k`.
+    pub target_idx: Tensor<B, 3, Int>,
+    /// `[n, K, T]` their probabilities (0 where the head has no label or the token is outside
+    /// the draft vocabulary).
+    pub target_w: Tensor<B, 3>,
+    /// `[K]` how many rows have a label per head.
+    pub rows_per_head: Vec<usize>,
+}
+
+/// Draft logits of every head for a batch: `K` tensors `[n, draft_vocab]`. `lm_head` is the
+/// frozen `[draft_vocab, hidden]` LM head.
+pub fn batch_logits<B: Backend>(
+    heads: &Heads<B>,
+    coherence: Coherence,
+    lm_head: &Tensor<B, 2>,
+    batch: &Batch<B>,
+) -> Vec<Tensor<B, 2>> {
+    let [n, k, h] = batch.cond.dims();
+    let s0 = heads.initial(
+        coherence,
+        batch.features.clone(),
+        batch.window.clone(),
+        batch.valid.clone(),
+    );
+    let head_t = lm_head.clone().transpose();
+    let mut state = s0.clone();
+    (0..k.min(heads.len()))
+        .map(|j| {
+            state = if coherence.chains_tokens() {
+                let emb = batch
+                    .cond
+                    .clone()
+                    .slice([0..n, j..j + 1, 0..h])
+                    .reshape([n, h]);
+                heads.step(j, state.clone(), emb)
+            } else {
+                heads.step(j, s0.clone(), s0.zeros_like())
+            };
+            state.clone().matmul(head_t.clone())
+        })
+        .collect()
+}
+
+/// The training loss: per head, cross-entropy to the target's top-`T` distribution at its
+/// offset, weighted by `decay^k`; also returns each head's loss value tensor.
+pub fn batch_loss<B: Backend>(
+    heads: &Heads<B>,
+    coherence: Coherence,
+    lm_head: &Tensor<B, 2>,
+    batch: &Batch<B>,
+    decay: f32,
+) -> (Tensor<B, 1>, Vec<Tensor<B, 1>>) {
+    let [n, k, t] = batch.target_idx.dims();
+    let logits = batch_logits(heads, coherence, lm_head, batch);
+    let mut per_head = Vec::with_capacity(k);
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (j, l) in logits.into_iter().enumerate() {
+        let logq = activation::log_softmax(l, 1);
+        let idx = batch
+            .target_idx
+            .clone()
+            .slice([0..n, j..j + 1, 0..t])
+            .reshape([n, t]);
+        let w = batch
+            .target_w
+            .clone()
+            .slice([0..n, j..j + 1, 0..t])
+            .reshape([n, t]);
+        let rows = batch.rows_per_head[j].max(1) as f64;
+        let loss = (logq.gather(1, idx) * w).sum().neg() / rows;
+        let weighted = loss.clone() * (decay.powi(j as i32) as f64);
+        total = Some(match total {
+            None => weighted,
+            Some(s) => s + weighted,
+        });
+        per_head.push(loss);
+    }
+    let total = total.unwrap_or_else(|| Tensor::zeros([1], &batch.features.device()));
+    (total, per_head)
+}

@@ -1,0 +1,193 @@
+//! Heads on disk: `NAME.safetensors` (parameters and the draft vocabulary) and `NAME.json`
+//! ([`DrafterConfig`], with the target's fingerprint).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use s4c_models::CausalLm;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+use crate::config::DrafterConfig;
+use crate::drafter::{fingerprint, MultiHeadDrafter};
+use crate::error::{DraftError, Result};
+use crate::heads::{Block, Heads};
+
+/// The JSON config path that goes with a heads file.
+pub fn config_path(heads: &Path) -> PathBuf {
+    heads.with_extension("json")
+}
+
+fn linears<B: Backend>(heads: &Heads<B>) -> Vec<(String, &Linear<B>)> {
+    let mut v = vec![
+        ("ctx_q".to_string(), &heads.ctx_q),
+        ("ctx_k".to_string(), &heads.ctx_k),
+        ("ctx_out".to_string(), &heads.ctx_out),
+    ];
+    for (i, b) in heads.blocks.iter().enumerate() {
+        v.push((format!("blocks.{i}.inp"), &b.inp));
+        v.push((format!("blocks.{i}.out"), &b.out));
+    }
+    v
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let dims = t.dims().to_vec();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+    Ok((dims, v))
+}
+
+/// Writes `drafter`'s heads to `path` and its config next to it.
+pub fn save<B: Backend>(drafter: &MultiHeadDrafter<B>, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, l) in linears(drafter.heads()) {
+        let (dims, v) = host(l.weight.val())?;
+        tensors.push((
+            format!("{name}.weight"),
+            Dtype::F32,
+            dims,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+        if let Some(b) = &l.bias {
+            let (dims, v) = host(b.val())?;
+            tensors.push((
+                format!("{name}.bias"),
+                Dtype::F32,
+                dims,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    let vocab = drafter.vocab();
+    tensors.push((
+        "vocab".into(),
+        Dtype::U32,
+        vec![vocab.len()],
+        vocab.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    ));
+    let views = tensors
+        .iter()
+        .map(|(n, dt, dims, b)| {
+            TensorView::new(*dt, dims.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| DraftError::InvalidOption(format!("internal: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| DraftError::io(dir, e))?;
+    }
+    safetensors::serialize_to_file(views, None, path).map_err(|e| DraftError::InvalidHeads {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let json = serde_json::to_string_pretty(drafter.config())
+        .map_err(|e| DraftError::InvalidOption(format!("internal: {e}")))?;
+    let cpath = config_path(path);
+    std::fs::write(&cpath, json).map_err(|e| DraftError::io(&cpath, e))
+}
+
+/// Reads the config stored next to a heads file.
+pub fn load_config(path: &Path) -> Result<DrafterConfig> {
+    let cpath = config_path(path);
+    let text = std::fs::read_to_string(&cpath).map_err(|e| DraftError::io(&cpath, e))?;
+    let config: DrafterConfig =
+        serde_json::from_str(&text).map_err(|e| DraftError::InvalidHeads {
+            path: cpath.clone(),
+            reason: e.to_string(),
+        })?;
+    config
+        .validate()
+        .map_err(|reason| DraftError::InvalidHeads {
+            path: cpath,
+            reason,
+        })?;
+    Ok(config)
+}
+
+/// Loads heads for `target`, refusing heads trained for another model.
+pub fn load<B: Backend, M: CausalLm<B>>(path: &Path, target: &M) -> Result<MultiHeadDrafter<B>> {
+    let config = load_config(path)?;
+    let mine = fingerprint(target)?;
+    if let Some(reason) = config.target.mismatch(&mine) {
+        return Err(DraftError::WrongTarget {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    let bad = |reason: String| DraftError::InvalidHeads {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| DraftError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let device = target.device();
+    let read = |name: &str, dims: &[usize]| -> Result<TensorData> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| bad(format!("tensor {name} missing")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != dims {
+            return Err(bad(format!(
+                "tensor {name} is {:?} {:?}, expected F32 {dims:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(TensorData::new(v, dims.to_vec()))
+    };
+    let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
+        let w = Tensor::<B, 2>::from_data(read(&format!("{name}.weight"), &[d_in, d_out])?, device);
+        let b = if bias {
+            Some(Param::from_tensor(Tensor::<B, 1>::from_data(
+                read(&format!("{name}.bias"), &[d_out])?,
+                device,
+            )))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(w),
+            bias: b,
+        })
+    };
+    let (h, i, a) = (config.hidden, config.inner, config.attn_dim);
+    let heads = Heads {
+        ctx_q: linear("ctx_q", h, a, false)?,
+        ctx_k: linear("ctx_k", h, a, false)?,
+        ctx_out: linear("ctx_out", h, h, true)?,
+        blocks: (0..config.heads)
+            .map(|k| {
+                Ok(Block {
+                    inp: linear(&format!("blocks.{k}.inp"), 2 * h, i, true)?,
+                    out: linear(&format!("blocks.{k}.out"), i, h, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let vt = st
+        .tensor("vocab")
+        .map_err(|_| bad("tensor vocab missing".into()))?;
+    if vt.dtype() != Dtype::U32 || vt.shape() != [config.draft_vocab] {
+        return Err(bad(format!(
+            "vocab is {:?} {:?}, expected U32 [{}]",
+            vt.dtype(),
+            vt.shape(),
+            config.draft_vocab
+        )));
+    }
+    let vocab = vt
+        .data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    MultiHeadDrafter::new(config, heads, vocab, target)
+}

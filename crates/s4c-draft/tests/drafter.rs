@@ -1,0 +1,249 @@
+//! The drafter on a tiny random target: shapes, window masking, determinism, batched tree
+//! drafting against one-node-at-a-time drafting, save/load, mismatched heads.
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use s4c_draft::{
+    fingerprint, io, Coherence, DraftError, DraftSession, Drafter, DrafterConfig, MultiHeadDrafter,
+};
+use s4c_models::testing::tiny_model;
+use s4c_models::{CausalLm, Llama};
+use s4c_tree::{build_dynamic, CandidateProvider, DynamicConfig, Template, TokenTree};
+
+type B = Flex;
+const VOCAB: usize = 64;
+
+fn target(seed: u64) -> Llama<B> {
+    tiny_model::<B>(VOCAB, seed, &Default::default())
+}
+
+fn config(t: &Llama<B>, coherence: Coherence) -> DrafterConfig {
+    let mut c = DrafterConfig::new(fingerprint::<B, _>(t).unwrap());
+    c.window = 3;
+    c.coherence = coherence;
+    c
+}
+
+fn features(n: usize, h: usize, seed: u64) -> Tensor<B, 2> {
+    let v: Vec<f32> = (0..n * h)
+        .map(|i| (((i as u64 + 1) * (seed + 7)) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    Tensor::from_data(TensorData::new(v, [n, h]), &Default::default())
+}
+
+fn host(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn shapes_and_candidates() {
+    let t = target(1);
+    let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();
+    let h = 32;
+    let f = features(5, h, 1);
+    let win = features(15, h, 2).reshape([5, 3, h]);
+    let valid = Tensor::<B, 2>::ones([5, 3], &Default::default());
+    let s = d.initial_states(f, win, valid);
+    assert_eq!(s.dims(), [5, h]);
+    let (states, cands) = d.expand(0, s, &[1, 2, 3, 4, 5], 4).unwrap();
+    assert_eq!(states.dims(), [5, h]);
+    assert_eq!(cands.len(), 5);
+    for c in &cands {
+        assert_eq!(c.len(), 4);
+        assert!(c.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(c
+            .iter()
+            .all(|x| (x.token as usize) < VOCAB && x.logprob <= 0.0));
+    }
+    // Beyond the last head there is nothing to draft.
+    let (_, none) = d.expand(4, features(2, h, 3), &[1, 2], 4).unwrap();
+    assert!(none.iter().all(Vec::is_empty));
+}
+
+#[test]
+fn padded_window_entries_are_ignored() {
+    let t = target(1);
+    let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();
+    let h = 32;
+    let f = features(1, h, 1);
+    let valid = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![0.0f32, 1.0, 1.0], [1, 3]),
+        &Default::default(),
+    );
+    let a = features(3, h, 2);
+    // Same real entries (1, 2), different padding (0).
+    let mut b_rows = host(a.clone());
+    for x in &mut b_rows[..h] {
+        *x += 10.0;
+    }
+    let b = Tensor::<B, 2>::from_data(TensorData::new(b_rows.clone(), [3, h]), &Default::default());
+    let sa = host(d.initial_states(f.clone(), a.clone().reshape([1, 3, h]), valid.clone()));
+    let sb = host(d.initial_states(f.clone(), b.reshape([1, 3, h]), valid.clone()));
+    assert!(sa.iter().zip(&sb).all(|(x, y)| (x - y).abs() < 1e-5));
+    // A change in a real entry does change the state.
+    let mut c_rows = host(a);
+    for x in &mut c_rows[h..2 * h] {
+        *x += 10.0;
+    }
+    let c = Tensor::<B, 2>::from_data(TensorData::new(c_rows, [3, h]), &Default::default());
+    let sc = host(d.initial_states(f.clone(), c.reshape([1, 3, h]), valid));
+    assert!(sa.iter().zip(&sc).any(|(x, y)| (x - y).abs() > 1e-4));
+    // Without semantic coherence the state is the feature itself.
+    let d2 = MultiHeadDrafter::random(config(&t, Coherence::Tokens), &t, 3).unwrap();
+    let s2 = host(d2.initial_states(
+        f.clone(),
+        features(3, h, 2).reshape([1, 3, h]),
+        Tensor::ones([1, 3], &Default::default()),
+    ));
+    assert_eq!(s2, host(f));
+}
+
+#[test]
+fn same_seed_same_drafts() {
+    let t = target(1);
+    let draft = |seed| {
+        let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, seed).unwrap();
+        let s = features(1, 32, 5);
+        d.expand(0, s, &[7], 6).unwrap().1
+    };
+    assert_eq!(draft(11), draft(11));
+    assert_ne!(draft(11), draft(12));
+}
+
+/// Drafts one node at a time along its branch: the reference for the batched session.
+fn branch_candidates(
+    d: &MultiHeadDrafter<B>,
+    s0: &Tensor<B, 2>,
+    path: &[u32],
+    k: usize,
+) -> Vec<u32> {
+    let mut state = s0.clone();
+    let mut cands = vec![];
+    for (depth, &tok) in path.iter().enumerate() {
+        let parent = if d.chains() { state } else { s0.clone() };
+        let (s, c) = d.expand(depth, parent, &[tok], k).unwrap();
+        state = s;
+        cands = c[0].iter().map(|c| c.token).collect();
+    }
+    cands
+}
+
+#[test]
+fn session_drafts_each_branch_from_its_own_parent() {
+    let t = target(2);
+    for coherence in Coherence::ALL {
+        let d = MultiHeadDrafter::random(config(&t, coherence), &t, 4).unwrap();
+        let s0 = features(1, 32, 9);
+        let mut session = DraftSession::new(&d, s0.clone());
+        let tree = Template::mc_sim_7b_63().build(5, &mut session).unwrap();
+        assert!(session.take_error().is_none());
+        assert_eq!(tree.len(), 64);
+        // Every node's children are the k best drafts of its own branch.
+        for n in 0..tree.len() {
+            let kids: Vec<u32> = tree.children(n).map(|c| tree.node(c).token).collect();
+            if kids.is_empty() {
+                continue;
+            }
+            let path = tree.tokens_to(n);
+            let expect = branch_candidates(&d, &s0, &path, kids.len());
+            assert_eq!(kids, expect, "{coherence}: node {n}");
+        }
+        // Independent heads ignore the branch: same candidates at every node of a depth.
+        if coherence == Coherence::Independent {
+            let a = branch_candidates(&d, &s0, &[5, 1], 3);
+            let b = branch_candidates(&d, &s0, &[9, 2], 3);
+            assert_eq!(a, b);
+        }
+    }
+}
+
+#[test]
+fn dynamic_trees_respect_the_heads_depth() {
+    let t = target(2);
+    let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 4).unwrap();
+    let mut session = DraftSession::new(&d, features(1, 32, 9));
+    let tree = build_dynamic(
+        5,
+        &DynamicConfig {
+            top_k: 2,
+            max_depth: 8,
+            max_nodes: 200,
+        },
+        &mut session,
+    )
+    .unwrap();
+    assert!(tree.len() <= 201);
+    assert!((0..tree.len()).all(|n| tree.node(n).depth <= 4));
+    assert!((0..tree.len()).any(|n| tree.node(n).depth == 4));
+}
+
+#[test]
+fn save_load_round_trip_and_mismatch() {
+    let t = target(1);
+    let mut c = config(&t, Coherence::Full);
+    c.draft_vocab = 40;
+    let d = MultiHeadDrafter::random(c, &t, 3).unwrap();
+    let dir = std::env::temp_dir().join(format!("s4c-draft-io-{}", std::process::id()));
+    let path = dir.join("heads.safetensors");
+    io::save(&d, &path).unwrap();
+    let back = io::load::<B, _>(&path, &t).unwrap();
+    assert_eq!(back.config(), d.config());
+    assert_eq!(back.vocab(), d.vocab());
+    let s0 = features(1, 32, 4);
+    let mut s1 = DraftSession::new(&d, s0.clone());
+    let mut s2 = DraftSession::new(&back, s0);
+    let t1 = Template::mc_sim_7b_63().build(3, &mut s1).unwrap();
+    let t2 = Template::mc_sim_7b_63().build(3, &mut s2).unwrap();
+    assert_eq!(t1.flatten().tokens, t2.flatten().tokens);
+    assert!(t1.flatten().tokens.iter().skip(1).all(|&x| x < 40));
+
+    // Another target (other weights) is refused with a clear error.
+    match io::load::<B, _>(&path, &target(9)) {
+        Err(DraftError::WrongTarget { reason, .. }) => assert!(reason.contains("LM head")),
+        other => panic!("expected WrongTarget, got {:?}", other.err()),
+    }
+    // A target with another vocabulary too.
+    let other = tiny_model::<B>(80, 1, &Default::default());
+    match io::load::<B, _>(&path, &other) {
+        Err(DraftError::WrongTarget { reason, .. }) => assert!(reason.contains("vocabulary")),
+        other => panic!("expected WrongTarget, got {:?}", other.err()),
+    }
+    // Missing and malformed files are typed errors.
+    assert!(matches!(
+        io::load::<B, _>(&dir.join("nope.safetensors"), &t),
+        Err(DraftError::Io { .. })
+    ));
+    std::fs::write(&path, b"not safetensors").unwrap();
+    assert!(matches!(
+        io::load::<B, _>(&path, &t),
+        Err(DraftError::InvalidHeads { .. })
+    ));
+    std::fs::write(io::config_path(&path), b"{").unwrap();
+    assert!(matches!(
+        io::load::<B, _>(&path, &t),
+        Err(DraftError::InvalidHeads { .. })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn templates_deeper_than_the_heads() {
+    let t = target(1);
+    let mut c = config(&t, Coherence::Full);
+    c.heads = 1;
+    let d = MultiHeadDrafter::random(c, &t, 1).unwrap();
+    let mut s = DraftSession::new(&d, features(1, 32, 1));
+    let tree = TokenTree::new(3);
+    let out = s.expand(&tree, &[0], 3);
+    assert_eq!(out[0].len(), 3);
+    // A template deeper than the heads is a typed error; truncated to the heads it builds.
+    assert!(Template::chain(3).unwrap().build(3, &mut s).is_err());
+    let tree = Template::chain(3)
+        .unwrap()
+        .truncated(1)
+        .unwrap()
+        .build(3, &mut s)
+        .unwrap();
+    assert_eq!(tree.len(), 2, "one head drafts one level");
+    let _ = t.config();
+}

@@ -1,0 +1,352 @@
+//! S4C speculative generation: prefill → [draft → build tree → verify → accept → commit]* with
+//! feature reuse — the verification pass's features feed the next round of drafting directly.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use s4c_draft::{DraftSession, Drafter};
+use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+use s4c_tree::{build_dynamic, DynamicConfig, Template, TokenTree};
+use s4c_verify::sampling::Sampler;
+use s4c_verify::{Acceptor, Proposal};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::plain::{next_token, GenerateOptions, StopReason};
+
+/// How each step's tree is shaped.
+#[derive(Debug, Clone)]
+pub enum TreeShape {
+    /// A fixed template of top-k paths (truncated to the drafter's depth).
+    Static(Template),
+    /// EAGLE-2-style best-first expansion by cumulative draft probability.
+    Dynamic(DynamicConfig),
+}
+
+impl TreeShape {
+    /// Number of draft nodes at most (root excluded).
+    pub fn max_nodes(&self) -> usize {
+        match self {
+            TreeShape::Static(t) => t.len(),
+            TreeShape::Dynamic(c) => c.max_nodes,
+        }
+    }
+}
+
+/// Statistics of one speculative generation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpecStats {
+    /// Verification steps (forward passes after prefill).
+    pub steps: usize,
+    /// Mean tokens per step (accepted drafts + the bonus token), τ.
+    pub tau: f64,
+    /// `accepted_at_depth[d]`: steps whose accepted branch reached depth `d + 1`.
+    pub accepted_at_depth: Vec<usize>,
+    /// Mean draft nodes per tree.
+    pub mean_tree_nodes: f64,
+    /// Seconds spent drafting (initial states and heads).
+    pub draft_s: f64,
+    /// Seconds in verification forwards.
+    pub verify_s: f64,
+    /// Seconds in acceptance (including reading logits).
+    pub accept_s: f64,
+    /// Seconds committing the KV cache and updating the feature window.
+    pub commit_s: f64,
+}
+
+/// The result of one speculative generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecGeneration {
+    /// New token ids (a final stop token included).
+    pub new_ids: Vec<u32>,
+    /// Wall time of the whole generation, prefill included.
+    pub elapsed: Duration,
+    /// Wall time of the prefill.
+    pub prefill: Duration,
+    /// Why it ended.
+    pub stop: StopReason,
+    /// Per-step statistics.
+    pub stats: SpecStats,
+}
+
+impl SpecGeneration {
+    /// New tokens per second over the whole generation, prefill included.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.new_ids.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Speculative generation with a target `M`, a drafter `D` and an acceptance rule `A`.
+pub struct SpeculativeGenerator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>> {
+    model: &'a M,
+    drafter: &'a D,
+    acceptor: A,
+    shape: TreeShape,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
+    SpeculativeGenerator<'a, B, M, D, A>
+{
+    /// A generator; a static template deeper than the drafter is cut to its depth.
+    pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
+        let shape = match shape {
+            // A drafter that drafts nothing: trees of the root alone (plain decoding in steps).
+            _ if drafter.max_depth() == 0 => TreeShape::Dynamic(DynamicConfig {
+                top_k: 1,
+                max_depth: 1,
+                max_nodes: 1,
+            }),
+            TreeShape::Static(t) if t.depth() > drafter.max_depth() => {
+                TreeShape::Static(t.truncated(drafter.max_depth())?)
+            }
+            s => s,
+        };
+        Ok(SpeculativeGenerator {
+            model,
+            drafter,
+            acceptor,
+            shape,
+            _backend: std::marker::PhantomData,
+        })
+    }
+
+    /// The tree shape in use.
+    pub fn shape(&self) -> &TreeShape {
+        &self.shape
+    }
+
+    /// Generates after `prompt`. `on_tokens` receives the tokens of every step as they are
+    /// accepted (for streaming). `options.sampling` must match the acceptor's (greedy with
+    /// [`s4c_verify::GreedyAcceptor`]); the first token is drawn with `options.seed`.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        context: usize,
+        on_tokens: &mut dyn FnMut(&[u32]),
+    ) -> Result<SpecGeneration> {
+        options.validate(prompt.len(), context)?;
+        let start = Instant::now();
+        let model = self.model;
+        let hidden = model.config().hidden_size;
+        let device = model.device().clone();
+        let w = self.drafter.window();
+        // Room for the whole answer plus one tree beyond it.
+        let capacity =
+            (prompt.len() + options.max_new_tokens + self.shape.max_nodes() + 1).min(context);
+        let mut cache = model.new_cache(capacity);
+        let mut stats = SpecStats {
+            accepted_at_depth: vec![0; self.drafter.max_depth()],
+            ..Default::default()
+        };
+
+        // Prefill: the first token, and the last prompt token's feature with its window.
+        let out = model.forward(&Input::causal(prompt, 0, Logits::Last), &mut cache)?;
+        let mut sampler = Sampler::new(options.sampling, options.seed);
+        let first = next_token(out.logits, &mut sampler)?;
+        let n = prompt.len();
+        let keep = (w + 1).min(n);
+        // The committed features the window reads: the last `w` before the newest one.
+        let mut history = out.features.slice([n - keep..n, 0..hidden]);
+        let prefill = start.elapsed();
+
+        let mut new_ids = vec![first];
+        on_tokens(&[first]);
+        let mut root = first;
+        let mut tree_nodes = 0usize;
+        let t0 = Instant::now();
+        // Initial state of the newest committed feature.
+        let mut state = self.initial_for_last(&history, &device)?;
+        stats.draft_s += t0.elapsed().as_secs_f64();
+
+        let stop = loop {
+            if options.stop_tokens.contains(&root) {
+                break StopReason::StopToken;
+            }
+            if new_ids.len() >= options.max_new_tokens {
+                break StopReason::MaxTokens;
+            }
+            let room = cache.capacity() - cache.len();
+            if room == 0 {
+                break StopReason::ContextFull;
+            }
+
+            // Draft.
+            let t = Instant::now();
+            let mut session = DraftSession::new(self.drafter, state.clone());
+            let mut tree = match &self.shape {
+                TreeShape::Static(tpl) => tpl.build(root, &mut session)?,
+                TreeShape::Dynamic(cfg) => build_dynamic(root, cfg, &mut session)?,
+            };
+            if let Some(e) = session.take_error() {
+                return Err(e.into());
+            }
+            if tree.len() > room {
+                // Near the end of the context: keep the first `room` nodes (parents come first).
+                let keep: Vec<bool> = (0..tree.len()).map(|i| i < room).collect();
+                tree = tree.retain(&keep);
+            }
+            stats.draft_s += t.elapsed().as_secs_f64();
+            tree_nodes += tree.len() - 1;
+
+            // Verify: one forward over the whole tree.
+            let t = Instant::now();
+            let flat = tree.flatten();
+            let base = cache.len();
+            let positions: Vec<usize> = flat.depths.iter().map(|&d| base + d).collect();
+            let mask = AttentionMask::tree(base, tree.len(), &flat.mask.to_dense())
+                .ok_or_else(|| EngineError::InvalidOption("internal: tree mask size".into()))?;
+            let out = model.forward(&Input::tree(&flat.tokens, positions, &mask), &mut cache)?;
+            stats.verify_s += t.elapsed().as_secs_f64();
+
+            // Accept.
+            let t = Instant::now();
+            let proposals = vec![Proposal::Deterministic; tree.len()];
+            let verdict = self.acceptor.accept(&tree, &proposals, out.logits)?;
+            stats.accept_s += t.elapsed().as_secs_f64();
+            stats.steps += 1;
+            for (d, hit) in verdict
+                .accepted_per_depth(stats.accepted_at_depth.len())
+                .into_iter()
+                .enumerate()
+            {
+                stats.accepted_at_depth[d] += hit as usize;
+            }
+
+            // Commit: keep the root and the accepted nodes; the bonus becomes the next root.
+            let t = Instant::now();
+            cache.commit(&verdict.path)?;
+            let mut emitted = verdict.emitted();
+            let mut ended = None;
+            if let Some(i) = emitted.iter().position(|t| options.stop_tokens.contains(t)) {
+                emitted.truncate(i + 1);
+                ended = Some(StopReason::StopToken);
+            }
+            let left = options.max_new_tokens - new_ids.len();
+            if emitted.len() >= left {
+                emitted.truncate(left);
+                ended = ended.or(Some(StopReason::MaxTokens));
+            }
+            new_ids.extend(&emitted);
+            on_tokens(&emitted);
+            if let Some(reason) = ended {
+                stats.commit_s += t.elapsed().as_secs_f64();
+                break reason;
+            }
+            root = verdict.bonus;
+            stats.commit_s += t.elapsed().as_secs_f64();
+
+            // Feature reuse: the accepted nodes' features join the window, and the first
+            // drafting stage runs on every node so the accepted one's state is ready.
+            let t = Instant::now();
+            let (next_state, next_history) =
+                self.reuse(&tree, &verdict.path, out.features, &history, &device)?;
+            state = next_state;
+            history = next_history;
+            stats.draft_s += t.elapsed().as_secs_f64();
+        };
+        stats.tau = if stats.steps == 0 {
+            0.0
+        } else {
+            (new_ids.len() - 1) as f64 / stats.steps as f64
+        };
+        stats.mean_tree_nodes = tree_nodes as f64 / stats.steps.max(1) as f64;
+        Ok(SpecGeneration {
+            new_ids,
+            elapsed: start.elapsed(),
+            prefill,
+            stop,
+            stats,
+        })
+    }
+
+    /// The initial state of the last row of `history` (its window: the rows before it).
+    fn initial_for_last(&self, history: &Tensor<B, 2>, device: &B::Device) -> Result<Tensor<B, 2>> {
+        let [len, h] = history.dims();
+        let w = self.drafter.window();
+        let feature = history.clone().slice([len - 1..len, 0..h]);
+        let (window, valid) = window_rows(history, &[(0..len - 1).collect()], w, device);
+        Ok(self.drafter.initial_states(feature, window, valid))
+    }
+
+    /// Runs the first drafting stage on all tree nodes (each with its own window: the committed
+    /// history, then its ancestors), picks the accepted node's state, and returns it with the
+    /// new history (last `window + 1` committed features).
+    fn reuse(
+        &self,
+        tree: &TokenTree,
+        path: &[usize],
+        features: Tensor<B, 2>,
+        history: &Tensor<B, 2>,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+        let w = self.drafter.window();
+        let [hl, h] = history.dims();
+        let n = tree.len();
+        // Rows: history (0..hl) then tree nodes (hl..hl+n).
+        let all = Tensor::cat(vec![history.clone(), features.clone()], 0);
+        let accepted = *path.last().unwrap_or(&0);
+        let windows: Vec<Vec<usize>> = if w == 0 {
+            vec![Vec::new(); n]
+        } else {
+            (0..n)
+                .map(|i| {
+                    let mut rows: Vec<usize> = (0..hl).collect();
+                    let anc = tree.path_to(i);
+                    rows.extend(anc[..anc.len() - 1].iter().map(|&a| hl + a));
+                    rows
+                })
+                .collect()
+        };
+        let (window, valid) = window_rows(&all, &windows, w, device);
+        let states = self.drafter.initial_states(features, window, valid);
+        let state = states.slice([accepted..accepted + 1, 0..h]);
+        // New history: old history then the accepted nodes, last w + 1 rows.
+        let mut rows: Vec<usize> = (0..hl).collect();
+        rows.extend(path.iter().map(|&p| hl + p));
+        let keep = &rows[rows.len().saturating_sub(w + 1)..];
+        let history = all.select(0, ids::<B>(keep, device));
+        Ok((state, history))
+    }
+}
+
+/// For each entry of `rows` (indices into `source`, oldest first), the last `w` of them as a
+/// `[n, w, hidden]` window (left-padded with zeros) and its `[n, w]` validity.
+fn window_rows<B: Backend>(
+    source: &Tensor<B, 2>,
+    rows: &[Vec<usize>],
+    w: usize,
+    device: &B::Device,
+) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    let [len, h] = source.dims();
+    let n = rows.len();
+    if w == 0 {
+        return (
+            Tensor::zeros([n, 0, h], device),
+            Tensor::zeros([n, 0], device),
+        );
+    }
+    // Row `len` of the padded source is zeros.
+    let padded = Tensor::cat(vec![source.clone(), Tensor::zeros([1, h], device)], 0);
+    let mut idx = Vec::with_capacity(n * w);
+    let mut valid = Vec::with_capacity(n * w);
+    for r in rows {
+        let take = &r[r.len().saturating_sub(w)..];
+        for _ in take.len()..w {
+            idx.push(len);
+            valid.push(0.0f32);
+        }
+        idx.extend_from_slice(take);
+        valid.extend(std::iter::repeat_n(1.0f32, take.len()));
+    }
+    let window = padded.select(0, ids::<B>(&idx, device)).reshape([n, w, h]);
+    let valid = Tensor::from_data(TensorData::new(valid, [n, w]), device);
+    (window, valid)
+}
+
+fn ids<B: Backend>(v: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}

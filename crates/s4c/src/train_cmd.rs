@@ -1,0 +1,211 @@
+//! `s4c train-heads`: self-distillation data, then training, with a progress bar.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressStyle};
+use s4c::{stop_tokens, EngineError, Result};
+use s4c_draft::data::{distill_to_dir, Dataset, DistillOptions};
+use s4c_draft::train::{frequency_vocab, split, train, TrainOptions};
+use s4c_draft::{fingerprint, DrafterConfig};
+use s4c_models::{CausalLm, LoadedModel, Message};
+use serde_json::json;
+
+use crate::TrainHeadsArgs;
+
+/// Reads the `prompt` field of every JSON line of `path`.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
+                EngineError::InvalidOption(format!("{}:{}: not JSON: {e}", path.display(), i + 1))
+            })?;
+            v["prompt"].as_str().map(str::to_string).ok_or_else(|| {
+                EngineError::InvalidOption(format!(
+                    "{}:{}: no string field `prompt`",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The ids of `text` as a one-turn chat (or raw text when the model has no template).
+pub fn chat_ids<B: Backend>(m: &LoadedModel<B>, text: &str) -> Result<Vec<u32>> {
+    let Some(t) = &m.template else {
+        return Ok(m.tokenizer.encode(text)?);
+    };
+    let mut ids = vec![];
+    if t.needs_bos() {
+        ids.extend(m.model.config().bos_token_id);
+    }
+    ids.extend(
+        m.tokenizer
+            .encode(&t.render(&[Message::new("user", text)]))?,
+    );
+    Ok(ids)
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Result<()> {
+    if args
+        .prompts
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("specbench"))
+    {
+        return Err(EngineError::InvalidOption(
+            "refusing to train on the Spec-Bench questions (they are the benchmark); use \
+             ../shared/data/train-prompts.jsonl"
+                .into(),
+        ));
+    }
+    let mut prompts = read_prompts(&args.prompts)?;
+    if let Some(n) = args.limit_prompts {
+        prompts.truncate(n);
+    }
+    let ids = prompts
+        .iter()
+        .map(|p| chat_ids(m, p))
+        .collect::<Result<Vec<_>>>()?;
+    // Keep prompts that leave room for the answer.
+    let limit = m.model.max_positions().saturating_sub(args.answer_tokens);
+    let ids: Vec<Vec<u32>> = ids
+        .into_iter()
+        .filter(|p| p.len() <= limit.min(512))
+        .collect();
+    eprintln!(
+        "self-distillation data: {} prompts, up to {} answer tokens each, into {}",
+        ids.len(),
+        args.answer_tokens,
+        args.data_dir.display()
+    );
+    let options = DistillOptions {
+        max_new_tokens: args.answer_tokens,
+        batch: args.data_batch,
+        top_k: 8,
+        stop_tokens: stop_tokens(m),
+    };
+    let pb = bar(
+        ids.len() as u64,
+        "data {bar:30} {pos}/{len} prompts  {msg}  elapsed {elapsed}  eta {eta}",
+    );
+    let start = Instant::now();
+    let data = distill_to_dir(
+        &m.model,
+        &ids,
+        &args.data_dir,
+        32,
+        &options,
+        &mut |done, tokens| {
+            pb.set_position(done.min(ids.len()) as u64);
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!(
+                "{tokens} new tokens, {:.0} tok/s",
+                tokens as f64 / secs
+            ));
+        },
+    )?;
+    pb.finish();
+    eprintln!(
+        "data: {} sequences, {} positions ({} answer tokens) in {:.0} s",
+        data.sequences.len(),
+        data.positions(),
+        data.answer_tokens(),
+        start.elapsed().as_secs_f64()
+    );
+    if args.data_only {
+        return Ok(());
+    }
+    train_on(m, &data, args)
+}
+
+/// Trains heads on `data` (held-out split included for the report) and saves them.
+fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArgs) -> Result<()> {
+    let t = &args.train;
+    let vsize = m.model.config().vocab_size;
+    let (train_part, _) = split(data, HELD_OUT_EVERY);
+    let vocab = frequency_vocab(&train_part, vsize, t.draft_vocab);
+    let mut config = DrafterConfig::new(fingerprint(&m.model)?);
+    config.heads = t.heads;
+    config.window = t.window;
+    config.coherence = t.coherence;
+    config.draft_vocab = vocab.len();
+    let options = TrainOptions {
+        epochs: t.epochs,
+        lr: t.lr,
+        batch_size: t.batch_size,
+        seed: t.seed,
+        held_out_every: HELD_OUT_EVERY,
+        checkpoint_dir: Some(t.checkpoint_dir.clone()),
+        ..Default::default()
+    };
+    eprintln!(
+        "training {} heads ({} coherence, window {}, draft vocabulary {}) on {} positions",
+        t.heads,
+        t.coherence,
+        t.window,
+        vocab.len(),
+        train_part.positions()
+    );
+    let pb = bar(
+        0,
+        "train {bar:30} {pos}/{len} steps  {msg}  elapsed {elapsed}  eta {eta}",
+    );
+    let start = Instant::now();
+    let (drafter, eval) =
+        train::<Autodiff<B>, _>(&m.model, data, config, vocab, &options, &mut |p| {
+            pb.set_length(p.total_steps as u64);
+            pb.set_position(p.step as u64);
+            let losses: Vec<String> = p.head_loss.iter().map(|l| format!("{l:.3}")).collect();
+            pb.set_message(format!(
+                "epoch {} loss [{}] {:.0} ex/s",
+                p.epoch + 1,
+                losses.join(" "),
+                p.examples_per_s
+            ));
+        })?;
+    pb.finish();
+    s4c_draft::io::save(&drafter, &args.out)?;
+    let report = json!({
+        "heads": args.out.display().to_string(),
+        "coherence": t.coherence.to_string(),
+        "draft_vocab": drafter.config().draft_vocab,
+        "train_positions": train_part.positions(),
+        "sequences": data.sequences.len(),
+        "seconds": start.elapsed().as_secs_f64(),
+        "held_out": eval,
+    });
+    let path = t.checkpoint_dir.join("report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(|source| EngineError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Every 20th sequence is held out for evaluation.
+const HELD_OUT_EVERY: usize = 20;
