@@ -128,6 +128,10 @@ pub struct DrafterConfig {
     pub draft_vocab: usize,
     /// The target these heads belong to.
     pub target: Fingerprint,
+    /// Held-out acceptance rates per (depth, rank), measured after training: what cost-aware
+    /// tree sizing reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<s4c_tree::AcceptanceStats>,
 }
 
 impl DrafterConfig {
@@ -143,6 +147,7 @@ impl DrafterConfig {
             coherence: Coherence::Full,
             draft_vocab: target.vocab_size,
             target,
+            acceptance: None,
         }
     }
 

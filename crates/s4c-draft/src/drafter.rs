@@ -124,6 +124,12 @@ impl<B: Backend> MultiHeadDrafter<B> {
         Self::new(config, heads, vocab, target)
     }
 
+    /// The same drafter with held-out acceptance statistics recorded in its config.
+    pub fn with_acceptance(mut self, stats: s4c_tree::AcceptanceStats) -> Self {
+        self.config.acceptance = Some(stats);
+        self
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DrafterConfig {
         &self.config

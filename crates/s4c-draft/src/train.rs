@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use s4c_models::CausalLm;
-use s4c_tree::Template;
+use s4c_tree::{AcceptanceStats, Template};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DrafterConfig;
@@ -78,7 +78,7 @@ pub struct Progress {
 }
 
 /// Held-out quality of a drafter.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Examples evaluated.
     pub examples: usize,
@@ -93,6 +93,8 @@ pub struct Evaluation {
     pub tau_tree63: f64,
     /// Fraction of the target's next tokens inside the draft vocabulary.
     pub vocab_coverage: f64,
+    /// Acceptance counts per (depth, rank) along the target's own branch, for tree sizing.
+    pub acceptance: AcceptanceStats,
 }
 
 /// The `n` most frequent next tokens of the target in `data` (ties: lower id first); the full
@@ -472,6 +474,8 @@ pub fn evaluate<B: Backend>(
     let mut labelled = vec![0usize; k];
     let (mut chain_sum, mut tree_sum) = (0usize, 0usize);
     let (mut covered, mut labels) = (0usize, 0usize);
+    const RANKS: usize = 10;
+    let mut acceptance = AcceptanceStats::new(k, RANKS);
     for part in ex.chunks(256) {
         let batch = build_batch(data, part, config, &index, embed, &device);
         let logits = batch_logits(drafter.heads(), config.coherence, &drafter.head(), &batch);
@@ -514,6 +518,16 @@ pub fn evaluate<B: Backend>(
             }
         }
         for r in ranks {
+            // Along the target's branch (teacher-forced, so every depth with a label counts).
+            for (d, x) in r.iter().enumerate() {
+                let Some(x) = x else { break };
+                for rank in 0..RANKS {
+                    acceptance.tried[d][rank] += 1;
+                }
+                if *x < RANKS {
+                    acceptance.accepted[d][*x] += 1;
+                }
+            }
             chain_sum += r.iter().take_while(|x| **x == Some(0)).count();
             let mut path = Vec::new();
             let mut depth = 0;
@@ -542,5 +556,6 @@ pub fn evaluate<B: Backend>(
         tau_chain: 1.0 + chain_sum as f64 / n,
         tau_tree63: 1.0 + tree_sum as f64 / n,
         vocab_coverage: covered as f64 / labels.max(1) as f64,
+        acceptance,
     })
 }

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cost;
 pub mod error;
 pub mod plain;
 pub mod speculative;

@@ -14,6 +14,8 @@ use s4c_models::{
 use s4c_verify::SamplingParams;
 use serde_json::json;
 
+mod bench_cmd;
+mod spec_cmd;
 mod train_cmd;
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -52,6 +54,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Spec-Bench protocol: every question in plain and S4C mode in one process; JSON, Markdown
+    /// and an SVG chart.
+    Bench(BenchArgs),
     /// Train S4C draft heads for a model by self-distillation (data generation, then training).
     TrainHeads(TrainHeadsArgs),
     /// Show a model's configuration, storage types and parameter count.
@@ -78,7 +83,42 @@ enum DtypeArg {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Mode {
+    /// One forward per token (the baseline).
     Plain,
+    /// S4C speculative decoding with draft heads.
+    S4c,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum TreeKind {
+    /// A fixed template (`--template-file`, default mc_sim_7b_63), cut to `--tree-nodes`.
+    Static,
+    /// Best-first expansion by draft probability (EAGLE-2 style).
+    Dynamic,
+    /// The static tree that maximises expected tok/s on this backend (measured once, cached).
+    Cost,
+}
+
+#[derive(Args, Clone)]
+struct SpecArgs {
+    /// Draft heads (`.safetensors` with its `.json`); default: heads found for the model.
+    #[arg(long)]
+    heads: Option<PathBuf>,
+    /// Tree shape.
+    #[arg(long, value_enum, default_value_t = TreeKind::Cost)]
+    tree: TreeKind,
+    /// Most draft nodes per tree.
+    #[arg(long, default_value_t = 64)]
+    tree_nodes: usize,
+    /// Deepest draft depth (default: the number of heads).
+    #[arg(long)]
+    tree_depth: Option<usize>,
+    /// Candidates per expanded node of a dynamic tree.
+    #[arg(long, default_value_t = 8)]
+    tree_top_k: usize,
+    /// A static template file (JSON list of top-k paths, Medusa format).
+    #[arg(long)]
+    template_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -138,15 +178,40 @@ struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Decoding mode.
-    #[arg(long, value_enum, default_value_t = Mode::Plain)]
-    mode: Mode,
+    /// Decoding mode (default: s4c when heads for the model are found, plain otherwise).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Also run plain decoding on the same prompt and report the speedup.
+    #[arg(long)]
+    compare: bool,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
     /// Do not stop at end-of-sequence tokens (benchmarks with a fixed token count).
     #[arg(long)]
     ignore_eos: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Questions, JSON lines with `turns` (list of user turns) and `task`.
+    #[arg(long)]
+    questions: PathBuf,
+    /// Use only the first N questions of each task.
+    #[arg(long)]
+    limit_per_task: Option<usize>,
+    /// Maximum new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Where to write the JSON results (the Markdown table and SVG chart go next to it).
+    #[arg(long, default_value = "runs/bench.json")]
+    json: PathBuf,
 }
 
 #[derive(Args)]
@@ -242,6 +307,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => cmd_info(&model),
+        Command::Bench(args) => {
+            let m = args.model.clone();
+            dispatch(&m, |loaded| loaded.bench(&args))
+        }
         Command::TrainHeads(args) => {
             let m = args.model.clone();
             dispatch(&m, |loaded| loaded.train_heads(&args))
@@ -319,19 +388,25 @@ fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Resu
 /// A loaded model behind a backend-erased interface, so commands are written once.
 trait Runner {
     fn loaded_prompt(&self, args: &GenerateArgs) -> Result<Vec<u32>>;
+    fn stop_tokens(&self) -> Vec<u32>;
+    /// Heads for this model, if the user named them or they sit in a known place.
+    fn find_heads(&self, spec: &SpecArgs) -> Option<PathBuf>;
     fn generate(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
         stream: bool,
+        mode: Mode,
+        spec: &SpecArgs,
     ) -> Result<serde_json::Value>;
-    fn stop_tokens(&self) -> Vec<u32>;
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()>;
+    fn bench(&self, args: &BenchArgs) -> Result<()>;
 }
 
 struct Loaded<B: Backend> {
     m: LoadedModel<B>,
     backend: String,
+    path: PathBuf,
 }
 
 impl<B: Backend> Loaded<B> {
@@ -341,7 +416,12 @@ impl<B: Backend> Loaded<B> {
         Ok(Loaded {
             m: load::<B>(path, device, options)?,
             backend: B::name(device),
+            path: path.to_path_buf(),
         })
+    }
+
+    fn dtype_name(&self) -> String {
+        format!("{:?}", self.m.model.dtype()).to_lowercase()
     }
 }
 
@@ -357,6 +437,29 @@ fn check_dtype<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Where heads for a model are looked for: `heads.safetensors` in an HF folder,
+/// `<file stem>.heads.safetensors` next to a GGUF file or under `assets/`.
+fn heads_candidates(model: &Path) -> Vec<PathBuf> {
+    let mut v = vec![];
+    if model.is_dir() {
+        v.push(model.join("heads.safetensors"));
+    }
+    if let Some(stem) = model.file_stem().and_then(|s| s.to_str()) {
+        let stem = stem.split('.').next().unwrap_or(stem);
+        let name = format!("{stem}.heads.safetensors");
+        if let Some(dir) = model.parent() {
+            v.push(dir.join(&name));
+        }
+        v.push(Path::new("assets").join(&name));
+        v.push(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../assets")
+                .join(&name),
+        );
+    }
+    v
 }
 
 impl<B: Backend> Runner for Loaded<B> {
@@ -404,8 +507,13 @@ impl<B: Backend> Runner for Loaded<B> {
         stop_tokens(&self.m)
     }
 
-    fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()> {
-        train_cmd::train_heads(&self.m, args)
+    fn find_heads(&self, spec: &SpecArgs) -> Option<PathBuf> {
+        if let Some(h) = &spec.heads {
+            return Some(h.clone());
+        }
+        heads_candidates(&self.path)
+            .into_iter()
+            .find(|p| p.exists() && s4c_draft::io::load::<B, _>(p, &self.m.model).is_ok())
     }
 
     fn generate(
@@ -413,6 +521,8 @@ impl<B: Backend> Runner for Loaded<B> {
         prompt: &[u32],
         opts: &GenerateOptions,
         stream: bool,
+        mode: Mode,
+        spec: &SpecArgs,
     ) -> Result<serde_json::Value> {
         let m = &self.m;
         let mut decoder = StreamDecoder::new();
@@ -425,31 +535,67 @@ impl<B: Backend> Runner for Loaded<B> {
                 }
             }
         };
-        let g = generate_plain(
-            &m.model,
-            prompt,
-            opts,
-            m.model.max_positions(),
-            &mut on_tokens,
-        )?;
+        let mut result = json!({
+            "prompt_ids": prompt,
+            "backend": self.backend,
+            "dtype": self.dtype_name(),
+            "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
+        });
+        let context = m.model.max_positions();
+        let (new_ids, stop, elapsed, prefill) = match mode {
+            Mode::Plain => {
+                let g = generate_plain(&m.model, prompt, opts, context, &mut on_tokens)?;
+                result["steps"] = json!(g.steps);
+                result["mode"] = json!("plain");
+                (g.new_ids, g.stop, g.elapsed, g.prefill)
+            }
+            Mode::S4c => {
+                let heads = self.find_heads(spec).ok_or_else(|| {
+                    EngineError::InvalidOption(format!(
+                        "no draft heads for {}; pass --heads FILE, train them with `s4c \
+                         train-heads`, or use --mode plain",
+                        self.path.display()
+                    ))
+                })?;
+                let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
+                let (shape, tree_info) = spec_cmd::tree_shape(self, &drafter, spec)?;
+                let g = spec_cmd::run_spec(
+                    &m.model,
+                    &drafter,
+                    shape,
+                    prompt,
+                    opts,
+                    context,
+                    &mut on_tokens,
+                )?;
+                result["steps"] = json!(g.stats.steps);
+                result["tau"] = json!(g.stats.tau);
+                result["stats"] = json!(g.stats);
+                result["tree"] = tree_info;
+                result["heads"] = json!(heads.display().to_string());
+                result["mode"] = json!("s4c");
+                (g.new_ids, g.stop, g.elapsed, g.prefill)
+            }
+        };
         if stream {
             println!();
         }
-        Ok(json!({
-            "prompt_ids": prompt,
-            "new_ids": g.new_ids,
-            "text": m.tokenizer.decode(&g.new_ids, true)?,
-            "steps": g.steps,
-            "new_tokens": g.new_ids.len(),
-            "tok_per_s": g.tokens_per_second(),
-            "elapsed_s": g.elapsed.as_secs_f64(),
-            "prefill_s": g.prefill.as_secs_f64(),
-            "stop": g.stop,
-            "mode": "plain",
-            "backend": self.backend,
-            "dtype": format!("{:?}", m.model.dtype()).to_lowercase(),
-            "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
-        }))
+        result["new_ids"] = json!(new_ids);
+        result["text"] = json!(m.tokenizer.decode(&new_ids, true)?);
+        result["new_tokens"] = json!(new_ids.len());
+        result["tok_per_s"] = json!(new_ids.len() as f64 / elapsed.as_secs_f64().max(1e-9));
+        result["elapsed_s"] = json!(elapsed.as_secs_f64());
+        result["prefill_s"] = json!(prefill.as_secs_f64());
+        result["stop"] = json!(stop);
+        Ok(result)
+    }
+
+    fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()> {
+        train_cmd::train_heads(&self.m, args)
+    }
+
+    fn bench(&self, args: &BenchArgs) -> Result<()> {
+        bench_cmd::bench(self, args)
     }
 }
 
@@ -469,16 +615,59 @@ fn cmd_generate(r: &dyn Runner, args: &GenerateArgs) -> Result<()> {
             r.stop_tokens()
         },
     };
-    let result = r.generate(&prompt, &opts, !args.json)?;
+    let mode = args.mode.unwrap_or_else(|| {
+        if r.find_heads(&args.spec).is_some() {
+            Mode::S4c
+        } else {
+            Mode::Plain
+        }
+    });
+    let mut result = r.generate(&prompt, &opts, !args.json, mode, &args.spec)?;
+    if args.compare {
+        let other = if mode == Mode::Plain {
+            Mode::S4c
+        } else {
+            Mode::Plain
+        };
+        let base = r.generate(&prompt, &opts, false, other, &args.spec)?;
+        let (s4c, plain) = if mode == Mode::Plain {
+            (&base, &result)
+        } else {
+            (&result, &base)
+        };
+        let speedup = s4c["tok_per_s"].as_f64().unwrap_or(0.0)
+            / plain["tok_per_s"].as_f64().unwrap_or(1.0).max(1e-9);
+        let same = s4c["new_ids"] == plain["new_ids"];
+        let cmp = json!({
+            "plain_tok_per_s": plain["tok_per_s"],
+            "s4c_tok_per_s": s4c["tok_per_s"],
+            "speedup": speedup,
+            "same_output": same,
+        });
+        result["compare"] = cmp;
+    }
     if args.json {
         println!("{result}");
     } else {
+        let tau = result["tau"]
+            .as_f64()
+            .map(|t| format!(", τ {t:.2}"))
+            .unwrap_or_default();
         eprintln!(
-            "[{} new tokens, {:.1} tok/s, {} mode]",
+            "[{} new tokens, {:.1} tok/s, {} mode{tau}]",
             result["new_tokens"],
             result["tok_per_s"].as_f64().unwrap_or(0.0),
             result["mode"].as_str().unwrap_or("")
         );
+        if let Some(c) = result.get("compare") {
+            eprintln!(
+                "[plain {:.1} tok/s, s4c {:.1} tok/s: speedup {:.2}×, same output: {}]",
+                c["plain_tok_per_s"].as_f64().unwrap_or(0.0),
+                c["s4c_tok_per_s"].as_f64().unwrap_or(0.0),
+                c["speedup"].as_f64().unwrap_or(0.0),
+                c["same_output"]
+            );
+        }
     }
     Ok(())
 }

@@ -38,7 +38,8 @@ impl TreeShape {
 pub struct SpecStats {
     /// Verification steps (forward passes after prefill).
     pub steps: usize,
-    /// Mean tokens per step (accepted drafts + the bonus token), τ.
+    /// Mean tokens per step, τ = new tokens / (steps + 1): the prefill's token is one step,
+    /// each verification step gives its accepted drafts plus the bonus token (plain = 1).
     pub tau: f64,
     /// `accepted_at_depth[d]`: steps whose accepted branch reached depth `d + 1`.
     pub accepted_at_depth: Vec<usize>,
@@ -246,11 +247,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             history = next_history;
             stats.draft_s += t.elapsed().as_secs_f64();
         };
-        stats.tau = if stats.steps == 0 {
-            0.0
-        } else {
-            (new_ids.len() - 1) as f64 / stats.steps as f64
-        };
+        // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
+        stats.tau = new_ids.len() as f64 / (stats.steps + 1) as f64;
         stats.mean_tree_nodes = tree_nodes as f64 / stats.steps.max(1) as f64;
         Ok(SpecGeneration {
             new_ids,

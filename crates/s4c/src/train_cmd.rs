@@ -181,6 +181,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
             ));
         })?;
     pb.finish();
+    let drafter = drafter.with_acceptance(eval.acceptance.clone());
     s4c_draft::io::save(&drafter, &args.out)?;
     let report = json!({
         "heads": args.out.display().to_string(),

@@ -1,0 +1,342 @@
+//! `s4c bench`: the Spec-Bench protocol (DESIGN.md §6) — every question in plain and S4C mode in
+//! the same process, per-task and overall tok/s, speedup, τ and greedy match rate.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use s4c::plain::{generate_plain, GenerateOptions};
+use s4c::{EngineError, Result};
+use s4c_models::{CausalLm, Message};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::spec_cmd::{run_spec, tree_shape};
+use crate::{BenchArgs, Loaded, Runner};
+
+/// One benchmark question.
+struct Question {
+    id: String,
+    task: String,
+    turns: Vec<String>,
+}
+
+fn read_questions(path: &Path) -> Result<Vec<Question>> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = vec![];
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |what: &str| {
+            EngineError::InvalidOption(format!("{}:{}: {what}", path.display(), i + 1))
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(&format!("not JSON: {e}")))?;
+        let turns: Vec<String> = v["turns"]
+            .as_array()
+            .ok_or_else(|| bad("no `turns` list"))?
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("a turn is not a string"))
+            })
+            .collect::<Result<_>>()?;
+        if turns.is_empty() {
+            return Err(bad("`turns` is empty"));
+        }
+        out.push(Question {
+            id: v["question_id"].to_string(),
+            task: v["task"].as_str().unwrap_or("default").to_string(),
+            turns,
+        });
+    }
+    Ok(out)
+}
+
+/// Totals of one task (or all).
+#[derive(Default, Serialize, Clone)]
+struct Summary {
+    questions: usize,
+    turns: usize,
+    plain_tok_s: f64,
+    s4c_tok_s: f64,
+    speedup: f64,
+    tau: f64,
+    greedy_match: f64,
+    #[serde(skip)]
+    sums: (f64, f64, usize, usize, usize),
+}
+
+impl Summary {
+    fn add_turn(&mut self, plain: f64, s4c: f64, tokens: usize, steps: usize) {
+        self.turns += 1;
+        self.sums.0 += plain;
+        self.sums.1 += s4c;
+        self.sums.2 += tokens;
+        self.sums.3 += steps;
+    }
+    fn finish(&mut self) {
+        let n = self.turns.max(1) as f64;
+        self.plain_tok_s = self.sums.0 / n;
+        self.s4c_tok_s = self.sums.1 / n;
+        self.speedup = self.s4c_tok_s / self.plain_tok_s.max(1e-9);
+        self.tau = self.sums.2 as f64 / self.sums.3.max(1) as f64;
+        self.greedy_match = self.sums.4 as f64 / self.questions.max(1) as f64;
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    json!({
+        "cpu": cpu,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "os": std::env::consts::OS,
+    })
+}
+
+pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
+    let m = &r.m;
+    let mut questions = read_questions(&args.questions)?;
+    if let Some(n) = args.limit_per_task {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        questions.retain(|q| {
+            let c = seen.entry(q.task.clone()).or_default();
+            *c += 1;
+            *c <= n
+        });
+    }
+    let heads = r.find_heads(&args.spec).ok_or_else(|| {
+        EngineError::InvalidOption("no draft heads for this model; pass --heads FILE".into())
+    })?;
+    let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
+    let (shape, tree) = tree_shape(r, &drafter, &args.spec)?;
+    eprintln!("tree: {tree}");
+    let template = m.template.clone().ok_or_else(|| {
+        EngineError::InvalidOption("the model has no chat template; bench needs one".into())
+    })?;
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        stop_tokens: r.stop_tokens(),
+        ..Default::default()
+    };
+    let context = m.model.max_positions();
+    let mut tasks: BTreeMap<String, Summary> = BTreeMap::new();
+    let mut overall = Summary::default();
+    let mut records = vec![];
+    for (qi, q) in questions.iter().enumerate() {
+        let mut plain_hist: Vec<Message> = vec![];
+        let mut s4c_hist: Vec<Message> = vec![];
+        let mut all_match = true;
+        let mut turns = vec![];
+        for turn in &q.turns {
+            let ids = |hist: &mut Vec<Message>| -> Result<Vec<u32>> {
+                hist.push(Message::new("user", turn));
+                let mut ids = vec![];
+                if template.needs_bos() {
+                    ids.extend(m.model.config().bos_token_id);
+                }
+                ids.extend(m.tokenizer.encode(&template.render(hist))?);
+                Ok(ids)
+            };
+            let p_ids = ids(&mut plain_hist)?;
+            let s_ids = ids(&mut s4c_hist)?;
+            let plain = generate_plain(&m.model, &p_ids, &opts, context, &mut |_| {})?;
+            let spec = run_spec(
+                &m.model,
+                &drafter,
+                shape.clone(),
+                &s_ids,
+                &opts,
+                context,
+                &mut |_| {},
+            )?;
+            let same = plain.new_ids == spec.new_ids;
+            all_match &= same;
+            let (pt, st) = (plain.tokens_per_second(), spec.tokens_per_second());
+            // τ counts the prefill's token as a step of its own (see SpecStats::tau).
+            let steps = spec.stats.steps + 1;
+            for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
+                s.add_turn(pt, st, spec.new_ids.len(), steps);
+            }
+            turns.push(json!({
+                "plain_tok_s": pt, "s4c_tok_s": st, "tau": spec.stats.tau,
+                "plain_new_tokens": plain.new_ids.len(), "s4c_new_tokens": spec.new_ids.len(),
+                "same": same, "stats": spec.stats,
+            }));
+            plain_hist.push(Message::new(
+                "assistant",
+                &m.tokenizer.decode(&plain.new_ids, true)?,
+            ));
+            s4c_hist.push(Message::new(
+                "assistant",
+                &m.tokenizer.decode(&spec.new_ids, true)?,
+            ));
+        }
+        for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
+            s.questions += 1;
+            s.sums.4 += all_match as usize;
+        }
+        let last = &turns[turns.len() - 1];
+        eprintln!(
+            "[{}/{}] {} {}: plain {:.1} tok/s, s4c {:.1} tok/s, τ {:.2}, same {}",
+            qi + 1,
+            questions.len(),
+            q.task,
+            q.id,
+            last["plain_tok_s"].as_f64().unwrap_or(0.0),
+            last["s4c_tok_s"].as_f64().unwrap_or(0.0),
+            last["tau"].as_f64().unwrap_or(0.0),
+            all_match
+        );
+        records.push(json!({"question_id": q.id, "task": q.task, "turns": turns}));
+    }
+    for s in tasks.values_mut() {
+        s.finish();
+    }
+    overall.finish();
+    let c = drafter.config();
+    let result = json!({
+        "machine": machine(),
+        "backend": r.backend,
+        "dtype": r.dtype_name(),
+        "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
+        "model": r.path.display().to_string(),
+        "heads": heads.display().to_string(),
+        "coherence": c.coherence.to_string(),
+        "draft_vocab": c.draft_vocab,
+        "tree": tree,
+        "max_new_tokens": args.max_new_tokens,
+        "questions_file": args.questions.display().to_string(),
+        "tasks": tasks,
+        "overall": overall,
+        "questions": records,
+    });
+    write_outputs(&args.json, &result, &tasks, &overall)?;
+    println!("{}", markdown(&tasks, &overall));
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|source| EngineError::Io {
+            path: d.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_outputs(
+    json_path: &Path,
+    result: &serde_json::Value,
+    tasks: &BTreeMap<String, Summary>,
+    overall: &Summary,
+) -> Result<()> {
+    write(
+        json_path,
+        &serde_json::to_string_pretty(result).unwrap_or_default(),
+    )?;
+    write(&json_path.with_extension("md"), &markdown(tasks, overall))?;
+    write(&json_path.with_extension("svg"), &chart(tasks, overall))?;
+    eprintln!(
+        "wrote {}, {}, {}",
+        json_path.display(),
+        json_path.with_extension("md").display(),
+        json_path.with_extension("svg").display()
+    );
+    Ok(())
+}
+
+fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
+    let mut s = String::from(
+        "| task | questions | turns | plain tok/s | s4c tok/s | speedup | τ | greedy match |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let rows = tasks
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain([("**overall**", overall)]);
+    for (name, t) in rows {
+        s += &format!(
+            "| {name} | {} | {} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.0}% |\n",
+            t.questions,
+            t.turns,
+            t.plain_tok_s,
+            t.s4c_tok_s,
+            t.speedup,
+            t.tau,
+            t.greedy_match * 100.0
+        );
+    }
+    s
+}
+
+/// A bar chart of the speedup per task (τ written above each bar), as a small SVG.
+fn chart(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
+    let rows: Vec<(&str, &Summary)> = tasks
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain([("overall", overall)])
+        .collect();
+    let (w, h, left, bottom, top) = (120.0 * rows.len() as f64 + 80.0, 360.0, 60.0, 60.0, 30.0);
+    let max = rows
+        .iter()
+        .map(|r| r.1.speedup)
+        .fold(1.0f64, f64::max)
+        .ceil();
+    let y = |v: f64| h - bottom - (v / max) * (h - bottom - top);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">S4C speedup over plain decoding (τ above bars)</text>\n"
+    );
+    for i in 0..=max as usize {
+        let yy = y(i as f64);
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{yy}\" y2=\"{yy}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{i}×</text>\n",
+            w - 10.0,
+            left - 6.0,
+            yy + 4.0
+        );
+    }
+    for (i, (name, t)) in rows.iter().enumerate() {
+        let x = left + 20.0 + 120.0 * i as f64;
+        let (y0, y1) = (y(t.speedup), y(0.0));
+        let color = if *name == "overall" {
+            "#c0392b"
+        } else {
+            "#2e86c1"
+        };
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{y0}\" width=\"80\" height=\"{}\" fill=\"{color}\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.2}× · τ {:.2}</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n",
+            (y1 - y0).max(0.0),
+            x + 40.0,
+            y0 - 6.0,
+            t.speedup,
+            t.tau,
+            x + 40.0,
+            y1 + 18.0
+        );
+    }
+    s + "</svg>\n"
+}

@@ -1,0 +1,178 @@
+//! Cost-aware trees: the backend's verify-latency curve, measured once and cached per backend and
+//! model, and the tree size that maximises expected tokens per second.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use s4c_draft::Drafter;
+use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+use s4c_tree::cost::{choose_size, SizeChoice};
+use s4c_tree::{AcceptanceStats, LatencyCurve};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// Tree sizes (nodes in the forward, root included) the curve is measured at.
+pub const CURVE_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 48, 64];
+
+/// A measured latency curve and the drafting cost, with what it was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostProfile {
+    /// What the measurement is valid for (backend, model, dtypes).
+    pub key: String,
+    /// Seconds of one verification forward per tree size, after `prefix` cached tokens.
+    pub verify: LatencyCurve,
+    /// Seconds of one drafting level (a head call) for 1 node.
+    pub draft_level_s: f64,
+    /// Extra seconds per drafted node.
+    pub draft_node_s: f64,
+}
+
+impl CostProfile {
+    /// Drafting cost of a tree of `nodes` draft nodes and `depth` levels.
+    pub fn draft_seconds(&self, nodes: usize, depth: usize) -> f64 {
+        self.draft_level_s * depth as f64 + self.draft_node_s * nodes as f64
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures `model`'s verify latency (median of `reps`) at [`CURVE_SIZES`] after `prefix`
+/// cached tokens, and `drafter`'s cost per level and per node.
+pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
+    model: &M,
+    drafter: &D,
+    key: String,
+    prefix: usize,
+    reps: usize,
+) -> Result<CostProfile> {
+    let reps = reps.max(1);
+    let vocab = model.config().vocab_size as u32;
+    let max = *CURVE_SIZES.last().unwrap_or(&1);
+    let mut cache = model.new_cache(prefix + max);
+    let ctx: Vec<u32> = (0..prefix as u32).map(|i| (i * 31 + 7) % vocab).collect();
+    let out = model.forward(&Input::causal(&ctx, 0, Logits::Last), &mut cache)?;
+    let hidden = model.config().hidden_size;
+    let feature = out.features.slice([prefix - 1..prefix, 0..hidden]);
+    let mut points = Vec::new();
+    for &n in &CURVE_SIZES {
+        let toks: Vec<u32> = (0..n as u32).map(|i| (i * 13 + 5) % vocab).collect();
+        // A chain-shaped tree: any tree of n nodes costs the same forward.
+        let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
+        let mask = AttentionMask::tree(prefix, n, &vis)
+            .ok_or_else(|| EngineError::InvalidOption("internal: mask".into()))?;
+        let mut times = Vec::new();
+        for _ in 0..reps + 1 {
+            let t = Instant::now();
+            let out = model.forward(
+                &Input::tree(&toks, (prefix..prefix + n).collect(), &mask),
+                &mut cache,
+            )?;
+            // Greedy acceptance reads the argmax of every row: include it.
+            s4c_verify::acceptor::read_argmax(out.logits)?;
+            times.push(t.elapsed().as_secs_f64());
+            cache.truncate(prefix);
+        }
+        times.remove(0); // warm-up
+        points.push((n, median(times)));
+    }
+    // Drafting: one level for 1 node and for 16 nodes.
+    let level = |m: usize| -> Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..reps + 1 {
+            let t = Instant::now();
+            let parents = repeat_rows(&feature, m);
+            let toks = vec![1u32; m];
+            drafter.expand(0, parents, &toks, 4)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.remove(0);
+        Ok(median(times))
+    };
+    let (one, many) = (level(1)?, level(16)?);
+    Ok(CostProfile {
+        key,
+        verify: LatencyCurve::new(points)?,
+        draft_level_s: one,
+        draft_node_s: ((many - one) / 15.0).max(0.0),
+    })
+}
+
+fn repeat_rows<B: Backend>(row: &Tensor<B, 2>, m: usize) -> Tensor<B, 2> {
+    Tensor::cat(vec![row.clone(); m], 0)
+}
+
+/// Where cost profiles are cached: `$S4C_CACHE`, else `$XDG_CACHE_HOME/s4c`, else
+/// `~/.cache/s4c`, else `runs/cache`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("S4C_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("s4c");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("s4c");
+    }
+    PathBuf::from("runs/cache")
+}
+
+fn file_for(dir: &Path, key: &str) -> PathBuf {
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("cost-{safe}.json"))
+}
+
+/// The cached profile for `key`, or a fresh measurement that is then cached.
+pub fn profile<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
+    model: &M,
+    drafter: &D,
+    key: String,
+    dir: &Path,
+) -> Result<CostProfile> {
+    let path = file_for(dir, &key);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(p) = serde_json::from_str::<CostProfile>(&text) {
+            if p.key == key {
+                return Ok(p);
+            }
+        }
+    }
+    let p = measure(model, drafter, key, 128, 5)?;
+    if std::fs::create_dir_all(dir).is_ok() {
+        // A cache that cannot be written is only slower next time.
+        let _ = std::fs::write(&path, serde_json::to_string_pretty(&p).unwrap_or_default());
+    }
+    Ok(p)
+}
+
+/// The static template that maximises expected tokens per second for these acceptance rates and
+/// costs, with at most `max_nodes` draft nodes and `max_depth` levels.
+pub fn choose_tree(
+    stats: &AcceptanceStats,
+    profile: &CostProfile,
+    max_nodes: usize,
+    max_depth: usize,
+) -> Result<SizeChoice> {
+    let depth = max_depth.min(stats.max_depth());
+    let draft = |n: usize| profile.draft_seconds(n, depth.min(n));
+    Ok(choose_size(
+        stats,
+        &profile.verify,
+        &draft,
+        max_nodes,
+        depth,
+    )?)
+}

@@ -1,0 +1,117 @@
+//! The S4C side of the CLI: choosing the tree from the options, and running one generation with
+//! the acceptor that matches the sampling options.
+
+use burn::tensor::backend::Backend;
+use s4c::cost::{cache_dir, choose_tree, profile};
+use s4c::plain::GenerateOptions;
+use s4c::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
+use s4c::{EngineError, Result};
+use s4c_draft::{Drafter, MultiHeadDrafter};
+use s4c_models::CausalLm;
+use s4c_tree::{DynamicConfig, Template};
+use s4c_verify::{GreedyAcceptor, SamplingAcceptor};
+use serde_json::{json, Value};
+
+use crate::{Loaded, SpecArgs, TreeKind};
+
+/// The tree shape the options ask for, and a JSON description of it.
+pub fn tree_shape<B: Backend>(
+    loaded: &Loaded<B>,
+    drafter: &MultiHeadDrafter<B>,
+    spec: &SpecArgs,
+) -> Result<(TreeShape, Value)> {
+    let depth = spec
+        .tree_depth
+        .unwrap_or(drafter.max_depth())
+        .min(drafter.max_depth());
+    if spec.tree_nodes == 0 || depth == 0 {
+        return Err(EngineError::InvalidOption(
+            "--tree-nodes and --tree-depth must be at least 1".into(),
+        ));
+    }
+    let first_n = |t: Template| -> Result<Template> {
+        let t = t.truncated(depth)?;
+        let n = spec.tree_nodes.min(t.len());
+        Ok(Template::new(t.paths()[..n].to_vec())?)
+    };
+    match spec.tree {
+        TreeKind::Static => {
+            let t = match &spec.template_file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f).map_err(|source| EngineError::Io {
+                        path: f.clone(),
+                        source,
+                    })?;
+                    Template::from_json(&text)?
+                }
+                None => Template::mc_sim_7b_63(),
+            };
+            let t = first_n(t)?;
+            let info = json!({"kind": "static", "nodes": t.len(), "depth": t.depth()});
+            Ok((TreeShape::Static(t), info))
+        }
+        TreeKind::Dynamic => {
+            let c = DynamicConfig {
+                top_k: spec.tree_top_k.max(1),
+                max_depth: depth,
+                max_nodes: spec.tree_nodes,
+            };
+            let info =
+                json!({"kind": "dynamic", "nodes": c.max_nodes, "depth": depth, "top_k": c.top_k});
+            Ok((TreeShape::Dynamic(c), info))
+        }
+        TreeKind::Cost => {
+            let stats = drafter.config().acceptance.clone().ok_or_else(|| {
+                EngineError::InvalidOption(
+                    "these heads carry no acceptance statistics (retrain them with `s4c \
+                     train-heads`), so --tree cost cannot size the tree; use --tree static or \
+                     dynamic"
+                        .into(),
+                )
+            })?;
+            let c = drafter.config();
+            let key = format!(
+                "{}-{}-{}l-{}h-{}-{}x{}-dv{}",
+                loaded.backend,
+                loaded.dtype_name(),
+                loaded.m.model.config().num_layers,
+                loaded.m.model.config().hidden_size,
+                loaded.m.model.config().vocab_size,
+                c.heads,
+                c.inner,
+                c.draft_vocab
+            );
+            let p = profile(&loaded.m.model, drafter, key, &cache_dir())?;
+            let choice = choose_tree(&stats, &p, spec.tree_nodes, depth)?;
+            let info = json!({
+                "kind": "cost",
+                "nodes": choice.nodes,
+                "depth": choice.template.depth(),
+                "expected_tau": choice.expected_tau,
+                "expected_tok_per_s": choice.expected_tokens_per_s,
+                "paths": choice.template.paths(),
+            });
+            Ok((TreeShape::Static(choice.template), info))
+        }
+    }
+}
+
+/// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.
+pub fn run_spec<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    drafter: &MultiHeadDrafter<B>,
+    shape: TreeShape,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    context: usize,
+    on_tokens: &mut dyn FnMut(&[u32]),
+) -> Result<SpecGeneration> {
+    if opts.sampling.is_greedy() {
+        SpeculativeGenerator::new(model, drafter, GreedyAcceptor, shape)?
+            .generate(prompt, opts, context, on_tokens)
+    } else {
+        let acceptor = SamplingAcceptor::new(opts.sampling, opts.seed ^ 0x5345_4c45_4354)?;
+        SpeculativeGenerator::new(model, drafter, acceptor, shape)?
+            .generate(prompt, opts, context, on_tokens)
+    }
+}
