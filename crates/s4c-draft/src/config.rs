@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 pub enum Coherence {
     /// Medusa-style: every head reads only the feature; the heads are independent guesses.
     Independent,
-    /// + syntactic coherence: head `k` reads head `k−1`'s state and the embedding of the token
-    /// chosen at depth `k−1` (the root token for head 1), so each branch is a sequence.
+    /// Adds syntactic coherence: head `k` reads head `k−1`'s state and the embedding of the
+    /// token chosen at depth `k−1` (the root token for head 1), so each branch is a sequence.
     Tokens,
-    /// + semantic coherence: the initial state also attends over the last `window` features.
+    /// Adds semantic coherence: the initial state also attends over the last `window` features.
     Full,
 }
 

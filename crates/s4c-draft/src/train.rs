@@ -248,7 +248,8 @@ struct CheckpointState {
     examples: usize,
 }
 
-/// Trains heads for `target` on `data` and returns the drafter and its held-out evaluation.
+/// Trains heads for `target` on `data` and returns the drafter and its held-out evaluation on
+/// the target's answers.
 ///
 /// `B` is an autodiff backend whose inner backend runs `target`; gradients reach only the heads
 /// (the target's embedding and LM head enter as constants).
@@ -370,7 +371,7 @@ where
         }
         progress(&p);
         if let Some(dir) = &options.checkpoint_dir {
-            if step % options.checkpoint_every.max(1) == 0 || step == end {
+            if step.is_multiple_of(options.checkpoint_every.max(1)) || step == end {
                 save_checkpoint(dir, &heads, &optim, &recorder, step, options.seed, ex.len())?;
             }
         }
@@ -378,7 +379,7 @@ where
 
     let trained = heads.valid();
     let drafter = MultiHeadDrafter::new(config, trained, vocab, target)?;
-    let eval = evaluate(&drafter, &held, &embed_inner)?;
+    let eval = evaluate(&drafter, &held, &embed_inner, true)?;
     Ok((drafter, eval))
 }
 
@@ -456,17 +457,25 @@ impl LossLog {
 
 /// Held-out evaluation of `drafter` on `data` (teacher-forced branches; see [`Evaluation`]).
 /// `embed` is the target's `[vocab, hidden]` embedding.
+///
+/// With `answers_only`, only positions whose next token the target generated itself count (what
+/// drafting meets at run time); otherwise teacher-forced prompt text counts too.
 pub fn evaluate<B: Backend>(
     drafter: &MultiHeadDrafter<B>,
     data: &Dataset,
     embed: &Tensor<B, 2>,
+    answers_only: bool,
 ) -> Result<Evaluation> {
     let config = drafter.config();
     let k = config.heads;
     let vocab = drafter.vocab();
     let vsize = embed.dims()[0];
     let index = draft_index(vocab, vsize);
-    let ex = examples(data);
+    let mut ex = examples(data);
+    if answers_only {
+        // Position t predicts token t + 1: generated when t + 1 ≥ prompt_len.
+        ex.retain(|&(s, t)| t + 1 >= data.sequences[s].prompt_len);
+    }
     let device = embed.device();
     let template = Template::mc_sim_7b_63();
     let mut top1 = vec![0usize; k];

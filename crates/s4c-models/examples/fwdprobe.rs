@@ -6,11 +6,21 @@ type B = Flex;
 fn main() {
     let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     let only: Option<usize> = std::env::args().nth(1).map(|s| s.parse().unwrap());
-    for shards in [1usize, 2] {
+    let cfgs: Vec<(usize, bool, DType)> = if only.is_some() {
+        vec![(2, true, DType::F16)]
+    } else {
+        vec![
+            (2usize, false, DType::F32),
+            (2, true, DType::F32),
+            (2, true, DType::F16),
+        ]
+    };
+    for (shards, host, dt) in cfgs {
         let opts = LoadOptions {
-            dtype: DType::F32,
+            dtype: dt,
             compute_dtype: DType::F32,
             shards,
+            host_matmul: host,
             ..Default::default()
         };
         let m = load::<B>(path.as_ref(), &Default::default(), &opts).unwrap();
@@ -36,7 +46,7 @@ fn main() {
                 v.push(t.elapsed().as_secs_f64() * 1e3);
             }
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            println!("shards {shards} n={n}: median {:.1} ms", v[v.len() / 2]);
+            println!("host {host} {dt:?} n={n}: median {:.1} ms", v[v.len() / 2]);
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod host;
+pub mod host_matmul;
 pub mod llama;
 pub mod lm;
 pub mod loader;

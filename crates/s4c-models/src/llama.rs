@@ -10,14 +10,17 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::host::HostTensor;
+use crate::host_matmul::{HostLinear, HostWeights};
 use crate::lm::{CausalLm, Input, LmOutput, Logits};
 use crate::weights::WeightSource;
 
-/// A weight matrix stored `[out, in]`, split by output rows into shards that decode steps
-/// multiply concurrently (a matrix-vector product is memory-bound, and one CPU thread does not
-/// saturate memory bandwidth).
-struct Linear<B: Backend> {
-    shards: Vec<Tensor<B, 2>>,
+/// A weight matrix stored `[out, in]`: on the backend, split by output rows into shards that
+/// decode steps multiply concurrently (a matrix-vector product is memory-bound, and one CPU
+/// thread does not saturate memory bandwidth), or in host memory for the CPU kernel of
+/// [`crate::host_matmul`] (see [`Llama::with_host_matmul`]).
+enum Linear<B: Backend> {
+    Device(Vec<Tensor<B, 2>>),
+    Host(HostLinear),
 }
 
 impl<B: Backend> Linear<B> {
@@ -25,28 +28,83 @@ impl<B: Backend> Linear<B> {
         let [out, inp] = w.dims();
         let shards = shards.clamp(1, out.max(1));
         if shards == 1 {
-            return Linear { shards: vec![w] };
+            return Linear::Device(vec![w]);
         }
         let step = out.div_ceil(shards);
         let parts = (0..out)
             .step_by(step)
             .map(|s| w.clone().slice([s..(s + step).min(out), 0..inp]))
             .collect();
-        Linear { shards: parts }
+        Linear::Device(parts)
     }
 
-    /// `x · Wᵀ`. Shards run in parallel for a few rows (decode), one after another otherwise
-    /// (the backend's matmul already parallelises large products).
+    /// The whole matrix `[out, in]` on the backend, in `dtype` for host weights.
+    fn weight(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+        match self {
+            Linear::Device(shards) => Tensor::cat(shards.clone(), 0),
+            Linear::Host(h) => Tensor::from_data(
+                TensorData::new(h.to_f32(), [h.out_features(), h.in_features()]),
+                (device, dtype),
+            ),
+        }
+    }
+
+    /// The same matrix moved to host memory in `dtype` (f16 stays f16, anything else is f32).
+    fn to_host(&self, dtype: DType) -> Result<Self> {
+        if let Linear::Host(_) = self {
+            return Ok(Linear::Host(self.host().clone()));
+        }
+        let Linear::Device(shards) = self else {
+            unreachable!()
+        };
+        let w = Tensor::cat(shards.clone(), 0);
+        let [out, inp] = w.dims();
+        let data = w.into_data();
+        let read = |e| ModelError::InvalidInput(format!("reading weights to the host: {e:?}"));
+        let weights = if dtype == DType::F16 {
+            HostWeights::F16(data.convert::<half::f16>().to_vec().map_err(read)?)
+        } else {
+            HostWeights::F32(data.convert::<f32>().to_vec().map_err(read)?)
+        };
+        Ok(Linear::Host(HostLinear::new(out, inp, weights)))
+    }
+
+    fn host(&self) -> &HostLinear {
+        match self {
+            Linear::Host(h) => h,
+            Linear::Device(_) => unreachable!("host() on device weights"),
+        }
+    }
+
+    /// `x · Wᵀ`. Device shards run in parallel for a few rows (decode), one after another
+    /// otherwise (the backend's matmul already parallelises large products).
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        if self.shards.len() == 1 {
-            return x.matmul(self.shards[0].clone().transpose());
+        let shards = match self {
+            Linear::Host(h) => {
+                let [m, _] = x.dims();
+                let (device, dtype) = (x.device(), x.dtype());
+                let xs = x
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("converted to f32 just before");
+                let y = h.matmul(&xs, m);
+                return Tensor::from_data(
+                    TensorData::new(y, [m, h.out_features()]),
+                    (&device, dtype),
+                );
+            }
+            Linear::Device(shards) => shards,
+        };
+        if shards.len() == 1 {
+            return x.matmul(shards[0].clone().transpose());
         }
         let one = |w: &Tensor<B, 2>| x.clone().matmul(w.clone().transpose());
         let outs: Vec<Tensor<B, 2>> = if x.dims()[0] <= PARALLEL_ROWS {
             use rayon::prelude::*;
-            self.shards.par_iter().map(one).collect()
+            shards.par_iter().map(one).collect()
         } else {
-            self.shards.iter().map(one).collect()
+            shards.iter().map(one).collect()
         };
         Tensor::cat(outs, 1)
     }
@@ -250,6 +308,26 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// Moves every weight matrix (and the LM head) to host memory, multiplied by the CPU kernel
+    /// of [`crate::host_matmul`]: on a CPU backend, verifying a small tree then costs about what
+    /// one decode step costs. Weights keep their storage type (`f16` stays `f16`, others become
+    /// `f32`); activations stay in the compute type. Not for GPUs (it reads every activation
+    /// back to the host).
+    pub fn with_host_matmul(mut self) -> Result<Self> {
+        for l in self.layers.iter_mut() {
+            for w in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
+                *w = w.to_host(self.dtype)?;
+            }
+        }
+        self.lm_head = self.lm_head.to_host(self.dtype)?;
+        Ok(self)
+    }
+
+    /// Whether the weight matrices are multiplied on the host ([`Llama::with_host_matmul`]).
+    pub fn host_matmul(&self) -> bool {
+        matches!(self.lm_head, Linear::Host(_))
+    }
+
     /// The storage type of the weight matrices.
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -263,7 +341,7 @@ impl<B: Backend> Llama<B> {
     /// `x · Wᵀ` for a weight stored `[out, in]`, casting around it when the weights are stored
     /// in another type than activations.
     fn linear(&self, x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
-        if self.dtype == self.compute_dtype {
+        if self.dtype == self.compute_dtype || matches!(w, Linear::Host(_)) {
             w.forward(x)
         } else {
             w.forward(x.cast(self.dtype)).cast(self.compute_dtype)
@@ -385,8 +463,8 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     }
 
     fn lm_head_weight(&self) -> Tensor<B, 2> {
-        let w = Tensor::cat(self.lm_head.shards.clone(), 0);
-        if self.dtype == self.compute_dtype {
+        let w = self.lm_head.weight(&self.device, self.compute_dtype);
+        if self.dtype == self.compute_dtype || matches!(self.lm_head, Linear::Host(_)) {
             w
         } else {
             w.cast(self.compute_dtype)

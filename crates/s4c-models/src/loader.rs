@@ -27,6 +27,9 @@ pub struct LoadOptions {
     pub shards: usize,
     /// Longest context to support (bounded by the model's own); sizes the rotary table.
     pub max_context: usize,
+    /// Multiply weight matrices with the host CPU kernel ([`Llama::with_host_matmul`]); for
+    /// CPU backends only.
+    pub host_matmul: bool,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +39,7 @@ impl Default for LoadOptions {
             compute_dtype: DType::F32,
             shards: 1,
             max_context: 4096,
+            host_matmul: false,
         }
     }
 }
@@ -182,6 +186,11 @@ pub fn load<B: Backend>(
         max_positions,
         options.shards,
     )?;
+    let model = if options.host_matmul {
+        model.with_host_matmul()?
+    } else {
+        model
+    };
     Ok(LoadedModel {
         model,
         tokenizer: files.tokenizer,

@@ -141,6 +141,9 @@ struct ModelArgs {
     /// Longest context to support (prompt plus new tokens).
     #[arg(long, default_value_t = 4096)]
     context: usize,
+    /// Multiply weights with s4c's CPU kernel instead of the backend's matmul (CPU backends).
+    #[arg(long)]
+    host_matmul: bool,
 }
 
 #[derive(Args)]
@@ -239,6 +242,9 @@ struct TrainHeadsArgs {
     /// Stop after generating the data.
     #[arg(long)]
     data_only: bool,
+    /// Do not train: evaluate the heads at --out on the held-out split of the data.
+    #[arg(long)]
+    eval_only: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -341,6 +347,7 @@ fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Resu
             _ => 1,
         }),
         max_context: args.context,
+        host_matmul: args.host_matmul,
     };
     match args.backend {
         BackendKind::Flex => {

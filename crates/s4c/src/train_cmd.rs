@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use s4c::{stop_tokens, EngineError, Result};
 use s4c_draft::data::{distill_to_dir, Dataset, DistillOptions};
-use s4c_draft::train::{frequency_vocab, split, train, TrainOptions};
+use s4c_draft::train::{evaluate, frequency_vocab, split, train, TrainOptions};
 use s4c_draft::{fingerprint, DrafterConfig};
 use s4c_models::{CausalLm, LoadedModel, Message};
 use serde_json::json;
@@ -132,7 +132,35 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
     if args.data_only {
         return Ok(());
     }
+    if args.eval_only {
+        return eval_heads(m, &data, args);
+    }
     train_on(m, &data, args)
+}
+
+/// Held-out evaluation of existing heads: on the target's answers and on all positions.
+fn eval_heads<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArgs) -> Result<()> {
+    let drafter = s4c_draft::io::load::<B, _>(&args.out, &m.model)?;
+    let (_, held) = split(data, HELD_OUT_EVERY);
+    let v = m.model.config().vocab_size;
+    let embed = m
+        .model
+        .embed(burn::tensor::Tensor::arange(0..v as i64, m.model.device()));
+    let answers = evaluate(&drafter, &held, &embed, true)?;
+    let all = evaluate(&drafter, &held, &embed, false)?;
+    let report = json!({
+        "heads": args.out.display().to_string(),
+        "coherence": drafter.config().coherence.to_string(),
+        "draft_vocab": drafter.config().draft_vocab,
+        "held_out_sequences": held.sequences.len(),
+        "held_out": answers,
+        "held_out_all_positions": all,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Trains heads on `data` (held-out split included for the report) and saves them.

@@ -42,10 +42,13 @@ fn generate_json_reproduces_the_reference_greedy_answer() {
         case["text"].as_str().unwrap(),
         "--max-new-tokens",
         "20",
+        "--mode",
+        "plain",
         "--json",
     ]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "plain");
     assert_eq!(v["prompt_ids"], case["input_ids"]);
     assert_eq!(v["new_ids"], case["greedy_new_ids"]);
     assert_eq!(v["text"], "The capital of France is Paris.");
@@ -145,4 +148,180 @@ fn seeded_sampling_is_reproducible() {
         serde_json::from_str(&b).unwrap(),
     );
     assert_eq!(a["new_ids"], b["new_ids"]);
+}
+
+const HEADS: &str = "assets/SmolLM2-135M-Instruct.heads.safetensors";
+
+/// Greedy S4C with the shipped heads reproduces the reference greedy continuations (HF
+/// transformers), up to the first near-tie of the reference's top-2 logits.
+#[test]
+fn s4c_mode_reproduces_the_reference_greedy_continuations() {
+    for i in 0..6 {
+        let case = golden_case(i);
+        let want: Vec<u64> = case["greedy_new_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        let margins: Vec<f64> = case["greedy_top2_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let clear = margins
+            .iter()
+            .take_while(|&&m| m > 1e-3)
+            .count()
+            .min(want.len());
+        let n = clear.to_string();
+        let mut args = vec![
+            "generate",
+            "--mode",
+            "s4c",
+            "--heads",
+            HEADS,
+            "--tree",
+            "static",
+            "--tree-nodes",
+            "12",
+            "--prompt",
+            case["text"].as_str().unwrap(),
+            "--max-new-tokens",
+            &n,
+            "--ignore-eos",
+            "--json",
+        ];
+        if case["kind"] == "chat" {
+            args.push("--chat");
+        }
+        let (ok, out, err) = s4c(&args);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["mode"], "s4c");
+        let got: Vec<u64> = v["new_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, want[..clear].to_vec(), "case {i}");
+        assert!(v["tau"].as_f64().unwrap() >= 1.0);
+        assert!(v["stats"]["verify_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn s4c_is_the_default_mode_with_heads_and_compare_reports_the_speedup() {
+    let (ok, out, err) = s4c(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "Name three colors.",
+        "--max-new-tokens",
+        "16",
+        "--tree",
+        "static",
+        "--tree-nodes",
+        "8",
+        "--compare",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "s4c");
+    assert_eq!(v["compare"]["same_output"], true);
+    assert!(v["compare"]["speedup"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn heads_for_another_model_are_refused() {
+    let dir = std::env::temp_dir().join(format!("s4c-cli-heads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = repo().join(HEADS);
+    let dst = dir.join("h.safetensors");
+    std::fs::copy(&src, &dst).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.with_extension("json")).unwrap())
+            .unwrap();
+    cfg["target"]["lm_head_probe"][0] = Value::from(123.0);
+    std::fs::write(dst.with_extension("json"), cfg.to_string()).unwrap();
+    let (ok, _, err) = s4c(&[
+        "generate",
+        "--mode",
+        "s4c",
+        "--heads",
+        dst.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("trained for another model"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bench_writes_json_markdown_and_chart() {
+    let dir = std::env::temp_dir().join(format!("s4c-cli-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let q = dir.join("q.jsonl");
+    std::fs::write(
+        &q,
+        "{\"question_id\": 1, \"turns\": [\"Name a fruit.\", \"And a vegetable?\"], \"task\": \"mt_bench\"}\n\
+         {\"question_id\": 2, \"turns\": [\"What is 2+2?\"], \"task\": \"math_reasoning\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("bench.json");
+    let (ok, stdout, err) = s4c(&[
+        "bench",
+        "--questions",
+        q.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+        "--tree",
+        "static",
+        "--tree-nodes",
+        "8",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| **overall** |"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for part in [
+        &v["tasks"]["mt_bench"],
+        &v["tasks"]["math_reasoning"],
+        &v["overall"],
+    ] {
+        for key in ["plain_tok_s", "s4c_tok_s", "speedup", "tau"] {
+            assert!(part[key].as_f64().unwrap() > 0.0, "{key}");
+        }
+        assert_eq!(part["greedy_match"].as_f64().unwrap(), 1.0);
+    }
+    assert_eq!(v["tasks"]["mt_bench"]["turns"], 2);
+    assert_eq!(v["overall"]["questions"], 2);
+    assert!(v["machine"]["cpu"].is_string());
+    assert!(std::fs::read_to_string(out.with_extension("svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    assert!(std::fs::read_to_string(out.with_extension("md"))
+        .unwrap()
+        .contains("speedup"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn training_on_the_benchmark_is_refused() {
+    let (ok, _, err) = s4c(&[
+        "train-heads",
+        "--prompts",
+        "../shared/data/specbench-dev.jsonl",
+        "--data-only",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("Spec-Bench"), "{err}");
 }

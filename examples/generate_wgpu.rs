@@ -1,0 +1,62 @@
+//! S4C generation on any GPU through Burn's `wgpu` backend (Vulkan, Metal, DX12; lavapipe on CPU-only machines) — copy this to start.
+//!
+//! ```sh
+//! ./scripts/fetch-default-model.sh
+//! cargo run --release -p s4c --features wgpu --example generate_wgpu -- "Why is the sky blue?"
+//! ```
+
+use burn::backend::Wgpu;
+use burn::tensor::backend::Backend;
+use s4c::plain::GenerateOptions;
+use s4c::speculative::{SpeculativeGenerator, TreeShape};
+use s4c_models::{load, LoadOptions, Message};
+use s4c_tree::Template;
+use s4c_verify::GreedyAcceptor;
+
+fn run<B: Backend>(
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let question = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "Why is the sky blue?".into());
+    // 1. The target model and the draft heads trained for it.
+    let m = load::<B>(
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(),
+        device,
+        options,
+    )?;
+    let heads = "assets/SmolLM2-135M-Instruct.heads.safetensors";
+    let drafter = s4c_draft::io::load::<B, _>(heads.as_ref(), &m.model)?;
+    // 2. The prompt in the model's chat template.
+    let template = m.template.clone().ok_or("the model has no chat template")?;
+    let prompt = m
+        .tokenizer
+        .encode(&template.render(&[Message::new("user", &question)]))?;
+    // 3. Greedy S4C: the output equals plain greedy decoding, token for token.
+    let tree = TreeShape::Static(Template::mc_sim_7b_63());
+    let mut generator = SpeculativeGenerator::new(&m.model, &drafter, GreedyAcceptor, tree)?;
+    let opts = GenerateOptions {
+        max_new_tokens: 128,
+        stop_tokens: s4c::stop_tokens(&m),
+        ..Default::default()
+    };
+    let out = generator.generate(&prompt, &opts, m.model.max_positions(), &mut |_| {})?;
+    println!("{}", m.tokenizer.decode(&out.new_ids, true)?);
+    println!(
+        "[{} tokens, {:.1} tok/s, τ {:.2}, backend {}]",
+        out.new_ids.len(),
+        out.tokens_per_second(),
+        out.stats.tau,
+        B::name(device)
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = LoadOptions {
+        shards: 1,
+        ..Default::default()
+    };
+    run::<Wgpu>(&Default::default(), &options)
+}
