@@ -20,8 +20,13 @@ use crate::weights::WeightSource;
 /// [`crate::host_matmul`] (see [`Llama::with_host_matmul`]).
 enum Linear<B: Backend> {
     Device(Vec<Tensor<B, 2>>),
-    Host(HostLinear),
+    /// Both copies: the host kernel for `HOST_ROWS` rows, the backend otherwise (one row is a
+    /// memory-bound product the backend does well; long prefills are compute-bound).
+    Dual(Vec<Tensor<B, 2>>, HostLinear),
 }
+
+/// Row counts the host kernel handles when weights are on both sides (see the benchmarks).
+const HOST_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
 
 impl<B: Backend> Linear<B> {
     fn new(w: Tensor<B, 2>, shards: usize) -> Self {
@@ -40,23 +45,15 @@ impl<B: Backend> Linear<B> {
 
     /// The whole matrix `[out, in]` on the backend, in `dtype` for host weights.
     fn weight(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+        let _ = (device, dtype);
         match self {
-            Linear::Device(shards) => Tensor::cat(shards.clone(), 0),
-            Linear::Host(h) => Tensor::from_data(
-                TensorData::new(h.to_f32(), [h.out_features(), h.in_features()]),
-                (device, dtype),
-            ),
+            Linear::Device(shards) | Linear::Dual(shards, _) => Tensor::cat(shards.clone(), 0),
         }
     }
 
-    /// The same matrix moved to host memory in `dtype` (f16 stays f16, anything else is f32).
-    fn to_host(&self, dtype: DType) -> Result<Self> {
-        if let Linear::Host(_) = self {
-            return Ok(Linear::Host(self.host().clone()));
-        }
-        let Linear::Device(shards) = self else {
-            unreachable!()
-        };
+    /// The same matrix with a host copy in `dtype` (f16 stays f16, anything else is f32).
+    fn with_host(&self, dtype: DType) -> Result<Self> {
+        let (Linear::Device(shards) | Linear::Dual(shards, _)) = self;
         let w = Tensor::cat(shards.clone(), 0);
         let [out, inp] = w.dims();
         let data = w.into_data();
@@ -66,21 +63,17 @@ impl<B: Backend> Linear<B> {
         } else {
             HostWeights::F32(data.convert::<f32>().to_vec().map_err(read)?)
         };
-        Ok(Linear::Host(HostLinear::new(out, inp, weights)))
-    }
-
-    fn host(&self) -> &HostLinear {
-        match self {
-            Linear::Host(h) => h,
-            Linear::Device(_) => unreachable!("host() on device weights"),
-        }
+        Ok(Linear::Dual(
+            shards.clone(),
+            HostLinear::new(out, inp, weights),
+        ))
     }
 
     /// `x · Wᵀ`. Device shards run in parallel for a few rows (decode), one after another
     /// otherwise (the backend's matmul already parallelises large products).
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let shards = match self {
-            Linear::Host(h) => {
+            Linear::Dual(_, h) if HOST_ROWS.contains(&x.dims()[0]) => {
                 let [m, _] = x.dims();
                 let (device, dtype) = (x.device(), x.dtype());
                 let xs = x
@@ -94,7 +87,7 @@ impl<B: Backend> Linear<B> {
                     (&device, dtype),
                 );
             }
-            Linear::Device(shards) => shards,
+            Linear::Device(shards) | Linear::Dual(shards, _) => shards,
         };
         if shards.len() == 1 {
             return x.matmul(shards[0].clone().transpose());
@@ -308,24 +301,24 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Moves every weight matrix (and the LM head) to host memory, multiplied by the CPU kernel
-    /// of [`crate::host_matmul`]: on a CPU backend, verifying a small tree then costs about what
-    /// one decode step costs. Weights keep their storage type (`f16` stays `f16`, others become
-    /// `f32`); activations stay in the compute type. Not for GPUs (it reads every activation
-    /// back to the host).
+    /// Adds a host copy of every weight matrix (and the LM head), multiplied by the CPU kernel
+    /// of [`crate::host_matmul`] for blocks of 2–16 rows (verification trees), where Burn's
+    /// CPU matmul is slow; one-row decode steps and long prefills keep the backend's matmul.
+    /// Costs a second copy of the weights (in their storage type). Not for GPUs (it reads the
+    /// activations back to the host).
     pub fn with_host_matmul(mut self) -> Result<Self> {
         for l in self.layers.iter_mut() {
             for w in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
-                *w = w.to_host(self.dtype)?;
+                *w = w.with_host(self.dtype)?;
             }
         }
-        self.lm_head = self.lm_head.to_host(self.dtype)?;
+        self.lm_head = self.lm_head.with_host(self.dtype)?;
         Ok(self)
     }
 
     /// Whether the weight matrices are multiplied on the host ([`Llama::with_host_matmul`]).
     pub fn host_matmul(&self) -> bool {
-        matches!(self.lm_head, Linear::Host(_))
+        matches!(self.lm_head, Linear::Dual(..))
     }
 
     /// The storage type of the weight matrices.
@@ -341,7 +334,8 @@ impl<B: Backend> Llama<B> {
     /// `x · Wᵀ` for a weight stored `[out, in]`, casting around it when the weights are stored
     /// in another type than activations.
     fn linear(&self, x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
-        if self.dtype == self.compute_dtype || matches!(w, Linear::Host(_)) {
+        let host = matches!(w, Linear::Dual(..)) && HOST_ROWS.contains(&x.dims()[0]);
+        if self.dtype == self.compute_dtype || host {
             w.forward(x)
         } else {
             w.forward(x.cast(self.dtype)).cast(self.compute_dtype)
@@ -464,7 +458,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn lm_head_weight(&self) -> Tensor<B, 2> {
         let w = self.lm_head.weight(&self.device, self.compute_dtype);
-        if self.dtype == self.compute_dtype || matches!(self.lm_head, Linear::Host(_)) {
+        if self.dtype == self.compute_dtype {
             w
         } else {
             w.cast(self.compute_dtype)

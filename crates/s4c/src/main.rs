@@ -141,9 +141,10 @@ struct ModelArgs {
     /// Longest context to support (prompt plus new tokens).
     #[arg(long, default_value_t = 4096)]
     context: usize,
-    /// Multiply weights with s4c's CPU kernel instead of the backend's matmul (CPU backends).
+    /// On flex, do not add s4c's CPU kernel for 2–16-row blocks (it is on by default there: it
+    /// makes tree verification ~1.5–2× cheaper, at the cost of a second copy of the weights).
     #[arg(long)]
-    host_matmul: bool,
+    no_host_matmul: bool,
 }
 
 #[derive(Args)]
@@ -347,7 +348,7 @@ fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Resu
             _ => 1,
         }),
         max_context: args.context,
-        host_matmul: args.host_matmul,
+        host_matmul: args.backend == BackendKind::Flex && !args.no_host_matmul,
     };
     match args.backend {
         BackendKind::Flex => {
