@@ -141,8 +141,9 @@ struct ModelArgs {
     /// Longest context to support (prompt plus new tokens).
     #[arg(long, default_value_t = 4096)]
     context: usize,
-    /// On flex, do not add s4c's CPU kernel for 2–16-row blocks (it is on by default there: it
-    /// makes tree verification ~1.5–2× cheaper, at the cost of a second copy of the weights).
+    /// On flex, do not add s4c's CPU kernel for 2–16-row blocks (on by default when S4C may
+    /// run: it makes tree verification ~1.5–2× cheaper, at the cost of a second copy of the
+    /// weights; `--mode plain` never adds it).
     #[arg(long)]
     no_host_matmul: bool,
 }
@@ -243,7 +244,8 @@ struct TrainHeadsArgs {
     /// Stop after generating the data.
     #[arg(long)]
     data_only: bool,
-    /// Do not train: evaluate the heads at --out on the held-out split of the data.
+    /// Do not train: evaluate the heads at --out on the held-out split of the data, and record
+    /// the acceptance statistics measured on the target's answers in the heads' JSON.
     #[arg(long)]
     eval_only: bool,
     #[command(flatten)]
@@ -296,7 +298,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => {
             let m = args.model.clone();
-            dispatch(&m, |loaded| cmd_generate(loaded, &args))
+            dispatch(&m, args.mode != Some(Mode::Plain), |loaded| {
+                cmd_generate(loaded, &args)
+            })
         }
         Command::Tokenize { model, json, text } => {
             let files = ModelFiles::open(&model.model)?;
@@ -316,11 +320,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => cmd_info(&model),
         Command::Bench(args) => {
             let m = args.model.clone();
-            dispatch(&m, |loaded| loaded.bench(&args))
+            dispatch(&m, true, |loaded| loaded.bench(&args))
         }
         Command::TrainHeads(args) => {
             let m = args.model.clone();
-            dispatch(&m, |loaded| loaded.train_heads(&args))
+            dispatch(&m, false, |loaded| loaded.train_heads(&args))
         }
     }
 }
@@ -333,8 +337,13 @@ fn dtype(d: DtypeArg) -> DType {
     }
 }
 
-/// Loads the model on the chosen backend and runs `f` with it.
-fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Result<()> {
+/// Loads the model on the chosen backend and runs `f` with it; `speculative` says whether S4C
+/// may run (then flex gets the host kernel for small blocks unless `--no-host-matmul`).
+fn dispatch(
+    args: &ModelArgs,
+    speculative: bool,
+    f: impl FnOnce(&dyn Runner) -> Result<()>,
+) -> Result<()> {
     if args.context < 2 {
         return Err(EngineError::InvalidOption(
             "--context must be at least 2".into(),
@@ -348,7 +357,7 @@ fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Resu
             _ => 1,
         }),
         max_context: args.context,
-        host_matmul: args.backend == BackendKind::Flex && !args.no_host_matmul,
+        host_matmul: speculative && args.backend == BackendKind::Flex && !args.no_host_matmul,
     };
     match args.backend {
         BackendKind::Flex => {

@@ -148,6 +148,8 @@ fn eval_heads<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsA
         .embed(burn::tensor::Tensor::arange(0..v as i64, m.model.device()));
     let answers = evaluate(&drafter, &held, &embed, true)?;
     let all = evaluate(&drafter, &held, &embed, false)?;
+    let drafter = drafter.with_acceptance(answers.acceptance.clone());
+    s4c_draft::io::save(&drafter, &args.out)?;
     let report = json!({
         "heads": args.out.display().to_string(),
         "coherence": drafter.config().coherence.to_string(),

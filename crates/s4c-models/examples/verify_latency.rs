@@ -1,0 +1,62 @@
+//! The verify-latency curve of the default model on flex: one forward of a chain-masked block
+//! of `n` tokens after 128 cached ones (all logits, argmax read back), median of 7, for the
+//! backend's matmul and for s4c's host kernel (`LoadOptions::host_matmul`), f32 and f16 weights.
+//!
+//! ```sh
+//! cargo run --release -p s4c-models --example verify_latency
+//! ```
+
+use std::time::Instant;
+
+use burn::backend::Flex;
+use burn::tensor::DType;
+use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("| n | backend f32 | host kernel f32 | backend f16 | host kernel f16 |");
+    println!("|---:|---:|---:|---:|---:|");
+    let sizes = [1usize, 2, 4, 8, 16, 32, 64];
+    let mut table = vec![Vec::new(); sizes.len()];
+    for (dtype, host) in [
+        (DType::F32, false),
+        (DType::F32, true),
+        (DType::F16, false),
+        (DType::F16, true),
+    ] {
+        let opts = LoadOptions {
+            dtype,
+            shards,
+            host_matmul: host,
+            ..Default::default()
+        };
+        let m = load::<Flex>(path.as_ref(), &Default::default(), &opts)?;
+        let prefix: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+        let mut cache = m.model.new_cache(256);
+        m.model
+            .forward(&Input::causal(&prefix, 0, Logits::Last), &mut cache)?;
+        for (row, &n) in sizes.iter().enumerate() {
+            let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();
+            let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
+            let mask = AttentionMask::tree(128, n, &vis).ok_or("mask")?;
+            let mut times = vec![];
+            for _ in 0..8 {
+                let t = Instant::now();
+                let input = Input::tree(&toks, (128..128 + n).collect(), &mask);
+                let out = m.model.forward(&input, &mut cache)?;
+                let _ = out.logits.argmax(1).into_data();
+                cache.truncate(128);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.remove(0);
+            times.sort_by(f64::total_cmp);
+            table[row].push(times[times.len() / 2]);
+        }
+    }
+    for (n, t) in sizes.iter().zip(table) {
+        let cells: Vec<String> = t.iter().map(|ms| format!("{ms:.0} ms")).collect();
+        println!("| {n} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
