@@ -43,9 +43,8 @@ impl<B: Backend> Linear<B> {
         Linear::Device(parts)
     }
 
-    /// The whole matrix `[out, in]` on the backend, in `dtype` for host weights.
-    fn weight(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
-        let _ = (device, dtype);
+    /// The whole matrix `[out, in]` on the backend (in the storage type).
+    fn weight(&self) -> Tensor<B, 2> {
         match self {
             Linear::Device(shards) | Linear::Dual(shards, _) => Tensor::cat(shards.clone(), 0),
         }
@@ -54,7 +53,7 @@ impl<B: Backend> Linear<B> {
     /// The same matrix with a host copy in `dtype` (f16 stays f16, anything else is f32).
     fn with_host(&self, dtype: DType) -> Result<Self> {
         let (Linear::Device(shards) | Linear::Dual(shards, _)) = self;
-        let w = Tensor::cat(shards.clone(), 0);
+        let w = self.weight();
         let [out, inp] = w.dims();
         let data = w.into_data();
         let read = |e| ModelError::InvalidInput(format!("reading weights to the host: {e:?}"));
@@ -457,7 +456,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     }
 
     fn lm_head_weight(&self) -> Tensor<B, 2> {
-        let w = self.lm_head.weight(&self.device, self.compute_dtype);
+        let w = self.lm_head.weight();
         if self.dtype == self.compute_dtype {
             w
         } else {

@@ -232,3 +232,37 @@ fn sharded_weights_give_the_same_logits() {
         }
     }
 }
+
+#[test]
+fn host_matmul_forward_equals_the_backend_forward() {
+    let plain = tiny_model::<B>(VOCAB, 6, &Default::default());
+    let host = tiny_model::<B>(VOCAB, 6, &Default::default())
+        .with_host_matmul()
+        .unwrap();
+    assert!(host.host_matmul() && !plain.host_matmul());
+    let toks: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
+    // Blocks of 20 (backend), 4 and 1 rows after it: every path of the dual weights.
+    let (mut c1, mut c2) = (plain.new_cache(64), host.new_cache(64));
+    let mut start = 0;
+    for n in [20usize, 4, 1, 16] {
+        let block: Vec<u32> = (0..n as u32)
+            .map(|i| (i * 5 + start as u32) % VOCAB as u32)
+            .collect();
+        let block = if start == 0 { toks.clone() } else { block };
+        let a = plain
+            .forward(&Input::causal(&block, start, Logits::All), &mut c1)
+            .unwrap();
+        let b = host
+            .forward(&Input::causal(&block, start, Logits::All), &mut c2)
+            .unwrap();
+        for (x, y) in rows(a.logits).iter().zip(rows(b.logits)) {
+            assert_close(x, &y, 1e-4, &format!("block of {n}"));
+        }
+        assert_eq!(
+            rows(plain.lm_head_weight()),
+            rows(host.lm_head_weight()),
+            "the LM head weight is the same tensor"
+        );
+        start += block.len();
+    }
+}
