@@ -15,6 +15,10 @@ for coherence in full tokens independent; do
   /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --coherence "$coherence" \
     --checkpoint-dir "runs/train-$coherence" --out "runs/heads/$coherence.safetensors" \
     2> "runs/train-$coherence.log"
+  # Held-out report (answers and all positions); records the answers' acceptance statistics in
+  # the heads' JSON, which `--tree cost` reads.
+  "$S4C" train-heads "${COMMON[@]}" --out "runs/heads/$coherence.safetensors" --eval-only \
+    > "runs/eval-$coherence.json" 2>/dev/null
 done
 cp runs/heads/full.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
 cp runs/heads/full.json assets/SmolLM2-135M-Instruct.heads.json
