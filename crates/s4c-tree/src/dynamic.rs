@@ -29,44 +29,32 @@ impl Default for DynamicConfig {
 
 /// Sort key putting nodes best first: higher cumulative score, then shallower, then earlier.
 /// Parents come before their children under this order whenever log-probabilities are ≤ 0.
-#[derive(Clone, Copy)]
-struct Key {
-    score: f32,
-    depth: u32,
-    index: u32,
-}
-
-impl Key {
-    fn of(tree: &TokenTree, i: usize) -> Key {
-        let n = tree.node(i);
-        Key {
-            score: n.score,
-            depth: n.depth as u32,
-            index: i as u32,
-        }
-    }
-
-    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
-        other
-            .score
-            .total_cmp(&self.score)
-            .then(self.depth.cmp(&other.depth))
-            .then(self.index.cmp(&other.index))
-    }
+/// Packed into one integer (score in `f32::total_cmp` order, inverted; depth; index) so
+/// selection and sorting compare plain integers.
+fn key(tree: &TokenTree, i: usize) -> u128 {
+    let n = tree.node(i);
+    let bits = n.score.to_bits();
+    // Ascending integer order = ascending total_cmp order; inverted so the best comes first.
+    let ascending = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
+    ((!ascending as u128) << 96) | ((n.depth as u128 & 0xFFFF_FFFF) << 64) | i as u128
 }
 
 /// The `k` best of `nodes`, best first (a partial selection, then a small sort).
 fn top_sorted(tree: &TokenTree, nodes: impl Iterator<Item = usize>, k: usize) -> Vec<usize> {
-    let mut keys: Vec<Key> = nodes.map(|i| Key::of(tree, i)).collect();
+    let mut keys: Vec<u128> = nodes.map(|i| key(tree, i)).collect();
     if keys.len() > k {
         if k == 0 {
             return vec![];
         }
-        keys.select_nth_unstable_by(k - 1, Key::cmp);
+        keys.select_nth_unstable(k - 1);
         keys.truncate(k);
     }
-    keys.sort_unstable_by(Key::cmp);
-    keys.into_iter().map(|key| key.index as usize).collect()
+    keys.sort_unstable();
+    keys.into_iter().map(|key| key as u64 as usize).collect()
 }
 
 /// The best `max_nodes` draft nodes of `tree` (root always kept), closed under ancestors: with
