@@ -83,6 +83,19 @@ pub fn tree_shape<B: Backend>(
             );
             let p = profile(&loaded.m.model, drafter, key, &cache_dir())?;
             let choice = choose_tree(&stats, &p, spec.tree_nodes, depth)?;
+            // Plain decoding's rate by the same curve: no tree is worth drafting below it.
+            let plain = 1.0 / p.verify.at(1).max(1e-12);
+            if choice.expected_tokens_per_s < plain {
+                let info = json!({
+                    "kind": "cost",
+                    "nodes": 0,
+                    "expected_tau": 1.0,
+                    "expected_tok_per_s": plain,
+                    "best_tree_tok_per_s": choice.expected_tokens_per_s,
+                    "note": "no tree is expected to beat plain decoding on this backend with these heads",
+                });
+                return Ok((TreeShape::RootOnly, info));
+            }
             let info = json!({
                 "kind": "cost",
                 "nodes": choice.nodes,

@@ -21,6 +21,9 @@ pub enum TreeShape {
     Static(Template),
     /// EAGLE-2-style best-first expansion by cumulative draft probability.
     Dynamic(DynamicConfig),
+    /// No draft at all: each step verifies the root alone (plain decoding through the same
+    /// loop) — what the cost-aware choice falls back to when no tree beats plain decoding.
+    RootOnly,
 }
 
 impl TreeShape {
@@ -29,6 +32,7 @@ impl TreeShape {
         match self {
             TreeShape::Static(t) => t.len(),
             TreeShape::Dynamic(c) => c.max_nodes,
+            TreeShape::RootOnly => 0,
         }
     }
 }
@@ -92,12 +96,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     /// A generator; a static template deeper than the drafter is cut to its depth.
     pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
         let shape = match shape {
-            // A drafter that drafts nothing: trees of the root alone (plain decoding in steps).
-            _ if drafter.max_depth() == 0 => TreeShape::Dynamic(DynamicConfig {
-                top_k: 1,
-                max_depth: 1,
-                max_nodes: 1,
-            }),
+            // A drafter that drafts nothing: trees of the root alone.
+            _ if drafter.max_depth() == 0 => TreeShape::RootOnly,
             TreeShape::Static(t) if t.depth() > drafter.max_depth() => {
                 TreeShape::Static(t.truncated(drafter.max_depth())?)
             }
@@ -179,6 +179,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             let mut tree = match &self.shape {
                 TreeShape::Static(tpl) => tpl.build(root, &mut session)?,
                 TreeShape::Dynamic(cfg) => build_dynamic(root, cfg, &mut session)?,
+                TreeShape::RootOnly => TokenTree::new(root),
             };
             if let Some(e) = session.take_error() {
                 return Err(e.into());

@@ -32,6 +32,7 @@ fn shapes() -> Vec<TreeShape> {
             max_depth: 5,
             max_nodes: 12,
         }),
+        TreeShape::RootOnly,
     ]
 }
 
@@ -76,7 +77,7 @@ fn greedy_s4c_equals_plain_with_random_heads() {
             }
         }
     }
-    assert_eq!(checked, 3 * 3 * 2 * 3);
+    assert_eq!(checked, 3 * 3 * 2 * 4);
 }
 
 /// Knows the counting model's rule: proposes `token + 1` first, then a few wrong tokens.
@@ -142,6 +143,7 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
         let deep = match &shape {
             TreeShape::Static(t) => t.depth().min(4),
             TreeShape::Dynamic(c) => c.max_depth.min(4),
+            TreeShape::RootOnly => 0,
         };
         let mut g = SpeculativeGenerator::new(&t, &oracle, GreedyAcceptor, shape).unwrap();
         // Every branch is accepted to its full depth.
