@@ -53,14 +53,6 @@ impl HostLinear {
         self.inp
     }
 
-    /// The weights as `f32`, row-major `[out, in]`.
-    pub fn to_f32(&self) -> Vec<f32> {
-        match &self.w {
-            HostWeights::F32(v) => v.clone(),
-            HostWeights::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        }
-    }
-
     /// `x · Wᵀ` for `x` of `m` rows of `in` values; returns `m` rows of `out` values.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (out, inp) = (self.out, self.inp);
