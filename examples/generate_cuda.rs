@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpeculativeGenerator, TreeShape};
-use s4c_models::{load, LoadOptions, Message};
+use s4c_models::{load, CausalLm, LoadOptions, Message};
 use s4c_tree::Template;
 use s4c_verify::GreedyAcceptor;
 

@@ -9,7 +9,7 @@ use burn::backend::Wgpu;
 use burn::tensor::backend::Backend;
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpeculativeGenerator, TreeShape};
-use s4c_models::{load, LoadOptions, Message};
+use s4c_models::{load, CausalLm, LoadOptions, Message};
 use s4c_tree::Template;
 use s4c_verify::GreedyAcceptor;
 

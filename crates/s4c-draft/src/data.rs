@@ -102,7 +102,7 @@ pub fn distill<B: Backend, M: CausalLm<B>>(
             "distillation needs batch, top_k and max_new_tokens of at least 1".into(),
         ));
     }
-    let capacity = model.new_cache(usize::MAX).capacity();
+    let capacity = model.max_positions();
     let mut out = Vec::with_capacity(prompts.len());
     let mut start = 0;
     while start < prompts.len() {
@@ -458,8 +458,10 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Distils `prompts` into `dir`, `chunk` prompts per file, skipping chunks already there (so an
-/// interrupted run resumes), and returns the whole dataset. `progress(done_prompts, new_tokens)`.
+/// Distils `prompts` into `dir`, `chunk` prompts per file, and returns their dataset (in prompt
+/// order). A chunk already in `dir` is reused when it holds exactly these prompts with answers
+/// made under these options (so an interrupted run resumes, and a run with more prompts or other
+/// options regenerates only what differs). `progress(done_prompts, new_tokens)`.
 pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
     model: &M,
     prompts: &[Vec<u32>],
@@ -474,15 +476,20 @@ pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| DraftError::io(dir, e))?;
-    let hidden = model.config().hidden_size;
+    let mut ds = Dataset {
+        hidden: model.config().hidden_size,
+        top_k: options.top_k,
+        sequences: Vec::with_capacity(prompts.len()),
+    };
     let mut tokens = 0;
     for (i, part) in prompts.chunks(chunk).enumerate() {
         let path = chunk_path(dir, i);
-        if path.exists() {
-            progress((i + 1) * chunk, tokens);
+        let before = i * chunk;
+        if let Some(seqs) = reusable_chunk(&path, part, &ds, options) {
+            progress(before + part.len(), tokens);
+            ds.sequences.extend(seqs);
             continue;
         }
-        let before = i * chunk;
         let seqs = distill(model, part, options, &mut |done, t| {
             progress(before + done, tokens + t)
         })?;
@@ -490,7 +497,36 @@ pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
             .iter()
             .map(|s| s.tokens.len() - s.prompt_len)
             .sum::<usize>();
-        save_chunk(&path, hidden, options.top_k, &seqs)?;
+        save_chunk(&path, ds.hidden, ds.top_k, &seqs)?;
+        ds.sequences.extend(seqs);
     }
-    load_dir(dir)
+    Ok(ds)
+}
+
+/// The sequences of the chunk at `path` if it answers exactly `prompts` under `options` (same
+/// prompts, feature width and top-k; every answer stopped or reached `max_new_tokens`).
+fn reusable_chunk(
+    path: &Path,
+    prompts: &[Vec<u32>],
+    ds: &Dataset,
+    options: &DistillOptions,
+) -> Option<Vec<Sequence>> {
+    if !path.exists() {
+        return None;
+    }
+    let (hidden, top_k, seqs) = load_chunk(path).ok()?;
+    let matches = hidden == ds.hidden
+        && top_k == ds.top_k
+        && seqs.len() == prompts.len()
+        && seqs.iter().zip(prompts).all(|(s, p)| {
+            let answer = &s.tokens[s.prompt_len.min(s.tokens.len())..];
+            s.tokens.starts_with(p)
+                && s.prompt_len == p.len()
+                && (answer.len() == options.max_new_tokens
+                    || (answer.len() < options.max_new_tokens
+                        && answer
+                            .last()
+                            .is_some_and(|t| options.stop_tokens.contains(t))))
+        });
+    matches.then_some(seqs)
 }

@@ -341,11 +341,6 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// The largest position + 1 this instance supports.
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
     /// RMSNorm; half-precision activations are normalised in `f32` (their squares overflow f16).
     fn rms_norm(&self, x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
         let half = matches!(self.compute_dtype, DType::F16 | DType::BF16);
@@ -431,6 +426,10 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache<B> {

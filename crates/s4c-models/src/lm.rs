@@ -66,7 +66,9 @@ pub trait CausalLm<B: Backend> {
     fn config(&self) -> &LlamaConfig;
     /// The device its weights live on.
     fn device(&self) -> &B::Device;
-    /// A fresh KV cache for up to `capacity` tokens.
+    /// The largest position + 1 this instance supports (the most tokens a cache can hold).
+    fn max_positions(&self) -> usize;
+    /// A fresh KV cache for up to `capacity` tokens (at most [`CausalLm::max_positions`]).
     fn new_cache(&self, capacity: usize) -> KvCache<B>;
     /// Token embeddings, `[n, hidden]`.
     fn embed(&self, tokens: Tensor<B, 1, Int>) -> Tensor<B, 2>;

@@ -229,7 +229,8 @@ struct TrainHeadsArgs {
     /// Where to write the heads (`.safetensors`; the JSON config goes next to it).
     #[arg(long, default_value = "heads.safetensors")]
     out: PathBuf,
-    /// Folder of the self-distillation data (reused when present; delete it to regenerate).
+    /// Folder of the self-distillation data: chunks of 32 prompts, each reused when it holds the
+    /// same prompts and answer length (so runs resume and extend; other chunks are regenerated).
     #[arg(long, default_value = "runs/distill")]
     data_dir: PathBuf,
     /// Use only the first N prompts.
