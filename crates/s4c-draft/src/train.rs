@@ -12,7 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use s4c_models::CausalLm;
 use s4c_tree::{AcceptanceStats, Template};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,10 @@ pub struct TrainOptions {
     pub checkpoint_every: usize,
     /// End this run after this many steps (a later run resumes from the checkpoint).
     pub stop_after: Option<usize>,
+    /// Amplitude `a` of the uniform noise `U(−a, a)` added to every input feature (the last one
+    /// and the window) during training, a regulariser against memorising the features (EAGLE
+    /// trains with it); 0 disables it.
+    pub feature_noise: f32,
 }
 
 impl Default for TrainOptions {
@@ -58,6 +62,7 @@ impl Default for TrainOptions {
             checkpoint_dir: None,
             checkpoint_every: 200,
             stop_after: None,
+            feature_noise: 0.0,
         }
     }
 }
@@ -345,7 +350,12 @@ where
         ));
         let i = step % steps_per_epoch;
         let part = &order[i * options.batch_size..((i + 1) * options.batch_size).min(order.len())];
-        let batch = build_batch(&train_set, part, &config, &index, &embed, &device);
+        let mut batch = build_batch(&train_set, part, &config, &index, &embed, &device);
+        if options.feature_noise > 0.0 {
+            let mut rng = StdRng::seed_from_u64(options.seed ^ (step as u64).rotate_left(17));
+            batch.features = add_noise(batch.features, options.feature_noise, &mut rng);
+            batch.window = add_noise(batch.window, options.feature_noise, &mut rng);
+        }
         let (loss, per_head) =
             batch_loss(&heads, config.coherence, &lm_head, &batch, options.decay);
         let grads = GradientsParams::from_grads(loss.backward(), &heads);
@@ -381,6 +391,19 @@ where
     let drafter = MultiHeadDrafter::new(config, trained, vocab, target)?;
     let eval = evaluate(&drafter, &held, &embed_inner, true)?;
     Ok((drafter, eval))
+}
+
+/// `x + U(−a, a)`, drawn on the host (the same seed gives the same noise on every backend).
+fn add_noise<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    a: f32,
+    rng: &mut StdRng,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let n = dims.iter().product();
+    let noise: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
+    let noise = Tensor::from_data(TensorData::new(noise, dims), &x.device());
+    x + noise
 }
 
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Heads<B>, B>>(

@@ -280,7 +280,7 @@ fn training_is_deterministic_and_resumes() {
     let vocab: Vec<u32> = (0..VOCAB as u32).collect();
     let dir = std::env::temp_dir().join(format!("s4c-train-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |epochs, ckpt: Option<std::path::PathBuf>, stop_after| {
+    let run = |epochs, ckpt: Option<std::path::PathBuf>, stop_after, feature_noise| {
         let options = TrainOptions {
             epochs,
             lr: 5e-3,
@@ -290,6 +290,7 @@ fn training_is_deterministic_and_resumes() {
             checkpoint_every: 1,
             seed: 3,
             stop_after,
+            feature_noise,
             ..Default::default()
         };
         let mut losses = vec![];
@@ -304,13 +305,16 @@ fn training_is_deterministic_and_resumes() {
         .unwrap();
         (losses, eval)
     };
-    let (la, ea) = run(2, None, None);
-    let (lb, eb) = run(2, None, None);
+    // Feature noise is seeded too: the same run twice gives the same losses.
+    let (la, ea) = run(2, None, None, 0.3);
+    let (lb, eb) = run(2, None, None, 0.3);
     assert_eq!(la, lb);
     assert_eq!(ea, eb);
+    let (quiet, _) = run(2, None, None, 0.0);
+    assert_ne!(quiet, la, "the noise reaches the inputs");
     // Interrupted after 3 steps, then resumed from the checkpoint: the same run.
-    let (l1, _) = run(2, Some(dir.clone()), Some(3));
-    let (l2, e2) = run(2, Some(dir.clone()), None);
+    let (l1, _) = run(2, Some(dir.clone()), Some(3), 0.3);
+    let (l2, e2) = run(2, Some(dir.clone()), None, 0.3);
     assert_eq!(l1.len(), 3);
     assert_eq!([l1, l2].concat(), la);
     assert_eq!(e2, ea);

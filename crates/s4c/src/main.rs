@@ -276,6 +276,10 @@ struct TrainArgs {
     /// Examples per optimisation step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Amplitude of the uniform noise added to the input features while training (a
+    /// regulariser; 0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    feature_noise: f32,
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
