@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! use s4c::plain::{generate_plain, GenerateOptions};
-//! use s4c_models::{load, LoadOptions, Message};
+//! use s4c_models::{load, CausalLm, LoadOptions, Message};
 //! type B = burn::backend::Flex;
 //! # fn main() -> Result<(), s4c::EngineError> {
 //! let device = Default::default();
