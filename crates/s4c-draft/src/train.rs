@@ -276,6 +276,12 @@ where
             "batch size and epochs must be at least 1".into(),
         ));
     }
+    if !(options.feature_noise.is_finite() && options.feature_noise >= 0.0) {
+        return Err(DraftError::InvalidOption(format!(
+            "feature noise must be a finite amplitude of 0 or more, not {}",
+            options.feature_noise
+        )));
+    }
     if data.hidden != config.hidden {
         return Err(DraftError::InvalidOption(format!(
             "training data has features of width {}, the target {}",

@@ -312,6 +312,24 @@ fn training_is_deterministic_and_resumes() {
     assert_eq!(ea, eb);
     let (quiet, _) = run(2, None, None, 0.0);
     assert_ne!(quiet, la, "the noise reaches the inputs");
+    for bad in [-0.1, f32::INFINITY, f32::NAN] {
+        let options = TrainOptions {
+            feature_noise: bad,
+            ..Default::default()
+        };
+        let err = train::<AB, _>(
+            &t,
+            &data,
+            config(&t, Coherence::Full),
+            vocab.clone(),
+            &options,
+            &mut |_| {},
+        );
+        assert!(
+            matches!(err, Err(s4c_draft::DraftError::InvalidOption(_))),
+            "feature noise {bad}"
+        );
+    }
     // Interrupted after 3 steps, then resumed from the checkpoint: the same run.
     let (l1, _) = run(2, Some(dir.clone()), Some(3), 0.3);
     let (l2, e2) = run(2, Some(dir.clone()), None, 0.3);
