@@ -2,7 +2,7 @@
 //! the acceptor that matches the sampling options.
 
 use burn::tensor::backend::Backend;
-use s4c::cost::{cache_dir, choose_tree, profile};
+use s4c::cost::{cache_dir, choose_tree, plain_rate, profile, worth_drafting, MIN_EXPECTED_GAIN};
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
 use s4c::{EngineError, Result};
@@ -83,16 +83,18 @@ pub fn tree_shape<B: Backend>(
             );
             let p = profile(&loaded.m.model, drafter, key, &cache_dir())?;
             let choice = choose_tree(&stats, &p, spec.tree_nodes, depth)?;
-            // Plain decoding's rate by the same curve: no tree is worth drafting below it.
-            let plain = 1.0 / p.verify.at(1).max(1e-12);
-            if choice.expected_tokens_per_s < plain {
+            if !worth_drafting(&choice, &p) {
                 let info = json!({
                     "kind": "cost",
                     "nodes": 0,
                     "expected_tau": 1.0,
-                    "expected_tok_per_s": plain,
+                    "expected_tok_per_s": plain_rate(&p),
                     "best_tree_tok_per_s": choice.expected_tokens_per_s,
-                    "note": "no tree is expected to beat plain decoding on this backend with these heads",
+                    "note": format!(
+                        "no tree is expected to beat plain decoding by {:.0}% on this backend \
+                         with these heads",
+                        (MIN_EXPECTED_GAIN - 1.0) * 100.0
+                    ),
                 });
                 return Ok((TreeShape::RootOnly, info));
             }
