@@ -228,6 +228,9 @@ mod tests {
             (33, 64, 1),
             (70, 37, 5),
             (65, 96, 17),
+            (40, 45, 2),
+            (19, 100, 6),
+            (8, 600, 7),
         ] {
             let w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..m * inp).map(|_| rnd()).collect();
