@@ -68,26 +68,29 @@ impl<B: Backend> Linear<B> {
         ))
     }
 
+    /// The host copy, when it serves a product of `rows` rows.
+    fn host_for(&self, rows: usize) -> Option<&HostLinear> {
+        match self {
+            Linear::Dual(_, h) if HOST_ROWS.contains(&rows) => Some(h),
+            _ => None,
+        }
+    }
+
     /// `x · Wᵀ`. Device shards run in parallel for a few rows (decode), one after another
     /// otherwise (the backend's matmul already parallelises large products).
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let shards = match self {
-            Linear::Dual(_, h) if HOST_ROWS.contains(&x.dims()[0]) => {
-                let [m, _] = x.dims();
-                let (device, dtype) = (x.device(), x.dtype());
-                let xs = x
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .expect("converted to f32 just before");
-                let y = h.matmul(&xs, m);
-                return Tensor::from_data(
-                    TensorData::new(y, [m, h.out_features()]),
-                    (&device, dtype),
-                );
-            }
-            Linear::Device(shards) | Linear::Dual(shards, _) => shards,
-        };
+        if let Some(h) = self.host_for(x.dims()[0]) {
+            let [m, _] = x.dims();
+            let (device, dtype) = (x.device(), x.dtype());
+            let xs = x
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("converted to f32 just before");
+            let y = h.matmul(&xs, m);
+            return Tensor::from_data(TensorData::new(y, [m, h.out_features()]), (&device, dtype));
+        }
+        let (Linear::Device(shards) | Linear::Dual(shards, _)) = self;
         if shards.len() == 1 {
             return x.matmul(shards[0].clone().transpose());
         }
@@ -333,8 +336,8 @@ impl<B: Backend> Llama<B> {
     /// `x · Wᵀ` for a weight stored `[out, in]`, casting around it when the weights are stored
     /// in another type than activations.
     fn linear(&self, x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
-        let host = matches!(w, Linear::Dual(..)) && HOST_ROWS.contains(&x.dims()[0]);
-        if self.dtype == self.compute_dtype || host {
+        // The host kernel takes activations in any type and returns them in the same type.
+        if self.dtype == self.compute_dtype || w.host_for(x.dims()[0]).is_some() {
             w.forward(x)
         } else {
             w.forward(x.cast(self.dtype)).cast(self.compute_dtype)
