@@ -266,3 +266,27 @@ fn host_matmul_forward_equals_the_backend_forward() {
         start += block.len();
     }
 }
+
+/// The KV cache writes each new token with `slice_assign`; burn-flex 0.21.0 copied the whole
+/// destination on every such write (O(capacity) per token). The workspace patches it
+/// (`vendor/burn-flex/PATCHED.md`); this fails if the patch is dropped before Burn has the fix.
+#[test]
+fn slice_assign_writes_a_uniquely_owned_tensor_in_place() {
+    use burn::tensor::TensorPrimitive;
+    let storage = |t: &Tensor<B, 3>| -> *const f32 {
+        match t.clone().into_primitive() {
+            TensorPrimitive::Float(f) => f.storage::<f32>().as_ptr(),
+            TensorPrimitive::QFloat(_) => unreachable!("float tensor"),
+        }
+    };
+    let cache = Tensor::<B, 3>::zeros([3, 64, 8], &Default::default());
+    let before = storage(&cache);
+    let cache = cache.slice_assign(
+        [0..3, 5..6, 0..8],
+        Tensor::<B, 3>::ones([3, 1, 8], &Default::default()),
+    );
+    assert_eq!(storage(&cache), before, "slice_assign copied the destination");
+    let d = cache.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(d.iter().sum::<f32>(), 24.0);
+    assert_eq!(d[5 * 8], 1.0);
+}
