@@ -355,7 +355,7 @@ impl<B: Backend> Llama<B> {
         y * w.clone()
     }
 
-    /// `x·cos + swap_halves(x)·sin`, with `x: [n, heads, head_dim]`, tables `[n, 1, head_dim]`.
+    /// `x·cos + swap_halves(x)·sin`, with `x` and both tables `[n, heads, head_dim]`.
     fn rope(x: Tensor<B, 3>, cos: &Tensor<B, 3>, sin: &Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, heads, hd] = x.dims();
         let half = hd / 2;
@@ -477,12 +477,15 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
         let mut x = self.embed(self.ids(input.tokens.iter().map(|&t| t as i64)));
         let pos = self.ids(input.positions.iter().map(|&p| p as i64));
-        let cos = self
-            .rope_cos
-            .clone()
-            .select(0, pos.clone())
-            .reshape([n, 1, hd]);
-        let sin = self.rope_sin.clone().select(0, pos).reshape([n, 1, hd]);
+        // Rotary tables of this block, one row per (token, query or key head): the products in
+        // `rope` are then plain elementwise ones (broadcasting over heads is ~40× slower on flex).
+        let table = |t: &Tensor<B, 2>, pos| {
+            t.clone()
+                .select(0, pos)
+                .reshape([n, 1, hd])
+                .repeat_dim(1, heads + kvh)
+        };
+        let (cos, sin) = (table(&self.rope_cos, pos.clone()), table(&self.rope_sin, pos));
         let mask = match input.mask {
             Some(m) => Some(m.to_burn::<B>(kvh, group, &self.device)),
             None if n > 1 => Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(
@@ -496,16 +499,17 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             let xn = self.rms_norm(x.clone(), &layer.attn_norm);
             let qkv = self.linear(xn, &layer.wqkv);
-            let q = qkv.clone().slice([0..n, 0..qd]).reshape([n, heads, hd]);
-            let k = qkv
+            // Queries and keys are rotated together, as `heads + kv_heads` heads.
+            let qk = qkv
                 .clone()
-                .slice([0..n, qd..qd + kvd])
-                .reshape([n, kvh, hd]);
+                .slice([0..n, 0..qd + kvd])
+                .reshape([n, heads + kvh, hd]);
+            let qk = Self::rope(qk, &cos, &sin);
+            let q = qk.clone().slice([0..n, 0..heads, 0..hd]);
+            let k = qk.slice([0..n, heads..heads + kvh, 0..hd]);
             let v = qkv
                 .slice([0..n, qd + kvd..qd + 2 * kvd])
                 .reshape([n, kvh, hd]);
-            let q = Self::rope(q, &cos, &sin);
-            let k = Self::rope(k, &cos, &sin);
             // Queries of one KV group side by side: [1, kv_heads, group·n, hd].
             let q = q.swap_dims(0, 1).reshape([1, kvh, group * n, hd]);
             let k = k.swap_dims(0, 1).reshape([1, kvh, n, hd]);
