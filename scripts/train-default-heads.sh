@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-default-model.sh
 cargo build --release -p s4c
 S4C=target/release/s4c
-# The first 1,235 training prompts (1,152 of them fit the 512-token prompt limit: 36 chunks of
-# 32), 96-token greedy answers, 24 decoded together; the data folder is reused chunk by chunk, so
-# an interrupted run resumes and a longer --limit-prompts adds only new chunks.
-COMMON=(--prompts ../shared/data/train-prompts.jsonl --limit-prompts 1235 --answer-tokens 96
+# All 1,514 training prompts (1,410 of them fit the 512-token prompt limit: 45 chunks of 32),
+# 96-token greedy answers, 24 decoded together; the data folder is reused chunk by chunk, so an
+# interrupted run resumes where it stopped.
+COMMON=(--prompts ../shared/data/train-prompts.jsonl --answer-tokens 96
         --data-batch 24 --data-dir runs/distill --draft-vocab 8192 --seed 0)
 mkdir -p runs/heads assets
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --coherence full --epochs 3 \
