@@ -70,10 +70,20 @@ pub fn tree_shape<B: Backend>(
                 )
             })?;
             let c = drafter.config();
+            let model = &loaded.m.model;
+            // Everything the curve depends on, the engine's version included (a new release may
+            // change what a forward costs).
             let key = format!(
-                "{}-{}-{}l-{}h-{}-{}x{}-dv{}",
+                "{}-{}-{}-c{:?}-{}-{}l-{}h-{}-{}x{}-dv{}",
+                env!("CARGO_PKG_VERSION"),
                 loaded.backend,
                 loaded.dtype_name(),
+                model.compute_dtype(),
+                if model.host_matmul() {
+                    "host"
+                } else {
+                    "backend"
+                },
                 loaded.m.model.config().num_layers,
                 loaded.m.model.config().hidden_size,
                 loaded.m.model.config().vocab_size,
