@@ -285,7 +285,11 @@ fn slice_assign_writes_a_uniquely_owned_tensor_in_place() {
         [0..3, 5..6, 0..8],
         Tensor::<B, 3>::ones([3, 1, 8], &Default::default()),
     );
-    assert_eq!(storage(&cache), before, "slice_assign copied the destination");
+    assert_eq!(
+        storage(&cache),
+        before,
+        "slice_assign copied the destination"
+    );
     let d = cache.into_data().to_vec::<f32>().unwrap();
     assert_eq!(d.iter().sum::<f32>(), 24.0);
     assert_eq!(d[5 * 8], 1.0);
