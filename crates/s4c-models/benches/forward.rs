@@ -1,5 +1,6 @@
 //! Forward-pass cost of the default model on flex: one decode step and verification blocks of
-//! growing size (the verify-latency curve). Needs `scripts/fetch-default-model.sh`.
+//! 1–256 tokens (the verify-latency curve), with Burn's matmul and with s4c's host kernel (the
+//! CLI's default on flex). Needs `scripts/fetch-default-model.sh`.
 
 use std::path::PathBuf;
 
@@ -21,11 +22,12 @@ fn bench(c: &mut Criterion) {
         return;
     }
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for dtype in [DType::F32, DType::F16] {
+    for (dtype, host_matmul) in [(DType::F32, false), (DType::F32, true), (DType::F16, true)] {
         let opts = LoadOptions {
             dtype,
             compute_dtype: DType::F32,
             shards,
+            host_matmul,
             ..Default::default()
         };
         let m = load::<B>(&path, &Default::default(), &opts).unwrap();
@@ -34,16 +36,19 @@ fn bench(c: &mut Criterion) {
         m.model
             .forward(&Input::causal(&prefix, 0, Logits::Last), &mut cache)
             .unwrap();
-        let name = format!("{dtype:?}").to_lowercase();
-        for n in [1usize, 4, 16, 64] {
+        let matmul = if host_matmul {
+            "host kernel"
+        } else {
+            "burn matmul"
+        };
+        let name = format!("{dtype:?} weights, {matmul}").to_lowercase();
+        for n in [1usize, 2, 4, 16, 64, 256] {
             // A chain-shaped tree of n nodes after 128 cached tokens (same cost as any tree of n).
             let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();
             let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
             let mask = AttentionMask::tree(128, n, &vis).unwrap();
             c.bench_function(
-                &format!(
-                    "smollm2 {name} weights: forward {n} token(s) after 128 cached, all logits"
-                ),
+                &format!("smollm2 {name}: forward {n} token(s) after 128 cached, all logits"),
                 |b| {
                     b.iter(|| {
                         let input = Input::tree(&toks, (128..128 + n).collect(), &mask);

@@ -485,7 +485,10 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
                 .reshape([n, 1, hd])
                 .repeat_dim(1, heads + kvh)
         };
-        let (cos, sin) = (table(&self.rope_cos, pos.clone()), table(&self.rope_sin, pos));
+        let (cos, sin) = (
+            table(&self.rope_cos, pos.clone()),
+            table(&self.rope_sin, pos),
+        );
         let mask = match input.mask {
             Some(m) => Some(m.to_burn::<B>(kvh, group, &self.device)),
             None if n > 1 => Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(

@@ -1,0 +1,65 @@
+//! Drafting cost of the shipped heads on the default model (flex, f32): the first stage over the
+//! features of a verification pass (feature reuse: 1 or 64 nodes, each with its 8-feature
+//! window) and one head level for 1, 16 or 64 nodes (head block, the 8,192-token draft LM head,
+//! top-4 read back). Needs `scripts/fetch-default-model.sh`.
+
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::tensor::{Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use s4c_draft::{io, Drafter};
+use s4c_models::{load, LoadOptions};
+
+type B = Flex;
+
+fn bench(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model_path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let heads_path = root.join("assets/SmolLM2-135M-Instruct.heads.safetensors");
+    if !model_path.exists() {
+        eprintln!(
+            "{} missing: run scripts/fetch-default-model.sh",
+            model_path.display()
+        );
+        return;
+    }
+    let device = Default::default();
+    let m = load::<B>(&model_path, &device, &LoadOptions::default()).expect("default model");
+    let drafter = io::load(&heads_path, &m.model).expect("shipped heads");
+    let h = drafter.config().hidden;
+    let w = drafter.window();
+    let rows = |n: usize| Tensor::<B, 2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
+    for n in [1usize, 64] {
+        let features = rows(n);
+        let window = rows(n * w).reshape([n, w, h]);
+        let valid = Tensor::<B, 2>::ones([n, w], &device);
+        c.bench_function(
+            &format!("drafter initial states, {n} node(s), window {w}"),
+            |b| {
+                b.iter(|| {
+                    let s = drafter.initial_states(features.clone(), window.clone(), valid.clone());
+                    let _ = s.into_data();
+                })
+            },
+        );
+    }
+    for m in [1usize, 16, 64] {
+        let parents = rows(m);
+        let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
+        c.bench_function(&format!("drafter head level, {m} node(s), top-4"), |b| {
+            b.iter(|| {
+                drafter
+                    .expand(0, parents.clone(), &tokens, 4)
+                    .expect("depth 0")
+            })
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
