@@ -294,3 +294,28 @@ fn slice_assign_writes_a_uniquely_owned_tensor_in_place() {
     assert_eq!(d.iter().sum::<f32>(), 24.0);
     assert_eq!(d[5 * 8], 1.0);
 }
+
+/// The patched burn-flex reads attention keys and values in place when each head's rows are
+/// contiguous (the valid prefix of the KV cache): the result must equal attention on copies.
+#[test]
+fn attention_on_cache_views_equals_attention_on_copies() {
+    use burn::tensor::{module::attention, ops::AttentionModuleOptions, Distribution};
+    let d = Default::default();
+    let normal =
+        |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &d);
+    // (query rows, keys): flex's naive path, and its flash path (query rows × keys > 256 Ki).
+    for (rows, len) in [(4usize, 5usize), (4, 40), (64, 4200)] {
+        let q = normal([1, 3, rows, 8]);
+        let (k_buf, v_buf) = (normal([1, 3, len + 7, 8]), normal([1, 3, len + 7, 8]));
+        let view = |t: &Tensor<B, 4>| t.clone().slice([0..1, 0..3, 0..len, 0..8]);
+        let copy = |t: &Tensor<B, 4>| Tensor::<B, 4>::from_data(view(t).into_data(), &d);
+        let opts = AttentionModuleOptions::default;
+        let a = attention(q.clone(), view(&k_buf), view(&v_buf), None, None, opts());
+        let b = attention(q, copy(&k_buf), copy(&v_buf), None, None, opts());
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert_close(&a, &b, 1e-6, &format!("{rows} rows, {len} keys"));
+    }
+}

@@ -39,6 +39,28 @@ const TILE_KV: usize = 64;
 /// 256K elements = 1 MB for f32, fits comfortably in L2.
 const NAIVE_SCORE_BUDGET: usize = 256 * 1024;
 
+/// s4c patch: key/value views whose `[seq, dim]` rows are contiguous within each (batch, head)
+/// — such as the valid prefix of a preallocated KV cache — are read in place instead of being
+/// copied whole on every call. Returns the tensor (copied only when its rows are not
+/// contiguous), its start offset and its batch and head strides, in elements.
+fn per_head_rows(t: FlexTensor) -> (FlexTensor, usize, usize, usize) {
+    let l = t.layout();
+    let (shape, strides) = (l.shape(), l.strides());
+    if shape.num_dims() == 4
+        && strides[3] == 1
+        && strides[2] == shape[3] as isize
+        && strides[0] >= 0
+        && strides[1] >= 0
+    {
+        let (offset, b, h) = (l.start_offset(), strides[0] as usize, strides[1] as usize);
+        return (t, offset, b, h);
+    }
+    let t = t.to_contiguous();
+    let s = t.layout().shape();
+    let (head, batch) = (s[2] * s[3], s[1] * s[2] * s[3]);
+    (t, 0, batch, head)
+}
+
 /// Auto-selecting attention: picks the fastest strategy based on sequence length.
 ///
 /// Uses naive attention when the score matrix (seq_q * seq_kv) fits within
@@ -256,8 +278,9 @@ where
     }
 
     let query = query.to_contiguous();
-    let key = key.to_contiguous();
-    let value = value.to_contiguous();
+    // s4c patch: keys and values are read in place when their rows are contiguous per head.
+    let (key, k_base, k_batch_step, k_head_step) = per_head_rows(key);
+    let (value, v_base, v_batch_step, v_head_step) = per_head_rows(value);
 
     let q_shape = query.layout().shape();
     let k_shape = key.layout().shape();
@@ -319,9 +342,7 @@ where
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
     let k_head_stride = seq_kv * head_dim;
-    let k_batch_stride = heads * k_head_stride;
     let v_head_stride = seq_kv * val_dim;
-    let v_batch_stride = heads * v_head_stride;
     let o_head_stride = seq_q * val_dim;
     let o_batch_stride = heads * o_head_stride;
     let mask_tile_len = seq_q * seq_kv;
@@ -346,8 +367,8 @@ where
     for b in 0..batch {
         for h in 0..heads {
             let q_off = b * q_batch_stride + h * q_head_stride;
-            let k_off = b * k_batch_stride + h * k_head_stride;
-            let v_off = b * v_batch_stride + h * v_head_stride;
+            let k_off = k_base + b * k_batch_step + h * k_head_step;
+            let v_off = v_base + b * v_batch_step + h * v_head_step;
             let o_off = b * o_batch_stride + h * o_head_stride;
             let mask_off = b * mask_batch_step + h * mask_head_step;
             let bias_off = b * bias_batch_step + h * bias_head_step;
@@ -690,8 +711,9 @@ where
     }
 
     let query = query.to_contiguous();
-    let key = key.to_contiguous();
-    let value = value.to_contiguous();
+    // s4c patch: keys and values are read in place when their rows are contiguous per head.
+    let (key, k_base, k_batch_step, k_head_step) = per_head_rows(key);
+    let (value, v_base, v_batch_step, v_head_step) = per_head_rows(value);
 
     let q_shape = query.layout().shape();
     let k_shape = key.layout().shape();
@@ -756,9 +778,7 @@ where
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
     let k_head_stride = seq_kv * head_dim;
-    let k_batch_stride = heads * k_head_stride;
     let v_head_stride = seq_kv * val_dim;
-    let v_batch_stride = heads * v_head_stride;
     let o_head_stride = seq_q * val_dim;
     let o_batch_stride = heads * o_head_stride;
     let mask_tile_len = seq_q * seq_kv;
@@ -776,8 +796,8 @@ where
     for b in 0..batch {
         for h in 0..heads {
             let q_off = b * q_batch_stride + h * q_head_stride;
-            let k_off = b * k_batch_stride + h * k_head_stride;
-            let v_off = b * v_batch_stride + h * v_head_stride;
+            let k_off = k_base + b * k_batch_step + h * k_head_step;
+            let v_off = v_base + b * v_batch_step + h * v_head_step;
             let o_off = b * o_batch_stride + h * o_head_stride;
             let mask_off = b * mask_batch_step + h * mask_head_step;
             let bias_off = b * bias_batch_step + h * bias_head_step;
