@@ -34,8 +34,7 @@ fn bench(c: &mut Criterion) {
         .expect("prefill");
     let n = 64;
     let toks: Vec<u32> = (0..n as u32).map(|i| i % 64).collect();
-    let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
-    let mask = AttentionMask::tree(cached, n, &vis).expect("mask size");
+    let mask = AttentionMask::causal(cached, n);
     for (name, keep) in [
         ("prefix path (nothing moves)", vec![0, 1, 2, 3]),
         ("branch path (4 nodes gathered)", vec![0, 3, 17, 40]),

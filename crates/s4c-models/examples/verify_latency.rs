@@ -38,8 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .forward(&Input::causal(&prefix, 0, Logits::Last), &mut cache)?;
         for (row, &n) in sizes.iter().enumerate() {
             let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();
-            let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
-            let mask = AttentionMask::tree(128, n, &vis).ok_or("mask")?;
+            let mask = AttentionMask::causal(128, n);
             let mut times = vec![];
             for _ in 0..8 {
                 let t = Instant::now();

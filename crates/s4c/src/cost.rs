@@ -11,7 +11,7 @@ use s4c_tree::cost::{choose_size, SizeChoice};
 use s4c_tree::{AcceptanceStats, LatencyCurve};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 
 /// Tree sizes (nodes in the forward, root included) the curve is measured at.
 pub const CURVE_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 48, 64];
@@ -62,9 +62,7 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     for &n in &CURVE_SIZES {
         let toks: Vec<u32> = (0..n as u32).map(|i| (i * 13 + 5) % vocab).collect();
         // A chain-shaped tree: any tree of n nodes costs the same forward.
-        let vis: Vec<bool> = (0..n).flat_map(|i| (0..n).map(move |j| j <= i)).collect();
-        let mask = AttentionMask::tree(prefix, n, &vis)
-            .ok_or_else(|| EngineError::InvalidOption("internal: mask".into()))?;
+        let mask = AttentionMask::causal(prefix, n);
         let mut times = Vec::new();
         for _ in 0..reps + 1 {
             let t = Instant::now();
