@@ -216,6 +216,31 @@ mod tests {
         }
     }
 
+    /// `profile` measures a tiny model's curve at every size, writes it under its key, and
+    /// reads it back on the next call instead of measuring again.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn a_profile_is_measured_once_then_read_from_its_file() {
+        use burn::backend::Flex;
+        use s4c_draft::{fingerprint, DrafterConfig, MultiHeadDrafter};
+        let model = s4c_models::testing::tiny_model::<Flex>(50, 1, &Default::default());
+        let config = DrafterConfig::new(fingerprint::<Flex, _>(&model).unwrap());
+        let drafter = MultiHeadDrafter::random(config, &model, 2).unwrap();
+        let dir = std::env::temp_dir().join(format!("s4c-cost-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = super::profile(&model, &drafter, "tiny/test".into(), &dir).unwrap();
+        assert_eq!(first.key, "tiny/test");
+        let sizes: Vec<usize> = first.verify.points.iter().map(|p| p.0).collect();
+        assert_eq!(sizes, CURVE_SIZES.to_vec());
+        assert!(first.verify.points.iter().all(|p| p.1 > 0.0));
+        assert!(first.draft_level_s > 0.0 && first.draft_node_s >= 0.0);
+        // The file is there, under a name made safe from the key, and is what the next call uses.
+        assert!(file_for(&dir, "tiny/test").exists());
+        let again = super::profile(&model, &drafter, "tiny/test".into(), &dir).unwrap();
+        assert_eq!(again, first);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn weak_heads_draft_on_a_flat_curve_but_not_on_a_steep_one() {
         // This CPU (measured): 2 tokens cost 1.36 decode steps, 64 tokens 9.6; a head call 2 ms.
