@@ -84,14 +84,14 @@ pub fn tree_shape<B: Backend>(
                 } else {
                     "backend"
                 },
-                loaded.m.model.config().num_layers,
-                loaded.m.model.config().hidden_size,
-                loaded.m.model.config().vocab_size,
+                model.config().num_layers,
+                model.config().hidden_size,
+                model.config().vocab_size,
                 c.heads,
                 c.inner,
                 c.draft_vocab
             );
-            let p = profile(&loaded.m.model, drafter, key, &cache_dir())?;
+            let p = profile(model, drafter, key, &cache_dir())?;
             let choice = choose_tree(&stats, &p, spec.tree_nodes, depth)?;
             if !worth_drafting(&choice, &p) {
                 let info = json!({
