@@ -95,39 +95,50 @@ impl AcceptanceStats {
         max_nodes: usize,
         max_depth: usize,
     ) -> Result<Vec<(Vec<usize>, f64)>, TreeError> {
-        if max_nodes == 0 || max_depth == 0 {
-            return Err(TreeError::ZeroBudget("max_nodes and max_depth"));
-        }
         let ranks = self.tried.first().map_or(1, Vec::len).max(1);
-        // Frontier entries: (reach probability, path).
-        let mut frontier: Vec<(f64, Vec<usize>)> =
-            (0..ranks).map(|r| (self.rate(1, r), vec![r])).collect();
-        let mut paths = vec![];
-        let mut tau = 1.0;
-        while paths.len() < max_nodes && !frontier.is_empty() {
-            let best = (0..frontier.len())
-                .max_by(|&a, &b| {
-                    frontier[a]
-                        .0
-                        .total_cmp(&frontier[b].0)
-                        .then_with(|| frontier[b].1.cmp(&frontier[a].1))
-                })
-                .expect("non-empty");
-            let (p, path) = frontier.swap_remove(best);
-            tau += p;
-            // Its next sibling becomes available only after it (ranks are ordered), its children too.
-            let d = path.len();
-            if d < max_depth {
-                for r in 0..ranks {
-                    let mut child = path.clone();
-                    child.push(r);
-                    frontier.push((p * self.rate(d + 1, r), child));
-                }
-            }
-            paths.push((path, tau));
-        }
-        Ok(paths)
+        best_paths_by(&|d, r| self.rate(d, r), ranks, max_nodes, max_depth)
     }
+}
+
+/// [`AcceptanceStats::best_paths`] for any acceptance rates: `rate(depth, rank)` (depth ≥ 1) is
+/// the probability that the rank-`rank` candidate is accepted given its parent was, for ranks
+/// `0..ranks`.
+pub fn best_paths_by(
+    rate: &dyn Fn(usize, usize) -> f64,
+    ranks: usize,
+    max_nodes: usize,
+    max_depth: usize,
+) -> Result<Vec<(Vec<usize>, f64)>, TreeError> {
+    if max_nodes == 0 || max_depth == 0 || ranks == 0 {
+        return Err(TreeError::ZeroBudget("max_nodes, max_depth and ranks"));
+    }
+    // Frontier entries: (reach probability, path).
+    let mut frontier: Vec<(f64, Vec<usize>)> = (0..ranks).map(|r| (rate(1, r), vec![r])).collect();
+    let mut paths = vec![];
+    let mut tau = 1.0;
+    while paths.len() < max_nodes && !frontier.is_empty() {
+        let best = (0..frontier.len())
+            .max_by(|&a, &b| {
+                frontier[a]
+                    .0
+                    .total_cmp(&frontier[b].0)
+                    .then_with(|| frontier[b].1.cmp(&frontier[a].1))
+            })
+            .expect("non-empty");
+        let (p, path) = frontier.swap_remove(best);
+        tau += p;
+        // Its children become candidates once it is in.
+        let d = path.len();
+        if d < max_depth {
+            for r in 0..ranks {
+                let mut child = path.clone();
+                child.push(r);
+                frontier.push((p * rate(d + 1, r), child));
+            }
+        }
+        paths.push((path, tau));
+    }
+    Ok(paths)
 }
 
 /// Verify latency as a function of tree size (nodes in the forward, root included), measured on a

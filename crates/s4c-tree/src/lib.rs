@@ -30,6 +30,7 @@
 //! assert!(flat.mask.is_visible(3, 1) && !flat.mask.is_visible(3, 2));
 //! ```
 
+pub mod adaptive;
 pub mod cost;
 pub mod dynamic;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod flat;
 pub mod template;
 pub mod tree;
 
+pub use adaptive::{AdaptiveConfig, AdaptiveSizer};
 pub use cost::{AcceptanceStats, LatencyCurve, SizeChoice};
 pub use dynamic::{build_dynamic, DynamicConfig};
 pub use error::TreeError;

@@ -192,7 +192,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         }
         let last = &turns[turns.len() - 1];
         eprintln!(
-            "[{}/{}] {} {}: plain {:.1} tok/s, s4c {:.1} tok/s, τ {:.2}, same {}",
+            "[{}/{}] {} {}: plain {:.1} tok/s, s4c {:.1} tok/s, τ {:.2}, drafted {}/{} steps, same {}",
             qi + 1,
             questions.len(),
             q.task,
@@ -200,6 +200,8 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             last["plain_tok_s"].as_f64().unwrap_or(0.0),
             last["s4c_tok_s"].as_f64().unwrap_or(0.0),
             last["tau"].as_f64().unwrap_or(0.0),
+            last["stats"]["steps"].as_u64().unwrap_or(0) - last["stats"]["plain_steps"].as_u64().unwrap_or(0),
+            last["stats"]["steps"].as_u64().unwrap_or(0),
             all_match
         );
         records.push(json!({"question_id": q.id, "task": q.task, "turns": turns}));

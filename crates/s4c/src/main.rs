@@ -95,7 +95,9 @@ enum TreeKind {
     Static,
     /// Best-first expansion by draft probability (EAGLE-2 style).
     Dynamic,
-    /// The static tree that maximises expected tok/s on this backend (measured once, cached).
+    /// Sized before every step for the most expected tok/s: from the heads' held-out acceptance
+    /// and this backend's latency curve (measured once, cached) at first, then from the
+    /// acceptance and step times measured while generating; plain steps when no tree pays.
     Cost,
 }
 

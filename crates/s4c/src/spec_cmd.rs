@@ -2,7 +2,7 @@
 //! the acceptor that matches the sampling options.
 
 use burn::tensor::backend::Backend;
-use s4c::cost::{cache_dir, choose_tree, plain_rate, profile, worth_drafting, MIN_EXPECTED_GAIN};
+use s4c::cost::{adaptive_sizer, cache_dir, profile};
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
 use s4c::{EngineError, Result};
@@ -92,31 +92,19 @@ pub fn tree_shape<B: Backend>(
                 c.draft_vocab
             );
             let p = profile(model, drafter, key, &cache_dir())?;
-            let choice = choose_tree(&stats, &p, spec.tree_nodes, depth)?;
-            if !worth_drafting(&choice, &p) {
-                let info = json!({
-                    "kind": "cost",
-                    "nodes": 0,
-                    "expected_tau": 1.0,
-                    "expected_tok_per_s": plain_rate(&p),
-                    "best_tree_tok_per_s": choice.expected_tokens_per_s,
-                    "note": format!(
-                        "no tree is expected to beat plain decoding by {:.0}% on this backend \
-                         with these heads",
-                        (MIN_EXPECTED_GAIN - 1.0) * 100.0
-                    ),
-                });
-                return Ok((TreeShape::RootOnly, info));
-            }
+            let sizer = adaptive_sizer(&stats, &p, spec.tree_nodes, depth)?;
+            // What the prior alone picks for the first step (the sizer then learns).
+            let first = sizer.clone().choose();
             let info = json!({
                 "kind": "cost",
-                "nodes": choice.nodes,
-                "depth": choice.template.depth(),
-                "expected_tau": choice.expected_tau,
-                "expected_tok_per_s": choice.expected_tokens_per_s,
-                "paths": choice.template.paths(),
+                "adaptive": true,
+                "max_nodes": sizer.config().max_nodes,
+                "depth": sizer.config().max_depth,
+                "first_nodes": first.as_ref().map_or(0, |t| t.len()),
+                "first_paths": first.as_ref().map(|t| t.paths().to_vec()),
+                "plain_step_s": sizer.step_seconds(0),
             });
-            Ok((TreeShape::Static(choice.template), info))
+            Ok((TreeShape::Adaptive(sizer), info))
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_draft::{DraftSession, Drafter};
 use s4c_models::{AttentionMask, CausalLm, Input, Logits};
-use s4c_tree::{build_dynamic, DynamicConfig, Template, TokenTree};
+use s4c_tree::{build_dynamic, AdaptiveSizer, DynamicConfig, Template, TokenTree};
 use s4c_verify::sampling::Sampler;
 use s4c_verify::{Acceptor, Proposal};
 use serde::Serialize;
@@ -21,8 +21,13 @@ pub enum TreeShape {
     Static(Template),
     /// EAGLE-2-style best-first expansion by cumulative draft probability.
     Dynamic(DynamicConfig),
+    /// Cost-aware and online: before each step an [`AdaptiveSizer`] picks the template (or no
+    /// draft) with the most expected tokens per second, from acceptance and step times measured
+    /// so far in this generation. Each generation starts from the sizer as given. With sampling,
+    /// step times are not learned, so a seed reproduces its output.
+    Adaptive(AdaptiveSizer),
     /// No draft at all: each step verifies the root alone (plain decoding through the same
-    /// loop) — what the cost-aware choice falls back to when no tree beats plain decoding.
+    /// loop, the drafter never called).
     RootOnly,
 }
 
@@ -32,6 +37,7 @@ impl TreeShape {
         match self {
             TreeShape::Static(t) => t.len(),
             TreeShape::Dynamic(c) => c.max_nodes,
+            TreeShape::Adaptive(s) => s.config().max_nodes,
             TreeShape::RootOnly => 0,
         }
     }
@@ -49,6 +55,8 @@ pub struct SpecStats {
     pub accepted_at_depth: Vec<usize>,
     /// Mean draft nodes per tree.
     pub mean_tree_nodes: f64,
+    /// Steps that drafted nothing (the root alone: a plain decoding step).
+    pub plain_steps: usize,
     /// Seconds spent drafting (initial states and heads).
     pub draft_s: f64,
     /// Seconds in verification forwards.
@@ -93,13 +101,23 @@ pub struct SpeculativeGenerator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A
 impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     SpeculativeGenerator<'a, B, M, D, A>
 {
-    /// A generator; a static template deeper than the drafter is cut to its depth.
+    /// A generator; a static template deeper than the drafter is cut to its depth, an adaptive
+    /// sizer deeper than the drafter is refused.
     pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
         let shape = match shape {
             // A drafter that drafts nothing: trees of the root alone.
             _ if drafter.max_depth() == 0 => TreeShape::RootOnly,
             TreeShape::Static(t) if t.depth() > drafter.max_depth() => {
                 TreeShape::Static(t.truncated(drafter.max_depth())?)
+            }
+            TreeShape::Adaptive(s) if s.config().max_depth > drafter.max_depth() => {
+                return Err(EngineError::InvalidOption(format!(
+                    "the adaptive tree reaches depth {} but the drafter has {} heads; give the \
+                     sizer a max_depth of at most {}",
+                    s.config().max_depth,
+                    drafter.max_depth(),
+                    drafter.max_depth()
+                )));
             }
             s => s,
         };
@@ -156,10 +174,24 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         on_tokens(&[first]);
         let mut root = first;
         let mut tree_nodes = 0usize;
-        let t0 = Instant::now();
-        // Initial state of the newest committed feature.
-        let mut state = self.initial_for_last(&history, &device)?;
-        stats.draft_s += t0.elapsed().as_secs_f64();
+        // The online sizer of an adaptive shape, fresh for this generation.
+        let mut sizer = match &self.shape {
+            TreeShape::Adaptive(s) => {
+                let mut s = s.clone();
+                if !options.sampling.is_greedy() {
+                    s.set_learn_latency(false);
+                }
+                Some(s)
+            }
+            _ => None,
+        };
+        // What the next step drafts: a template of its own (adaptive), the shape's, or nothing.
+        let mut plan = self.plan(&mut sizer);
+        // The drafter's initial state of the newest committed feature: computed by the first
+        // step that drafts, then by feature reuse while steps keep drafting.
+        let mut state: Option<Tensor<B, 2>> = None;
+        // Seconds of the feature reuse that prepared this step's draft (timed with this step).
+        let mut reuse_s = 0.0;
 
         let stop = loop {
             if options.stop_tokens.contains(&root) {
@@ -172,18 +204,31 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             if room == 0 {
                 break StopReason::ContextFull;
             }
+            let step_start = Instant::now();
 
             // Draft.
             let t = Instant::now();
-            let mut session = DraftSession::new(self.drafter, state.clone());
-            let mut tree = match &self.shape {
-                TreeShape::Static(tpl) => tpl.build(root, &mut session)?,
-                TreeShape::Dynamic(cfg) => build_dynamic(root, cfg, &mut session)?,
-                TreeShape::RootOnly => TokenTree::new(root),
+            let mut tree = match &plan {
+                Plan::Root => TokenTree::new(root),
+                drafting => {
+                    let s = match state.take() {
+                        Some(s) => s,
+                        None => self.initial_for_last(&history, &device)?,
+                    };
+                    let mut session = DraftSession::new(self.drafter, s);
+                    let tree = match (drafting, &self.shape) {
+                        (Plan::Template(tpl), _) | (_, TreeShape::Static(tpl)) => {
+                            tpl.build(root, &mut session)?
+                        }
+                        (_, TreeShape::Dynamic(cfg)) => build_dynamic(root, cfg, &mut session)?,
+                        _ => TokenTree::new(root),
+                    };
+                    if let Some(e) = session.take_error() {
+                        return Err(e.into());
+                    }
+                    tree
+                }
             };
-            if let Some(e) = session.take_error() {
-                return Err(e.into());
-            }
             if tree.len() > room {
                 // Near the end of the context: keep the first `room` nodes (parents come first).
                 let keep: Vec<bool> = (0..tree.len()).map(|i| i < room).collect();
@@ -191,6 +236,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             stats.draft_s += t.elapsed().as_secs_f64();
             tree_nodes += tree.len() - 1;
+            stats.plain_steps += usize::from(tree.len() == 1);
 
             // Verify: one forward over the whole tree.
             let t = Instant::now();
@@ -232,21 +278,34 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             new_ids.extend(&emitted);
             on_tokens(&emitted);
+            stats.commit_s += t.elapsed().as_secs_f64();
+            if let Some(s) = sizer.as_mut() {
+                s.record_acceptance(&tree, &verdict.path);
+                s.record_time(tree.len() - 1, step_start.elapsed().as_secs_f64() + reuse_s);
+            }
             if let Some(reason) = ended {
-                stats.commit_s += t.elapsed().as_secs_f64();
                 break reason;
             }
             root = verdict.bonus;
-            stats.commit_s += t.elapsed().as_secs_f64();
 
-            // Feature reuse: the accepted nodes' features join the window, and the first
-            // drafting stage runs on every node so the accepted one's state is ready.
+            // Feature reuse: the accepted nodes' features join the window and, if the next step
+            // drafts, the first drafting stage runs on every node so the accepted one's state is
+            // ready.
             let t = Instant::now();
-            let (next_state, next_history) =
-                self.reuse(&tree, &verdict.path, out.features, &history, &device)?;
+            plan = self.plan(&mut sizer);
+            let drafts = !matches!(plan, Plan::Root);
+            let (next_state, next_history) = self.reuse(
+                &tree,
+                &verdict.path,
+                out.features,
+                &history,
+                drafts,
+                &device,
+            )?;
             state = next_state;
             history = next_history;
-            stats.draft_s += t.elapsed().as_secs_f64();
+            reuse_s = t.elapsed().as_secs_f64();
+            stats.draft_s += reuse_s;
         };
         // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
         stats.tau = new_ids.len() as f64 / (stats.steps + 1) as f64;
@@ -260,6 +319,15 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         })
     }
 
+    /// What the next step drafts: the adaptive sizer's choice, else the shape's.
+    fn plan(&self, sizer: &mut Option<AdaptiveSizer>) -> Plan {
+        match (sizer.as_mut(), &self.shape) {
+            (Some(s), _) => s.choose().map_or(Plan::Root, Plan::Template),
+            (None, TreeShape::RootOnly) => Plan::Root,
+            (None, _) => Plan::Shape,
+        }
+    }
+
     /// The initial state of the last row of `history` (its window: the rows before it).
     fn initial_for_last(&self, history: &Tensor<B, 2>, device: &B::Device) -> Result<Tensor<B, 2>> {
         let [len, h] = history.dims();
@@ -270,21 +338,30 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     }
 
     /// Runs the first drafting stage on all tree nodes (each with its own window: the committed
-    /// history, then its ancestors), picks the accepted node's state, and returns it with the
-    /// new history (last `window + 1` committed features).
+    /// history, then its ancestors) and picks the accepted node's state, if `drafts` (the next
+    /// step drafts); returns it with the new history (last `window + 1` committed features).
     fn reuse(
         &self,
         tree: &TokenTree,
         path: &[usize],
         features: Tensor<B, 2>,
         history: &Tensor<B, 2>,
+        drafts: bool,
         device: &B::Device,
-    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+    ) -> Result<(Option<Tensor<B, 2>>, Tensor<B, 2>)> {
         let w = self.drafter.window();
         let [hl, h] = history.dims();
         let n = tree.len();
         // Rows: history (0..hl) then tree nodes (hl..hl+n).
         let all = Tensor::cat(vec![history.clone(), features.clone()], 0);
+        // New history: old history then the accepted nodes, last w + 1 rows.
+        let mut rows: Vec<usize> = (0..hl).collect();
+        rows.extend(path.iter().map(|&p| hl + p));
+        let keep = &rows[rows.len().saturating_sub(w + 1)..];
+        let next_history = all.clone().select(0, ids::<B>(keep, device));
+        if !drafts {
+            return Ok((None, next_history));
+        }
         let accepted = *path.last().unwrap_or(&0);
         let windows: Vec<Vec<usize>> = if w == 0 {
             vec![Vec::new(); n]
@@ -301,13 +378,18 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let (window, valid) = window_rows(&all, &windows, w, device);
         let states = self.drafter.initial_states(features, window, valid);
         let state = states.slice([accepted..accepted + 1, 0..h]);
-        // New history: old history then the accepted nodes, last w + 1 rows.
-        let mut rows: Vec<usize> = (0..hl).collect();
-        rows.extend(path.iter().map(|&p| hl + p));
-        let keep = &rows[rows.len().saturating_sub(w + 1)..];
-        let history = all.select(0, ids::<B>(keep, device));
-        Ok((state, history))
+        Ok((Some(state), next_history))
     }
+}
+
+/// What one step drafts.
+enum Plan {
+    /// Nothing: the root alone.
+    Root,
+    /// This template (chosen for the step).
+    Template(Template),
+    /// The generator's static or dynamic shape.
+    Shape,
 }
 
 /// For each entry of `rows` (indices into `source`, oldest first), the last `w` of them as a

@@ -10,7 +10,9 @@ use s4c::speculative::{SpeculativeGenerator, TreeShape};
 use s4c_draft::{fingerprint, Coherence, DraftError, Drafter, DrafterConfig, MultiHeadDrafter};
 use s4c_models::testing::{counting_model, tiny_model};
 use s4c_models::{CausalLm, Input, Llama, Logits};
-use s4c_tree::{Candidate, DynamicConfig, Template};
+use s4c_tree::{
+    AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, DynamicConfig, Template,
+};
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor, SamplingParams};
 
 type B = Flex;
@@ -23,6 +25,25 @@ fn drafter(t: &Llama<B>, coherence: Coherence, heads: usize, seed: u64) -> Multi
     MultiHeadDrafter::random(c, t, seed).unwrap()
 }
 
+/// An online-sized tree up to `depth` levels and 12 nodes, whose prior accepts the top candidate
+/// `top1` per mille at every depth (the others a quarter of that); predicted step times 10 ms + 1 ms per node, not learned (so
+/// tests do not depend on timing), a probe every 4th step.
+fn adaptive(depth: usize, top1: u64) -> TreeShape {
+    let mut prior = AcceptanceStats::new(depth, 4);
+    let mut tried = 10_000;
+    for d in 0..depth {
+        prior.tried[d] = vec![tried; 4];
+        let (top, other) = (tried * top1 / 1000, tried * top1 / 4000);
+        prior.accepted[d] = vec![top, other, other, other];
+        tried = tried * top1 / 1000;
+    }
+    let predicted = (0..=12).map(|n| 0.010 + 0.001 * n as f64).collect();
+    let mut config = AdaptiveConfig::new(12, depth);
+    config.learn_latency = false;
+    config.probe_every = 4;
+    TreeShape::Adaptive(AdaptiveSizer::new(&prior, predicted, config).unwrap())
+}
+
 fn shapes() -> Vec<TreeShape> {
     vec![
         TreeShape::Static(Template::mc_sim_7b_63()),
@@ -33,6 +54,7 @@ fn shapes() -> Vec<TreeShape> {
             max_nodes: 12,
         }),
         TreeShape::RootOnly,
+        adaptive(1, 30),
     ]
 }
 
@@ -47,6 +69,8 @@ fn greedy(max_new_tokens: usize, stop: Vec<u32>) -> GenerateOptions {
 #[test]
 fn greedy_s4c_equals_plain_with_random_heads() {
     let mut checked = 0;
+    // Adaptive runs that turned drafting on because its drafts were accepted.
+    let mut learned = 0;
     for seed in 1..=3u64 {
         let t = tiny_model::<B>(64, seed, &Default::default());
         let prompt: Vec<u32> = (0..5 + seed as u32)
@@ -72,12 +96,25 @@ fn greedy_s4c_equals_plain_with_random_heads() {
                     assert_eq!(streamed, out.new_ids);
                     assert_eq!(out.stop, StopReason::MaxTokens);
                     assert!(out.stats.tau >= 1.0);
+                    if matches!(g.shape(), TreeShape::Adaptive(_)) {
+                        // A weak prior: plain steps first; probes then find the drafts right
+                        // (random heads often are, on a tiny model's repetitive text) or
+                        // wrong, and drafting follows what they find.
+                        let st = &out.stats;
+                        assert!(st.plain_steps > 0, "{st:?}");
+                        let drafted = st.steps - st.plain_steps;
+                        if st.accepted_at_depth[0] * 2 > drafted {
+                            assert!(st.plain_steps * 2 < st.steps, "{st:?}");
+                            learned += 1;
+                        }
+                    }
                     checked += 1;
                 }
             }
         }
     }
-    assert_eq!(checked, 3 * 3 * 2 * 4);
+    assert_eq!(checked, 3 * 3 * 2 * 5);
+    assert!(learned > 0);
 }
 
 /// Knows the counting model's rule: proposes `token + 1` first, then a few wrong tokens.
@@ -139,10 +176,14 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
         vocab: v as u32,
         depth: 4,
     };
-    for shape in shapes() {
+    let mut all = shapes();
+    all.push(adaptive(4, 600));
+    for shape in all {
         let deep = match &shape {
             TreeShape::Static(t) => t.depth().min(4),
             TreeShape::Dynamic(c) => c.max_depth.min(4),
+            // It learns that every branch is accepted and drafts deeper as it does.
+            TreeShape::Adaptive(s) => s.config().max_depth.min(2),
             TreeShape::RootOnly => 0,
         };
         let mut g = SpeculativeGenerator::new(&t, &oracle, GreedyAcceptor, shape).unwrap();
@@ -237,6 +278,19 @@ fn exact_joint(t: &Llama<B>, prompt: &[u32], params: SamplingParams) -> Vec<f64>
 
 #[test]
 fn sampled_s4c_follows_the_target_distribution() {
+    let tpl = Template::new(vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0]]).unwrap();
+    sampled_distribution_test(TreeShape::Static(tpl));
+}
+
+/// The tree changing from step to step with what was accepted keeps every step lossless.
+#[test]
+fn sampled_s4c_with_an_online_sized_tree_follows_the_target_distribution() {
+    sampled_distribution_test(adaptive(3, 500));
+}
+
+/// Samples three tokens 12,000 times with `shape` and tests them against the exact joint
+/// distribution of plain sampling.
+fn sampled_distribution_test(shape: TreeShape) {
     use statrs::distribution::{ChiSquared, ContinuousCDF};
     let v = 6;
     let t = tiny_model::<B>(v, 8, &Default::default());
@@ -250,11 +304,9 @@ fn sampled_s4c_follows_the_target_distribution() {
     let exact = exact_joint(&t, &prompt, params);
     let trials = 12_000u64;
     let mut counts = vec![0u64; v * v * v];
-    let tpl = Template::new(vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0]]).unwrap();
     for seed in 0..trials {
         let acceptor = SamplingAcceptor::new(params, seed ^ 0xabc).unwrap();
-        let mut g =
-            SpeculativeGenerator::new(&t, &d, acceptor, TreeShape::Static(tpl.clone())).unwrap();
+        let mut g = SpeculativeGenerator::new(&t, &d, acceptor, shape.clone()).unwrap();
         let opts = GenerateOptions {
             max_new_tokens: 3,
             sampling: params,

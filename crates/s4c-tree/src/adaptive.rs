@@ -1,0 +1,404 @@
+//! Online tree sizing: the cost-aware choice of [`crate::cost`], kept up to date during a
+//! generation from what it measures on the text being generated.
+//!
+//! Held-out acceptance rates are optimistic on new text, and a latency curve measured once is
+//! noisy. [`AdaptiveSizer`] starts from both, then blends in every verification's accepted path
+//! and every step's wall time, and before each step picks the tree (or no tree: a plain step)
+//! with the most expected tokens per second. Every `probe_every`-th step it tries one node more
+//! (a one-node tree while plain steps win), so that acceptance beyond the current choice keeps
+//! being measured: drafting can come back, and trees can grow.
+//!
+//! ```
+//! use s4c_tree::{AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, CandidateProvider, TokenTree};
+//!
+//! // Candidates: token = rank.
+//! struct ByRank;
+//! impl CandidateProvider for ByRank {
+//!     fn expand(&mut self, _: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+//!         let list: Vec<Candidate> =
+//!             (0..k as u32).map(|r| Candidate { token: r, logprob: -1.0 }).collect();
+//!         vec![list; nodes.len()]
+//!     }
+//! }
+//! // Prior: the top candidate is accepted 90% of the time at every depth.
+//! let mut prior = AcceptanceStats::new(2, 2);
+//! for d in 0..2 {
+//!     prior.tried[d] = vec![100, 100];
+//!     prior.accepted[d] = vec![90, 5];
+//! }
+//! // A plain step costs 10 ms, a step with n draft nodes 10 + n ms.
+//! let cost: Vec<f64> = (0..=4).map(|n| 0.010 + 0.001 * n as f64).collect();
+//! let mut sizer = AdaptiveSizer::new(&prior, cost, AdaptiveConfig::new(4, 2)).unwrap();
+//! assert!(sizer.choose().is_some(), "good heads draft");
+//! // On this text nothing is ever accepted (the path is the root alone): drafting stops.
+//! for _ in 0..40 {
+//!     if let Some(template) = sizer.choose() {
+//!         let tree = template.build(7, &mut ByRank).unwrap();
+//!         sizer.record_acceptance(&tree, &[0]);
+//!     }
+//! }
+//! assert!(sizer.choose().is_none());
+//! ```
+
+use crate::cost::{best_paths_by, AcceptanceStats};
+use crate::error::TreeError;
+use crate::template::Template;
+use crate::tree::TokenTree;
+
+/// Settings of an [`AdaptiveSizer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConfig {
+    /// Draft nodes per tree at most (root excluded).
+    pub max_nodes: usize,
+    /// Tree depth at most.
+    pub max_depth: usize,
+    /// Weight of the prior acceptance rates, in trials of the top candidate at depth 1: online
+    /// counts outweigh the prior after about this many steps.
+    pub prior_trials: u64,
+    /// Every this many steps, try one node more than the best size (0: never).
+    pub probe_every: usize,
+    /// Whether measured step times replace the predicted ones. Off makes the choice depend on
+    /// acceptance only, so a seeded sampled generation is reproducible.
+    pub learn_latency: bool,
+}
+
+impl AdaptiveConfig {
+    /// Defaults: a prior worth 32 steps, a probe every 16th step, latency learned.
+    pub fn new(max_nodes: usize, max_depth: usize) -> Self {
+        AdaptiveConfig {
+            max_nodes,
+            max_depth,
+            prior_trials: 32,
+            probe_every: 16,
+            learn_latency: true,
+        }
+    }
+}
+
+/// How much each new step time counts in the running estimate of its tree size.
+const TIME_WEIGHT: f64 = 0.25;
+
+/// Picks each step's tree from acceptance and step times measured so far (see the module docs).
+#[derive(Debug, Clone)]
+pub struct AdaptiveSizer {
+    config: AdaptiveConfig,
+    /// Prior counts; each weighs `prior_scale` of an online count.
+    prior: AcceptanceStats,
+    prior_scale: f64,
+    /// Counts measured on this generation.
+    online: AcceptanceStats,
+    /// Predicted seconds of a step with `n` draft nodes, `n = 0..=max_nodes`.
+    predicted: Vec<f64>,
+    /// Running mean of measured seconds per size, and how many steps it holds.
+    measured: Vec<(f64, u32)>,
+    /// Running ratio of measured to predicted seconds (corrects sizes not measured yet).
+    scale: f64,
+    /// Calls of [`AdaptiveSizer::choose`] so far.
+    steps: usize,
+}
+
+impl AdaptiveSizer {
+    /// A sizer from prior acceptance counts and `predicted[n]`, the predicted seconds of a step
+    /// with `n` draft nodes (`predicted[0]`: a plain step); trees get at most
+    /// `predicted.len() - 1` nodes.
+    pub fn new(
+        prior: &AcceptanceStats,
+        predicted: Vec<f64>,
+        mut config: AdaptiveConfig,
+    ) -> Result<Self, TreeError> {
+        if config.max_nodes == 0 || config.max_depth == 0 || prior.max_depth() == 0 {
+            return Err(TreeError::ZeroBudget("adaptive max_nodes and max_depth"));
+        }
+        if predicted.len() < 2 || predicted.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(TreeError::ZeroBudget(
+                "predicted step times (positive, for 0 and 1+ nodes)",
+            ));
+        }
+        config.max_nodes = config.max_nodes.min(predicted.len() - 1);
+        config.max_depth = config.max_depth.min(prior.max_depth());
+        let top = prior.tried[0].first().copied().unwrap_or(0).max(1);
+        let prior_scale = config.prior_trials as f64 / top as f64;
+        let ranks = prior.tried[0].len();
+        Ok(AdaptiveSizer {
+            online: AcceptanceStats::new(prior.max_depth(), ranks),
+            prior: prior.clone(),
+            prior_scale,
+            measured: vec![(0.0, 0); predicted.len()],
+            predicted,
+            scale: 1.0,
+            steps: 0,
+            config,
+        })
+    }
+
+    /// The settings in use (`max_nodes`, `max_depth` clipped to what the prior and the predicted
+    /// times cover).
+    pub fn config(&self) -> &AdaptiveConfig {
+        &self.config
+    }
+
+    /// How much easier (> 1) or harder (< 1) this text is than the prior's: accepted drafts over
+    /// the number the prior's rates expected for the same trials, both plus one.
+    pub fn easiness(&self) -> f64 {
+        let (mut expected, mut accepted) = (1.0, 1.0);
+        for (d, (tried, acc)) in self
+            .online
+            .tried
+            .iter()
+            .zip(&self.online.accepted)
+            .enumerate()
+        {
+            for (r, (&t, &a)) in tried.iter().zip(acc).enumerate() {
+                expected += t as f64 * self.prior.rate(d + 1, r);
+                accepted += a as f64;
+            }
+        }
+        accepted / expected
+    }
+
+    /// The acceptance rate of the rank-`rank` candidate at `depth` (≥ 1) given its parent was
+    /// accepted: the prior's counts with their accepted share scaled by [`Self::easiness`] (so
+    /// evidence at one depth moves every depth), plus the online counts; 0 for a candidate
+    /// neither ever tried.
+    pub fn rate(&self, depth: usize, rank: usize) -> f64 {
+        self.rate_with(self.easiness(), depth, rank)
+    }
+
+    fn rate_with(&self, easiness: f64, depth: usize, rank: usize) -> f64 {
+        let count = |s: &AcceptanceStats| -> (f64, f64) {
+            let get = |v: &[Vec<u64>]| {
+                v.get(depth.wrapping_sub(1))
+                    .and_then(|row| row.get(rank))
+                    .map_or(0.0, |&c| c as f64)
+            };
+            (get(&s.tried), get(&s.accepted))
+        };
+        let (pt, pa) = count(&self.prior);
+        let (ot, oa) = count(&self.online);
+        let (pt, pa) = (pt * self.prior_scale, pa * self.prior_scale);
+        if pt + ot <= 0.0 {
+            return 0.0;
+        }
+        ((pa * easiness).min(pt) + oa) / (pt + ot)
+    }
+
+    /// Switches learning of step times on or off (see [`AdaptiveConfig::learn_latency`]).
+    pub fn set_learn_latency(&mut self, on: bool) {
+        self.config.learn_latency = on;
+    }
+
+    /// Estimated seconds of a step with `n` draft nodes: the measured mean once two steps of that
+    /// size were timed, else the prediction corrected by the measured-to-predicted ratio.
+    pub fn step_seconds(&self, n: usize) -> f64 {
+        let n = n.min(self.predicted.len() - 1);
+        match self.measured[n] {
+            (mean, count) if self.config.learn_latency && count >= 2 => mean,
+            _ => self.predicted[n] * self.scale,
+        }
+    }
+
+    /// The tree for the next step, or `None` for a plain step (the root alone): the size with
+    /// the most expected tokens per second, except that every `probe_every`-th step tries one
+    /// more node than that (the next best path), so acceptance beyond the current tree — or of
+    /// any tree while plain steps win — keeps being measured.
+    pub fn choose(&mut self) -> Option<Template> {
+        let ranks = self.prior.tried[0].len();
+        let easiness = self.easiness();
+        let order = best_paths_by(
+            &|d, r| self.rate_with(easiness, d, r),
+            ranks,
+            self.config.max_nodes,
+            self.config.max_depth,
+        )
+        .ok()?;
+        let (mut best_n, mut best_rate) = (0, 1.0 / self.step_seconds(0));
+        for (i, (_, tau)) in order.iter().enumerate() {
+            let rate = tau / self.step_seconds(i + 1);
+            if rate > best_rate {
+                (best_n, best_rate) = (i + 1, rate);
+            }
+        }
+        self.steps += 1;
+        if self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every) {
+            best_n = (best_n + 1).min(order.len());
+        }
+        if best_n == 0 {
+            return None;
+        }
+        Template::new(order[..best_n].iter().map(|(p, _)| p.clone()).collect()).ok()
+    }
+
+    /// Records one verification of `tree` whose accepted node path (root first) was `path`.
+    pub fn record_acceptance(&mut self, tree: &TokenTree, path: &[usize]) {
+        self.online.record(tree, path);
+    }
+
+    /// Records the wall time of a whole step (draft, verify, accept, commit) with `nodes` draft
+    /// nodes.
+    pub fn record_time(&mut self, nodes: usize, seconds: f64) {
+        let valid = seconds.is_finite() && seconds > 0.0 && nodes < self.predicted.len();
+        if !(self.config.learn_latency && valid) {
+            return;
+        }
+        let (mean, count) = &mut self.measured[nodes];
+        *mean = if *count == 0 {
+            seconds
+        } else {
+            *mean + TIME_WEIGHT * (seconds - *mean)
+        };
+        *count = count.saturating_add(1);
+        self.scale += TIME_WEIGHT * (seconds / self.predicted[nodes] - self.scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Candidate;
+
+    /// Prior: rank 0 accepted `top1` per mille at every depth, other ranks 5%; as held-out
+    /// counts are, depth `d + 1` is tried only as often as depth `d`'s top candidate was accepted.
+    fn prior(top1: u64) -> AcceptanceStats {
+        let mut s = AcceptanceStats::new(4, 4);
+        let mut tried = 100_000;
+        for d in 0..4 {
+            s.tried[d] = vec![tried; 4];
+            s.accepted[d] = vec![tried * top1 / 1000, tried / 20, tried / 20, tried / 20];
+            tried = tried * top1 / 1000;
+        }
+        s
+    }
+
+    /// Step seconds: 10 ms plain, + 2 ms per draft node.
+    fn linear(max: usize) -> Vec<f64> {
+        (0..=max).map(|n| 0.010 + 0.002 * n as f64).collect()
+    }
+
+    /// Candidates: token = rank.
+    struct ByRank;
+    impl crate::CandidateProvider for ByRank {
+        fn expand(&mut self, _: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+            let list: Vec<Candidate> = (0..k as u32)
+                .map(|r| Candidate {
+                    token: r,
+                    logprob: -1.0,
+                })
+                .collect();
+            vec![list; nodes.len()]
+        }
+    }
+
+    fn build(t: &Template) -> TokenTree {
+        t.build(9, &mut ByRank).unwrap()
+    }
+
+    /// The node path of `tree` that follows rank 0 for `depth` levels.
+    fn top_path(tree: &TokenTree, depth: usize) -> Vec<usize> {
+        let mut path = vec![0];
+        for _ in 0..depth {
+            let last = *path.last().unwrap();
+            match tree.children(last).find(|&c| tree.node(c).rank == 0) {
+                Some(c) => path.push(c),
+                None => break,
+            }
+        }
+        path
+    }
+
+    #[test]
+    fn the_first_choice_is_the_cost_aware_choice_of_the_prior() {
+        let stats = prior(800);
+        let mut sizer = AdaptiveSizer::new(&stats, linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        let t = sizer.choose().expect("good heads draft");
+        // Brute force over the best-first order of the prior's rates: the size with the best
+        // τ / seconds.
+        let rate =
+            |d: usize, r: usize| stats.accepted[d - 1][r] as f64 / stats.tried[d - 1][r] as f64;
+        let order = best_paths_by(&rate, 4, 16, 4).unwrap();
+        let best = (1..=16)
+            .max_by(|&a, &b| {
+                let r = |n: usize| order[n - 1].1 / (0.010 + 0.002 * n as f64);
+                r(a).total_cmp(&r(b))
+            })
+            .unwrap();
+        assert_eq!(t.len(), best);
+        // Weak heads: plain steps.
+        let mut weak =
+            AdaptiveSizer::new(&prior(50), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        assert!(weak.choose().is_none());
+    }
+
+    #[test]
+    fn rejections_on_the_text_turn_drafting_off_and_probes_continue() {
+        let mut sizer =
+            AdaptiveSizer::new(&prior(800), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        let mut drafted = vec![];
+        for step in 1..=200 {
+            if let Some(t) = sizer.choose() {
+                let tree = build(&t);
+                sizer.record_acceptance(&tree, &[0]); // nothing accepted
+                drafted.push((step, t.len()));
+            }
+        }
+        // It starts drafting (good prior), stops, then probes one node every 16th step.
+        assert_eq!(drafted[0].0, 1);
+        let late: Vec<(usize, usize)> = drafted.into_iter().filter(|d| d.0 > 100).collect();
+        let probes: Vec<(usize, usize)> = (7..=12).map(|k| (16 * k, 1)).collect();
+        assert_eq!(late, probes);
+    }
+
+    #[test]
+    fn acceptances_on_the_text_turn_drafting_on_and_grow_the_tree() {
+        let mut sizer =
+            AdaptiveSizer::new(&prior(150), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        assert!(sizer.choose().is_none(), "weak prior: plain");
+        let mut sizes = vec![];
+        for _ in 0..400 {
+            if let Some(t) = sizer.choose() {
+                let tree = build(&t);
+                let path = top_path(&tree, 4); // the top candidate is always right
+                sizer.record_acceptance(&tree, &path);
+                sizes.push(t.len());
+            }
+        }
+        let last = *sizes.last().unwrap();
+        assert!(last >= 4, "sizes {sizes:?}");
+        assert!(sizes.len() > 250, "drafts almost every step once it pays");
+    }
+
+    #[test]
+    fn measured_step_times_override_the_prediction() {
+        // Predicted: drafting is cheap and the prior good, so it drafts.
+        let mut sizer =
+            AdaptiveSizer::new(&prior(600), linear(8), AdaptiveConfig::new(8, 4)).unwrap();
+        let n = sizer.choose().expect("drafts").len();
+        // Measured: that size takes 10× its prediction, plain steps as predicted.
+        for _ in 0..4 {
+            sizer.record_time(n, 10.0 * (0.010 + 0.002 * n as f64));
+            sizer.record_time(0, 0.010);
+        }
+        assert!(sizer.step_seconds(n) > 5.0 * (0.010 + 0.002 * n as f64));
+        let next = sizer.choose().map_or(0, |t| t.len());
+        assert_ne!(next, n, "the slow size is avoided");
+        // Not learned when switched off: the prediction stands.
+        let mut config = AdaptiveConfig::new(8, 4);
+        config.learn_latency = false;
+        let mut fixed = AdaptiveSizer::new(&prior(600), linear(8), config).unwrap();
+        for _ in 0..4 {
+            fixed.record_time(n, 1.0);
+        }
+        assert_eq!(fixed.step_seconds(n), 0.010 + 0.002 * n as f64);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let s = prior(500);
+        assert!(AdaptiveSizer::new(&s, linear(4), AdaptiveConfig::new(0, 4)).is_err());
+        assert!(AdaptiveSizer::new(&s, vec![0.01], AdaptiveConfig::new(4, 4)).is_err());
+        assert!(AdaptiveSizer::new(&s, vec![0.01, f64::NAN], AdaptiveConfig::new(4, 4)).is_err());
+        // Sizes beyond the predicted times are clipped.
+        let sizer = AdaptiveSizer::new(&s, linear(3), AdaptiveConfig::new(64, 9)).unwrap();
+        assert_eq!(sizer.config().max_nodes, 3);
+        assert_eq!(sizer.config().max_depth, 4);
+    }
+}
