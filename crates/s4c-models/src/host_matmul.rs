@@ -3,9 +3,10 @@
 //! Burn's CPU matmul pads a product of 2–16 rows to a full micro-kernel tile and runs it on one
 //! thread, so verifying a 4-token tree cost about twice a 1-token decode step, which erases what
 //! speculative decoding gains on a CPU. Here every weight row is read from memory once and
-//! multiplied with all `m` activation rows while it sits in cache, on all cores: a step stays
-//! memory-bound for any `m` up to a few dozen, as a 1-row step is. Weights may be stored in `f16`
-//! (half the bytes per step), accumulated in `f32`.
+//! multiplied with up to eight activation rows at once while it sits in cache, on all cores: on
+//! the 2-core CPU of docs/benchmarks.md, all of the default model's products take 1.1–1.2× a 1-row
+//! pass for 2–4 rows, 1.5× for 8 and 3.3× for 16 (`cargo bench -p s4c-models --bench
+//! host_matmul`). Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
 
 use half::f16;
 use rayon::prelude::*;
@@ -120,30 +121,91 @@ fn widen(src: &[f16], dst: &mut [f32]) {
 }
 
 /// `dst[i] = w · x_i` for every row `x_i` (of `inp` values) of `x`; AVX2 + FMA when the CPU
-/// has them, four rows at a time so each weight load serves four products.
+/// has them, up to eight rows at a time so each weight load serves up to eight products.
 fn dots(w: &[f32], x: &[f32], inp: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            let mut i = 0;
-            while i + 4 <= dst.len() {
-                let r = |j: usize| &x[(i + j) * inp..(i + j + 1) * inp];
-                // SAFETY: the features were detected at run time; all rows have `inp` values.
-                let d = unsafe { dot4_avx2(w, [r(0), r(1), r(2), r(3)]) };
-                dst[i..i + 4].copy_from_slice(&d);
-                i += 4;
-            }
-            for (j, y) in dst.iter_mut().enumerate().skip(i) {
-                // SAFETY: as above.
-                *y = unsafe { dot_avx2(w, &x[j * inp..(j + 1) * inp]) };
-            }
+            // SAFETY: the features were detected at run time; all rows have `inp` values.
+            unsafe { dots_avx2(w, x, inp, dst) };
             return;
         }
     }
     for (i, y) in dst.iter_mut().enumerate() {
         *y = dot_portable(w, &x[i * inp..(i + 1) * inp]);
     }
+}
+
+/// [`dots`] in blocks of 8, 4, 2 and 1 rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(w: &[f32], x: &[f32], inp: usize, dst: &mut [f32]) {
+    let mut i = 0;
+    while i < dst.len() {
+        let rows = |r: usize| &x[(i + r) * inp..(i + r + 1) * inp];
+        // Blocks keep 8 accumulators (rows × unroll) in flight: enough to hide FMA latency.
+        let left = dst.len() - i;
+        let done = if left >= 8 {
+            dst[i..i + 8].copy_from_slice(&dot_rows::<8, 1>(w, std::array::from_fn(rows)));
+            8
+        } else if left >= 4 {
+            dst[i..i + 4].copy_from_slice(&dot_rows::<4, 2>(w, std::array::from_fn(rows)));
+            4
+        } else if left >= 2 {
+            dst[i..i + 2].copy_from_slice(&dot_rows::<2, 4>(w, std::array::from_fn(rows)));
+            2
+        } else {
+            dst[i] = dot_rows::<1, 4>(w, [rows(0)])[0];
+            1
+        };
+        i += done;
+    }
+}
+
+/// `w · x_r` for `R` rows, each weight vector loaded once for all of them, with `U` independent
+/// accumulators per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // indices over registers read clearer than zipped iterators
+unsafe fn dot_rows<const R: usize, const U: usize>(w: &[f32], x: [&[f32]; R]) -> [f32; R] {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    let pw = w.as_ptr();
+    let px = x.map(|r| r.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); U]; R];
+    let mut i = 0;
+    while i + 8 * U <= n {
+        for u in 0..U {
+            let a = _mm256_loadu_ps(pw.add(i + 8 * u));
+            for r in 0..R {
+                acc[r][u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[r].add(i + 8 * u)), acc[r][u]);
+            }
+        }
+        i += 8 * U;
+    }
+    while i + 8 <= n {
+        let a = _mm256_loadu_ps(pw.add(i));
+        for r in 0..R {
+            acc[r][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[r].add(i)), acc[r][0]);
+        }
+        i += 8;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut v = acc[r][0];
+        for u in 1..U {
+            v = _mm256_add_ps(v, acc[r][u]);
+        }
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        out[r] = _mm_cvtss_f32(q);
+        for j in i..n {
+            out[r] += *pw.add(j) * *px[r].add(j);
+        }
+    }
+    out
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -160,67 +222,6 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, s) in acc.iter_mut().enumerate() {
-            let x = _mm256_loadu_ps(pa.add(i + 8 * k));
-            let y = _mm256_loadu_ps(pb.add(i + 8 * k));
-            *s = _mm256_fmadd_ps(x, y, *s);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        let x = _mm256_loadu_ps(pa.add(i));
-        let y = _mm256_loadu_ps(pb.add(i));
-        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
-        i += 8;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-    let mut total: f32 = lanes.iter().sum();
-    while i < n {
-        total += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    let n = w.len();
-    let pw = w.as_ptr();
-    let px = x.map(|r| r.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let a = _mm256_loadu_ps(pw.add(i));
-        for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[k].add(i)), acc[k]);
-        }
-        i += 8;
-    }
-    let mut out = [0f32; 4];
-    for k in 0..4 {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]);
-        out[k] = lanes.iter().sum();
-        for j in i..n {
-            out[k] += *pw.add(j) * *px[k].add(j);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -257,6 +258,9 @@ mod tests {
             (40, 45, 2),
             (19, 100, 6),
             (8, 600, 7),
+            (9, 64, 8),
+            (5, 200, 15),
+            (3, 72, 16),
         ] {
             let w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..m * inp).map(|_| rnd()).collect();
