@@ -343,3 +343,38 @@ fn sampled_distribution_test(shape: TreeShape) {
     );
     assert!(tv < 0.06, "TV {tv:.3}");
 }
+
+/// With sampling, an online-sized tree must not depend on wall-clock step times, or a seed would
+/// not reproduce its output: the same seed twice gives the same tokens, even with latency
+/// learning switched on in the sizer.
+#[test]
+fn a_seed_reproduces_sampled_output_with_an_online_sized_tree() {
+    let t = tiny_model::<B>(32, 9, &Default::default());
+    let d = drafter(&t, Coherence::Full, 3, 4);
+    let TreeShape::Adaptive(mut sizer) = adaptive(3, 500) else {
+        unreachable!()
+    };
+    sizer.set_learn_latency(true);
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    for seed in 0..5u64 {
+        let run = || {
+            let acceptor = SamplingAcceptor::new(params, seed).unwrap();
+            let shape = TreeShape::Adaptive(sizer.clone());
+            let mut g = SpeculativeGenerator::new(&t, &d, acceptor, shape).unwrap();
+            let opts = GenerateOptions {
+                max_new_tokens: 40,
+                sampling: params,
+                seed,
+                stop_tokens: vec![],
+            };
+            g.generate(&[1, 2, 3], &opts, 128, &mut |_| {})
+                .unwrap()
+                .new_ids
+        };
+        assert_eq!(run(), run(), "seed {seed}");
+    }
+}
