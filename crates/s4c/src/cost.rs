@@ -1,5 +1,6 @@
 //! Cost-aware trees: the backend's verify-latency curve, measured once and cached per backend and
-//! model, and the tree size that maximises expected tokens per second.
+//! model, turned into the predicted step times of the online [`AdaptiveSizer`] that sizes each
+//! step's tree for the most expected tokens per second (`--tree cost`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
