@@ -319,3 +319,84 @@ fn attention_on_cache_views_equals_attention_on_copies() {
         assert_close(&a, &b, 1e-6, &format!("{rows} rows, {len} keys"));
     }
 }
+
+/// flex's naive attention (with s4c's patch that runs the (batch, head) pairs in parallel when
+/// each has enough work) against a brute-force softmax(q·kᵀ/√d + mask)·v in f64: small shapes
+/// (one pair after another) and decode-sized ones over long contexts (in parallel), with and
+/// without a mask, several heads and two batch entries.
+#[test]
+fn attention_matches_a_brute_force_reference() {
+    use burn::tensor::{module::attention, ops::AttentionModuleOptions, Bool, Distribution};
+    let d = Default::default();
+    for (batch, heads, rows, keys, hd, masked) in [
+        (1usize, 3usize, 3usize, 40usize, 8usize, false),
+        (1, 3, 3, 2000, 64, false),
+        (2, 3, 12, 700, 16, true),
+    ] {
+        let q =
+            Tensor::<B, 4>::random([batch, heads, rows, hd], Distribution::Normal(0.0, 1.0), &d);
+        let k =
+            Tensor::<B, 4>::random([batch, heads, keys, hd], Distribution::Normal(0.0, 1.0), &d);
+        let v =
+            Tensor::<B, 4>::random([batch, heads, keys, hd], Distribution::Normal(0.0, 1.0), &d);
+        // Mask (true = hidden): row r sees keys below keys - rows + r + 1 (causal over a block).
+        let hidden: Vec<bool> = (0..batch * heads * rows * keys)
+            .map(|i| masked && (i % keys) > keys - rows + (i / keys) % rows)
+            .collect();
+        let mask = masked.then(|| {
+            Tensor::<B, 4, Bool>::from_data(
+                burn::tensor::TensorData::new(hidden.clone(), [batch, heads, rows, keys]),
+                &d,
+            )
+        });
+        let got = attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask,
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+        let (q, k, v) = (
+            q.into_data().to_vec::<f32>().unwrap(),
+            k.into_data().to_vec::<f32>().unwrap(),
+            v.into_data().to_vec::<f32>().unwrap(),
+        );
+        let mut want = vec![0f32; batch * heads * rows * hd];
+        for p in 0..batch * heads {
+            for r in 0..rows {
+                let qr = &q[(p * rows + r) * hd..][..hd];
+                let scores: Vec<f64> = (0..keys)
+                    .map(|j| {
+                        if hidden[(p * rows + r) * keys + j] {
+                            return f64::NEG_INFINITY;
+                        }
+                        let kj = &k[(p * keys + j) * hd..][..hd];
+                        let dot: f64 = qr.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        dot / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..hd {
+                    let out: f64 = (0..keys)
+                        .map(|j| weights[j] * v[(p * keys + j) * hd + c] as f64)
+                        .sum();
+                    want[(p * rows + r) * hd + c] = (out / total) as f32;
+                }
+            }
+        }
+        assert_close(
+            &got,
+            &want,
+            1e-4,
+            &format!(
+                "batch {batch}, heads {heads}, {rows} rows, {keys} keys, hd {hd}, mask {masked}"
+            ),
+        );
+    }
+}

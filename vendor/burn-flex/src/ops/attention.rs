@@ -32,6 +32,11 @@ const TILE_KV: usize = 32;
 #[cfg(not(target_family = "wasm"))]
 const TILE_KV: usize = 64;
 
+/// s4c patch: multiply-adds per (batch, head) pair from which the naive path runs the pairs
+/// in parallel (below it, dispatching costs more than it saves).
+#[cfg(feature = "rayon")]
+const PARALLEL_HEAD_WORK: usize = 32 * 1024;
+
 /// Max score matrix size (in elements) for the naive path.
 ///
 /// Naive attention materializes a [seq_q, seq_kv] score matrix per head.
@@ -773,14 +778,12 @@ where
         .unwrap_or((0, 0));
 
     let mut output = vec![T::zero(); batch * heads * seq_q * val_dim];
-    let mut scores = vec![T::zero(); seq_q * seq_kv];
 
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
     let k_head_stride = seq_kv * head_dim;
     let v_head_stride = seq_kv * val_dim;
     let o_head_stride = seq_q * val_dim;
-    let o_batch_stride = heads * o_head_stride;
     let mask_tile_len = seq_q * seq_kv;
 
     let params = AttentionParams {
@@ -793,27 +796,49 @@ where
         val_dim,
     };
 
-    for b in 0..batch {
-        for h in 0..heads {
-            let q_off = b * q_batch_stride + h * q_head_stride;
-            let k_off = k_base + b * k_batch_step + h * k_head_step;
-            let v_off = v_base + b * v_batch_step + h * v_head_step;
-            let o_off = b * o_batch_stride + h * o_head_stride;
-            let mask_off = b * mask_batch_step + h * mask_head_step;
-            let bias_off = b * bias_batch_step + h * bias_head_step;
-
-            naive_attention_head(
-                &q_data[q_off..q_off + q_head_stride],
-                &k_data[k_off..k_off + k_head_stride],
-                &v_data[v_off..v_off + v_head_stride],
-                &mut output[o_off..o_off + o_head_stride],
-                &mut scores,
-                &params,
-                (
-                    mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-                    bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
-                ),
-            );
+    // One (batch, head) pair into its slice of the output.
+    let run = |bh: usize, out: &mut [T], scores: &mut [T]| {
+        let (b, h) = (bh / heads, bh % heads);
+        let q_off = b * q_batch_stride + h * q_head_stride;
+        let k_off = k_base + b * k_batch_step + h * k_head_step;
+        let v_off = v_base + b * v_batch_step + h * v_head_step;
+        let mask_off = b * mask_batch_step + h * mask_head_step;
+        let bias_off = b * bias_batch_step + h * bias_head_step;
+        naive_attention_head(
+            &q_data[q_off..q_off + q_head_stride],
+            &k_data[k_off..k_off + k_head_stride],
+            &v_data[v_off..v_off + v_head_stride],
+            out,
+            scores,
+            &params,
+            (
+                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+                bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
+            ),
+        );
+    };
+    // s4c patch: the (batch, head) pairs run in parallel when each has enough work (decode
+    // steps over long contexts); each task has its own score buffer.
+    #[cfg(feature = "rayon")]
+    let parallel = batch * heads > 1 && seq_q * seq_kv * head_dim >= PARALLEL_HEAD_WORK;
+    #[cfg(not(feature = "rayon"))]
+    let parallel = false;
+    if parallel {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            output
+                .par_chunks_mut(o_head_stride)
+                .enumerate()
+                .for_each_init(
+                    || vec![T::zero(); seq_q * seq_kv],
+                    |scores, (bh, out)| run(bh, out, scores),
+                );
+        }
+    } else {
+        let mut scores = vec![T::zero(); seq_q * seq_kv];
+        for (bh, out) in output.chunks_mut(o_head_stride).enumerate() {
+            run(bh, out, &mut scores);
         }
     }
 
