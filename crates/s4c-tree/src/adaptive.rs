@@ -91,8 +91,8 @@ pub struct AdaptiveSizer {
     online: AcceptanceStats,
     /// Predicted seconds of a step with `n` draft nodes, `n = 0..=max_nodes`.
     predicted: Vec<f64>,
-    /// Running mean of measured seconds per size, and how many steps it holds.
-    measured: Vec<(f64, u32)>,
+    /// Running mean of measured seconds per size, once a step of that size was timed.
+    measured: Vec<Option<f64>>,
     /// Running ratio of measured to predicted seconds (corrects sizes not measured yet).
     scale: f64,
     /// Calls of [`AdaptiveSizer::choose`] so far.
@@ -125,7 +125,7 @@ impl AdaptiveSizer {
             online: AcceptanceStats::new(prior.max_depth(), ranks),
             prior: prior.clone(),
             prior_scale,
-            measured: vec![(0.0, 0); predicted.len()],
+            measured: vec![None; predicted.len()],
             predicted,
             scale: 1.0,
             steps: 0,
@@ -167,17 +167,10 @@ impl AdaptiveSizer {
     }
 
     fn rate_with(&self, easiness: f64, depth: usize, rank: usize) -> f64 {
-        let count = |s: &AcceptanceStats| -> (f64, f64) {
-            let get = |v: &[Vec<u64>]| {
-                v.get(depth.wrapping_sub(1))
-                    .and_then(|row| row.get(rank))
-                    .map_or(0.0, |&c| c as f64)
-            };
-            (get(&s.tried), get(&s.accepted))
-        };
-        let (pt, pa) = count(&self.prior);
-        let (ot, oa) = count(&self.online);
-        let (pt, pa) = (pt * self.prior_scale, pa * self.prior_scale);
+        let (pt, pa) = self.prior.counts(depth, rank);
+        let (ot, oa) = self.online.counts(depth, rank);
+        let (pt, pa) = (pt as f64 * self.prior_scale, pa as f64 * self.prior_scale);
+        let (ot, oa) = (ot as f64, oa as f64);
         if pt + ot <= 0.0 {
             return 0.0;
         }
@@ -195,7 +188,7 @@ impl AdaptiveSizer {
     pub fn step_seconds(&self, n: usize) -> f64 {
         let n = n.min(self.predicted.len() - 1);
         match self.measured[n] {
-            (mean, count) if self.config.learn_latency && count >= 1 => mean,
+            Some(mean) if self.config.learn_latency => mean,
             _ => self.predicted[n] * self.scale,
         }
     }
@@ -248,13 +241,8 @@ impl AdaptiveSizer {
         if !(self.config.learn_latency && valid) {
             return;
         }
-        let (mean, count) = &mut self.measured[nodes];
-        *mean = if *count == 0 {
-            seconds
-        } else {
-            *mean + TIME_WEIGHT * (seconds - *mean)
-        };
-        *count = count.saturating_add(1);
+        let mean = &mut self.measured[nodes];
+        *mean = Some(mean.map_or(seconds, |m| m + TIME_WEIGHT * (seconds - m)));
         self.scale += TIME_WEIGHT * (seconds / self.predicted[nodes] - self.scale);
     }
 }

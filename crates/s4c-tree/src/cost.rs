@@ -52,17 +52,19 @@ impl AcceptanceStats {
     /// Estimated probability that the rank-`rank` candidate at `depth` (≥ 1) is accepted given its
     /// parent was, with one pseudo-trial at rate 0 (untried candidates count as rejected).
     pub fn rate(&self, depth: usize, rank: usize) -> f64 {
-        let (Some(t), Some(a)) = (
-            self.tried
-                .get(depth.wrapping_sub(1))
-                .and_then(|v| v.get(rank)),
-            self.accepted
-                .get(depth.wrapping_sub(1))
-                .and_then(|v| v.get(rank)),
-        ) else {
-            return 0.0;
+        let (t, a) = self.counts(depth, rank);
+        a as f64 / (t as f64 + 1.0)
+    }
+
+    /// `(tried, accepted)` of the rank-`rank` candidate at `depth` (≥ 1); zeros outside the table.
+    pub fn counts(&self, depth: usize, rank: usize) -> (u64, u64) {
+        let get = |v: &[Vec<u64>]| {
+            v.get(depth.wrapping_sub(1))
+                .and_then(|row| row.get(rank))
+                .copied()
+                .unwrap_or(0)
         };
-        *a as f64 / (*t as f64 + 1.0)
+        (get(&self.tried), get(&self.accepted))
     }
 
     /// Expected tokens per verification step of `tree` (accepted drafts plus the bonus token):
