@@ -1,12 +1,13 @@
 //! S4C speculative generation: prefill → [draft → build tree → verify → accept → commit]* with
 //! feature reuse — the verification pass's features feed the next round of drafting directly.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_draft::{DraftSession, Drafter};
 use s4c_models::{AttentionMask, CausalLm, Input, Logits};
-use s4c_tree::{build_dynamic, AdaptiveSizer, DynamicConfig, Template, TokenTree};
+use s4c_tree::{build_dynamic, AdaptiveSizer, DynamicConfig, Template, TokenTree, TreeError};
 use s4c_verify::sampling::Sampler;
 use s4c_verify::{Acceptor, Proposal};
 use serde::Serialize;
@@ -186,7 +187,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             _ => None,
         };
         // What the next step drafts: a template of its own (adaptive), the shape's, or nothing.
-        let mut plan = self.plan(&mut sizer);
+        let mut plan = plan_step(&self.shape, &mut sizer);
         // The drafter's initial state of the newest committed feature: computed by the first
         // step that drafts, then by feature reuse while steps keep drafting.
         let mut state: Option<Tensor<B, 2>> = None;
@@ -210,24 +211,12 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             let t = Instant::now();
             let mut tree = match &plan {
                 Plan::Root => TokenTree::new(root),
-                drafting => {
-                    let s = match state.take() {
-                        Some(s) => s,
-                        None => self.initial_for_last(&history, &device)?,
-                    };
-                    let mut session = DraftSession::new(self.drafter, s);
-                    let tree = match (drafting, &self.shape) {
-                        (Plan::Template(tpl), _) | (_, TreeShape::Static(tpl)) => {
-                            tpl.build(root, &mut session)?
-                        }
-                        (_, TreeShape::Dynamic(cfg)) => build_dynamic(root, cfg, &mut session)?,
-                        _ => TokenTree::new(root),
-                    };
-                    if let Some(e) = session.take_error() {
-                        return Err(e.into());
-                    }
-                    tree
-                }
+                Plan::Template(tpl) => self.draft(state.take(), &history, &device, |session| {
+                    tpl.build(root, session)
+                })?,
+                Plan::Dynamic(cfg) => self.draft(state.take(), &history, &device, |session| {
+                    build_dynamic(root, cfg, session)
+                })?,
             };
             if tree.len() > room {
                 // Near the end of the context: keep the first `room` nodes (parents come first).
@@ -292,7 +281,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             // drafts, the first drafting stage runs on every node so the accepted one's state is
             // ready.
             let t = Instant::now();
-            plan = self.plan(&mut sizer);
+            plan = plan_step(&self.shape, &mut sizer);
             let drafts = !matches!(plan, Plan::Root);
             let (next_state, next_history) = self.reuse(
                 &tree,
@@ -319,13 +308,25 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         })
     }
 
-    /// What the next step drafts: the adaptive sizer's choice, else the shape's.
-    fn plan(&self, sizer: &mut Option<AdaptiveSizer>) -> Plan {
-        match (sizer.as_mut(), &self.shape) {
-            (Some(s), _) => s.choose().map_or(Plan::Root, Plan::Template),
-            (None, TreeShape::RootOnly) => Plan::Root,
-            (None, _) => Plan::Shape,
+    /// Grows a tree with `build` from `state` — the initial state feature reuse prepared — or,
+    /// after plain steps, from one computed for the newest feature of `history`.
+    fn draft(
+        &self,
+        state: Option<Tensor<B, 2>>,
+        history: &Tensor<B, 2>,
+        device: &B::Device,
+        build: impl FnOnce(&mut DraftSession<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
+    ) -> Result<TokenTree> {
+        let state = match state {
+            Some(s) => s,
+            None => self.initial_for_last(history, device)?,
+        };
+        let mut session = DraftSession::new(self.drafter, state);
+        let tree = build(&mut session)?;
+        if let Some(e) = session.take_error() {
+            return Err(e.into());
         }
+        Ok(tree)
     }
 
     /// The initial state of the last row of `history` (its window: the rows before it).
@@ -383,13 +384,25 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
 }
 
 /// What one step drafts.
-enum Plan {
+enum Plan<'s> {
     /// Nothing: the root alone.
     Root,
-    /// This template (chosen for the step).
-    Template(Template),
-    /// The generator's static or dynamic shape.
-    Shape,
+    /// A template: the static shape's, or the one the adaptive sizer chose for this step.
+    Template(Cow<'s, Template>),
+    /// A dynamic tree.
+    Dynamic(&'s DynamicConfig),
+}
+
+/// What the next step drafts: the adaptive sizer's choice, else `shape` as it is.
+fn plan_step<'s>(shape: &'s TreeShape, sizer: &mut Option<AdaptiveSizer>) -> Plan<'s> {
+    match (sizer.as_mut(), shape) {
+        (Some(s), _) => s
+            .choose()
+            .map_or(Plan::Root, |t| Plan::Template(Cow::Owned(t))),
+        (None, TreeShape::Static(t)) => Plan::Template(Cow::Borrowed(t)),
+        (None, TreeShape::Dynamic(c)) => Plan::Dynamic(c),
+        (None, TreeShape::Adaptive(_) | TreeShape::RootOnly) => Plan::Root,
+    }
 }
 
 /// For each entry of `rows` (indices into `source`, oldest first), the last `w` of them as a
