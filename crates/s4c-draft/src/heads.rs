@@ -150,16 +150,19 @@ pub struct Batch<B: Backend> {
     /// `[n, K, T]` their probabilities (0 where the head has no label or the token is outside
     /// the draft vocabulary).
     pub target_w: Tensor<B, 3>,
+    /// `[n, K, hidden]` the target's feature at head `k`'s offset (`t + k + 1`: the feature whose
+    /// next-token distribution head `k` learns), zero where the head has no label.
+    pub target_features: Tensor<B, 3>,
+    /// `[n, K]` 1 where head `k` has a label, else 0.
+    pub labelled: Tensor<B, 2>,
     /// `[K]` how many rows have a label per head.
     pub rows_per_head: Vec<usize>,
 }
 
-/// Draft logits of every head for a batch: `K` tensors `[n, draft_vocab]`. `lm_head` is the
-/// frozen `[draft_vocab, hidden]` LM head.
-pub fn batch_logits<B: Backend>(
+/// Draft states of every head for a batch: `K` tensors `[n, hidden]`.
+pub fn batch_states<B: Backend>(
     heads: &Heads<B>,
     coherence: Coherence,
-    lm_head: &Tensor<B, 2>,
     batch: &Batch<B>,
 ) -> Vec<Tensor<B, 2>> {
     let [n, k, h] = batch.cond.dims();
@@ -169,7 +172,6 @@ pub fn batch_logits<B: Backend>(
         batch.window.clone(),
         batch.valid.clone(),
     );
-    let head_t = lm_head.clone().transpose();
     let mut state = s0.clone();
     (0..k.min(heads.len()))
         .map(|j| {
@@ -183,26 +185,56 @@ pub fn batch_logits<B: Backend>(
             } else {
                 heads.step(j, s0.clone(), s0.zeros_like())
             };
-            state.clone().matmul(head_t.clone())
+            state.clone()
         })
         .collect()
 }
 
+/// Draft logits of every head for a batch: `K` tensors `[n, draft_vocab]`. `lm_head` is the
+/// frozen `[draft_vocab, hidden]` LM head.
+pub fn batch_logits<B: Backend>(
+    heads: &Heads<B>,
+    coherence: Coherence,
+    lm_head: &Tensor<B, 2>,
+    batch: &Batch<B>,
+) -> Vec<Tensor<B, 2>> {
+    let head_t = lm_head.clone().transpose();
+    batch_states(heads, coherence, batch)
+        .into_iter()
+        .map(|s| s.matmul(head_t.clone()))
+        .collect()
+}
+
+/// Weights of the training loss's terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// Head `k`'s terms are weighted by `decay^k`.
+    pub decay: f32,
+    /// Weight of the feature regression (smooth L1 between a head's state and the target's
+    /// feature at its offset, averaged over the hidden dimensions) next to the cross-entropy
+    /// (weight 1); 0 leaves it out.
+    pub feature: f32,
+}
+
 /// The training loss: per head, cross-entropy to the target's top-`T` distribution at its
-/// offset, weighted by `decay^k`; also returns each head's loss value tensor.
+/// offset plus `weights.feature` × the smooth-L1 distance of its state to the target's feature
+/// there (EAGLE's feature regression), weighted by `weights.decay^k`; also returns each head's
+/// loss value tensor.
 pub fn batch_loss<B: Backend>(
     heads: &Heads<B>,
     coherence: Coherence,
     lm_head: &Tensor<B, 2>,
     batch: &Batch<B>,
-    decay: f32,
+    weights: LossWeights,
 ) -> (Tensor<B, 1>, Vec<Tensor<B, 1>>) {
     let [n, k, t] = batch.target_idx.dims();
-    let logits = batch_logits(heads, coherence, lm_head, batch);
+    let h = batch.features.dims()[1];
+    let head_t = lm_head.clone().transpose();
+    let states = batch_states(heads, coherence, batch);
     let mut per_head = Vec::with_capacity(k);
     let mut total: Option<Tensor<B, 1>> = None;
-    for (j, l) in logits.into_iter().enumerate() {
-        let logq = activation::log_softmax(l, 1);
+    for (j, state) in states.into_iter().enumerate() {
+        let logq = activation::log_softmax(state.clone().matmul(head_t.clone()), 1);
         let idx = batch
             .target_idx
             .clone()
@@ -214,8 +246,22 @@ pub fn batch_loss<B: Backend>(
             .slice([0..n, j..j + 1, 0..t])
             .reshape([n, t]);
         let rows = batch.rows_per_head[j].max(1) as f64;
-        let loss = (logq.gather(1, idx) * w).sum().neg() / rows;
-        let weighted = loss.clone() * (decay.powi(j as i32) as f64);
+        let mut loss = (logq.gather(1, idx) * w).sum().neg() / rows;
+        if weights.feature > 0.0 {
+            let target = batch
+                .target_features
+                .clone()
+                .slice([0..n, j..j + 1, 0..h])
+                .reshape([n, h]);
+            let mask = batch
+                .labelled
+                .clone()
+                .slice([0..n, j..j + 1])
+                .reshape([n, 1]);
+            let per_row = smooth_l1(state - target).mean_dim(1);
+            loss = loss + (per_row * mask).sum() * (weights.feature as f64 / rows);
+        }
+        let weighted = loss.clone() * (weights.decay.powi(j as i32) as f64);
         total = Some(match total {
             None => weighted,
             Some(s) => s + weighted,
@@ -224,4 +270,11 @@ pub fn batch_loss<B: Backend>(
     }
     let total = total.unwrap_or_else(|| Tensor::zeros([1], &batch.features.device()));
     (total, per_head)
+}
+
+/// Elementwise smooth L1 (Huber with δ = 1): `x²/2` where `|x| < 1`, else `|x| − 1/2`.
+fn smooth_l1<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let a = x.abs();
+    let clipped = a.clone().clamp_max(1.0);
+    clipped.clone() * (a - clipped * 0.5)
 }

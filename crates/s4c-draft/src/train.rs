@@ -1,6 +1,7 @@
 //! Training the heads on self-distillation data: per head, cross-entropy to the target's top-k
-//! next-token distribution at its offset (weights decaying with depth), AdamW with cosine decay,
-//! resumable checkpoints, a CSV loss log, and held-out top-1/top-5 and expected τ.
+//! next-token distribution at its offset and optionally a regression to the target's feature
+//! there (weights decaying with depth), AdamW with cosine decay, resumable checkpoints, a CSV loss
+//! log, and held-out top-1/top-5 and expected τ.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +22,7 @@ use crate::config::DrafterConfig;
 use crate::data::Dataset;
 use crate::drafter::MultiHeadDrafter;
 use crate::error::{DraftError, Result};
-use crate::heads::{batch_logits, batch_loss, Batch, Heads};
+use crate::heads::{batch_logits, batch_loss, Batch, Heads, LossWeights};
 
 /// Options of [`train`].
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct TrainOptions {
     pub batch_size: usize,
     /// Loss weight of head `k` is `decay^k`.
     pub decay: f32,
+    /// Weight of the feature-regression term next to the cross-entropy (see
+    /// [`LossWeights::feature`]); 0 trains on the cross-entropy alone.
+    pub feature_loss: f32,
     /// Seed of initialisation and data order.
     pub seed: u64,
     /// Every `held_out_every`-th sequence is held out for evaluation (0 = none).
@@ -57,6 +61,7 @@ impl Default for TrainOptions {
             lr: 1e-3,
             batch_size: 128,
             decay: 0.8,
+            feature_loss: 0.0,
             seed: 0,
             held_out_every: 20,
             checkpoint_dir: None,
@@ -173,6 +178,8 @@ pub fn build_batch<B: Backend>(
     let mut cond = vec![0i64; n * k];
     let mut tidx = vec![0i64; n * k * tk];
     let mut tw = vec![0f32; n * k * tk];
+    let mut tfeat = vec![0f32; n * k * h];
+    let mut labelled = vec![0f32; n * k];
     let mut rows = vec![0usize; k];
     for (r, &(s, t)) in ex.iter().enumerate() {
         let seq = &data.sequences[s];
@@ -196,7 +203,12 @@ pub fn build_batch<B: Backend>(
                 break;
             }
             rows[j] += 1;
+            labelled[r * k + j] = 1.0;
             cond[r * k + j] = seq.tokens[t + j + 1] as i64;
+            let off = (r * k + j) * h;
+            for (dst, &x) in tfeat[off..off + h].iter_mut().zip(f(row)) {
+                *dst = x.to_f32();
+            }
             for q in 0..tk {
                 let id = seq.top_ids[row * tk + q] as usize;
                 let di = draft_index.get(id).copied().unwrap_or(-1);
@@ -215,6 +227,8 @@ pub fn build_batch<B: Backend>(
         cond: embed.clone().select(0, cond_ids).reshape([n, k, h]),
         target_idx: Tensor::from_data(TensorData::new(tidx, [n, k, tk]), device),
         target_w: Tensor::from_data(TensorData::new(tw, [n, k, tk]), device),
+        target_features: Tensor::from_data(TensorData::new(tfeat, [n, k, h]), device),
+        labelled: Tensor::from_data(TensorData::new(labelled, [n, k]), device),
         rows_per_head: rows,
     }
 }
@@ -275,6 +289,12 @@ where
         return Err(DraftError::InvalidOption(
             "batch size and epochs must be at least 1".into(),
         ));
+    }
+    if !(options.feature_loss.is_finite() && options.feature_loss >= 0.0) {
+        return Err(DraftError::InvalidOption(format!(
+            "the feature-loss weight must be a finite number of 0 or more, not {}",
+            options.feature_loss
+        )));
     }
     if !(options.feature_noise.is_finite() && options.feature_noise >= 0.0) {
         return Err(DraftError::InvalidOption(format!(
@@ -362,8 +382,11 @@ where
             batch.features = add_noise(batch.features, options.feature_noise, &mut rng);
             batch.window = add_noise(batch.window, options.feature_noise, &mut rng);
         }
-        let (loss, per_head) =
-            batch_loss(&heads, config.coherence, &lm_head, &batch, options.decay);
+        let weights = LossWeights {
+            decay: options.decay,
+            feature: options.feature_loss,
+        };
+        let (loss, per_head) = batch_loss(&heads, config.coherence, &lm_head, &batch, weights);
         let grads = GradientsParams::from_grads(loss.backward(), &heads);
         let progress_frac = step as f64 / total_steps as f64;
         let lr =

@@ -9,7 +9,7 @@ use half::f16;
 use s4c_draft::data::{
     chunk_path, distill, distill_to_dir, load_chunk, save_chunk, Dataset, DistillOptions, Sequence,
 };
-use s4c_draft::heads::{batch_loss, Heads};
+use s4c_draft::heads::{batch_loss, batch_states, Heads, LossWeights};
 use s4c_draft::train::{build_batch, draft_index, examples, frozen, train, TrainOptions};
 use s4c_draft::{fingerprint, Coherence, DrafterConfig};
 use s4c_models::testing::tiny_model;
@@ -229,7 +229,11 @@ fn one_step_lowers_the_loss_and_gradients_stay_out_of_the_target() {
     );
     let mut heads = Heads::<AB>::init(&cfg, &device, 1);
     let mut optim = AdamWConfig::new().init::<AB, Heads<AB>>();
-    let (loss0, _) = batch_loss(&heads, cfg.coherence, &head, &batch, 0.8);
+    let weights = LossWeights {
+        decay: 0.8,
+        feature: 1.0,
+    };
+    let (loss0, _) = batch_loss(&heads, cfg.coherence, &head, &batch, weights);
     let raw = loss0.backward();
     // The frozen target tensors get no gradient; the heads do.
     assert!(embed.grad(&raw).is_none());
@@ -238,11 +242,86 @@ fn one_step_lowers_the_loss_and_gradients_stay_out_of_the_target() {
     let before = loss0.into_scalar();
     let grads = GradientsParams::from_grads(raw, &heads);
     heads = optim.step(1e-2, heads, grads);
-    let (loss1, _) = batch_loss(&heads, cfg.coherence, &head, &batch, 0.8);
+    let (loss1, _) = batch_loss(&heads, cfg.coherence, &head, &batch, weights);
     let after = loss1.into_scalar();
     assert!(after < before, "loss {before} → {after}");
     // The target itself is untouched (it is not even on the autodiff backend).
     let _ = heads.valid();
+}
+
+#[test]
+fn feature_regression_term_matches_a_host_reference() {
+    let t = target();
+    let data = counting_data(&t, 4, 10);
+    let cfg = config(&t, Coherence::Full);
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let (embed, head) = frozen::<AB, _>(&t, &vocab);
+    let ex = examples(&data);
+    let device = Default::default();
+    let batch = build_batch(
+        &data,
+        &ex,
+        &cfg,
+        &draft_index(&vocab, VOCAB),
+        &embed,
+        &device,
+    );
+    let heads = Heads::<AB>::init(&cfg, &device, 3);
+    let loss = |feature| {
+        let (_, per_head) = batch_loss(
+            &heads,
+            cfg.coherence,
+            &head,
+            &batch,
+            LossWeights {
+                decay: 0.8,
+                feature,
+            },
+        );
+        per_head
+            .into_iter()
+            .map(|l| l.into_scalar() as f64)
+            .collect::<Vec<_>>()
+    };
+    let (ce, with) = (loss(0.0), loss(2.0));
+    // Host reference: mean over labelled rows of the mean smooth-L1 over hidden dimensions
+    // between head k's state and the feature at position t + k + 1 of the example's sequence.
+    let h = data.hidden;
+    let states = batch_states(&heads, cfg.coherence, &batch);
+    for (k, state) in states.into_iter().enumerate() {
+        let state = state.into_data().to_vec::<f32>().unwrap();
+        let (mut sum, mut rows) = (0f64, 0usize);
+        for (r, &(s, pos)) in ex.iter().enumerate() {
+            let seq = &data.sequences[s];
+            let row = pos + k + 1;
+            if row >= seq.positions() {
+                continue;
+            }
+            rows += 1;
+            let per_dim: f64 = (0..h)
+                .map(|d| {
+                    let x = (state[r * h + d] - seq.features[row * h + d].to_f32()) as f64;
+                    if x.abs() < 1.0 {
+                        0.5 * x * x
+                    } else {
+                        x.abs() - 0.5
+                    }
+                })
+                .sum();
+            sum += per_dim / h as f64;
+        }
+        assert!(rows > 0);
+        let expected = ce[k] + 2.0 * sum / rows as f64;
+        assert!(
+            (with[k] - expected).abs() < 1e-4 * expected.abs().max(1.0),
+            "head {k}: {} vs {expected}",
+            with[k]
+        );
+        assert!(
+            with[k] > ce[k],
+            "head {k}: the regression term adds to the loss"
+        );
+    }
 }
 
 #[test]

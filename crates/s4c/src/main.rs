@@ -282,6 +282,10 @@ struct TrainArgs {
     /// regulariser; 0 = none).
     #[arg(long, default_value_t = 0.0)]
     feature_noise: f32,
+    /// Weight of the feature regression (smooth L1 from each head's state to the target's
+    /// feature at its offset) next to the cross-entropy; 0 = cross-entropy only.
+    #[arg(long, default_value_t = 0.0)]
+    feature_loss: f32,
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,

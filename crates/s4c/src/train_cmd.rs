@@ -181,6 +181,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         lr: t.lr,
         batch_size: t.batch_size,
         feature_noise: t.feature_noise,
+        feature_loss: t.feature_loss,
         seed: t.seed,
         held_out_every: HELD_OUT_EVERY,
         checkpoint_dir: Some(t.checkpoint_dir.clone()),
