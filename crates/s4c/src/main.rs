@@ -263,6 +263,9 @@ struct TrainArgs {
     /// Past target features the initial state attends over.
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Inner width of each head's block (0 = the target's hidden size).
+    #[arg(long, default_value_t = 0)]
+    inner: usize,
     /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
     #[arg(long, default_value_t = 0)]
     draft_vocab: usize,

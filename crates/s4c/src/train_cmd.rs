@@ -174,6 +174,9 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
     let mut config = DrafterConfig::new(fingerprint(&m.model)?);
     config.heads = t.heads;
     config.window = t.window;
+    if t.inner > 0 {
+        config.inner = t.inner;
+    }
     config.coherence = t.coherence;
     config.draft_vocab = vocab.len();
     let options = TrainOptions {
