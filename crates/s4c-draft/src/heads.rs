@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation, backend::Backend, BasicOps, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -165,7 +165,7 @@ pub fn batch_states<B: Backend>(
     coherence: Coherence,
     batch: &Batch<B>,
 ) -> Vec<Tensor<B, 2>> {
-    let [n, k, h] = batch.cond.dims();
+    let k = batch.cond.dims()[1];
     let s0 = heads.initial(
         coherence,
         batch.features.clone(),
@@ -176,12 +176,7 @@ pub fn batch_states<B: Backend>(
     (0..k.min(heads.len()))
         .map(|j| {
             state = if coherence.chains_tokens() {
-                let emb = batch
-                    .cond
-                    .clone()
-                    .slice([0..n, j..j + 1, 0..h])
-                    .reshape([n, h]);
-                heads.step(j, state.clone(), emb)
+                heads.step(j, state.clone(), head_rows(&batch.cond, j))
             } else {
                 heads.step(j, s0.clone(), s0.zeros_like())
             };
@@ -227,32 +222,21 @@ pub fn batch_loss<B: Backend>(
     batch: &Batch<B>,
     weights: LossWeights,
 ) -> (Tensor<B, 1>, Vec<Tensor<B, 1>>) {
-    let [n, k, t] = batch.target_idx.dims();
-    let h = batch.features.dims()[1];
+    let [n, k, _] = batch.target_idx.dims();
     let head_t = lm_head.clone().transpose();
     let states = batch_states(heads, coherence, batch);
     let mut per_head = Vec::with_capacity(k);
     let mut total: Option<Tensor<B, 1>> = None;
     for (j, state) in states.into_iter().enumerate() {
         let logq = activation::log_softmax(state.clone().matmul(head_t.clone()), 1);
-        let idx = batch
-            .target_idx
-            .clone()
-            .slice([0..n, j..j + 1, 0..t])
-            .reshape([n, t]);
-        let w = batch
-            .target_w
-            .clone()
-            .slice([0..n, j..j + 1, 0..t])
-            .reshape([n, t]);
+        let (idx, w) = (
+            head_rows(&batch.target_idx, j),
+            head_rows(&batch.target_w, j),
+        );
         let rows = batch.rows_per_head[j].max(1) as f64;
         let mut loss = (logq.gather(1, idx) * w).sum().neg() / rows;
         if weights.feature > 0.0 {
-            let target = batch
-                .target_features
-                .clone()
-                .slice([0..n, j..j + 1, 0..h])
-                .reshape([n, h]);
+            let target = head_rows(&batch.target_features, j);
             let mask = batch
                 .labelled
                 .clone()
@@ -270,6 +254,12 @@ pub fn batch_loss<B: Backend>(
     }
     let total = total.unwrap_or_else(|| Tensor::zeros([1], &batch.features.device()));
     (total, per_head)
+}
+
+/// Head `j`'s rows `[n, d]` of a per-head batch tensor `[n, K, d]`.
+fn head_rows<B: Backend, K: BasicOps<B>>(x: &Tensor<B, 3, K>, j: usize) -> Tensor<B, 2, K> {
+    let [n, _, d] = x.dims();
+    x.clone().slice([0..n, j..j + 1, 0..d]).reshape([n, d])
 }
 
 /// Elementwise smooth L1 (Huber with δ = 1): `x²/2` where `|x| < 1`, else `|x| − 1/2`.

@@ -210,23 +210,38 @@ fn config(t: &Llama<B>, coherence: Coherence) -> DrafterConfig {
     c
 }
 
+/// The target's frozen embedding and LM head (full vocabulary) and one batch of every example
+/// of `data`, in [`examples`] order.
+fn whole_batch(
+    t: &Llama<B>,
+    data: &Dataset,
+    cfg: &DrafterConfig,
+) -> (
+    burn::tensor::Tensor<AB, 2>,
+    burn::tensor::Tensor<AB, 2>,
+    s4c_draft::heads::Batch<AB>,
+) {
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let (embed, head) = frozen::<AB, _>(t, &vocab);
+    let index = draft_index(&vocab, VOCAB);
+    let batch = build_batch(
+        data,
+        &examples(data),
+        cfg,
+        &index,
+        &embed,
+        &Default::default(),
+    );
+    (embed, head, batch)
+}
+
 #[test]
 fn one_step_lowers_the_loss_and_gradients_stay_out_of_the_target() {
     let t = target();
     let data = counting_data(&t, 8, 12);
     let cfg = config(&t, Coherence::Full);
-    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
-    let (embed, head) = frozen::<AB, _>(&t, &vocab);
-    let ex = examples(&data);
+    let (embed, head, batch) = whole_batch(&t, &data, &cfg);
     let device = Default::default();
-    let batch = build_batch(
-        &data,
-        &ex,
-        &cfg,
-        &draft_index(&vocab, VOCAB),
-        &embed,
-        &device,
-    );
     let mut heads = Heads::<AB>::init(&cfg, &device, 1);
     let mut optim = AdamWConfig::new().init::<AB, Heads<AB>>();
     let weights = LossWeights {
@@ -254,19 +269,9 @@ fn feature_regression_term_matches_a_host_reference() {
     let t = target();
     let data = counting_data(&t, 4, 10);
     let cfg = config(&t, Coherence::Full);
-    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
-    let (embed, head) = frozen::<AB, _>(&t, &vocab);
+    let (_, head, batch) = whole_batch(&t, &data, &cfg);
     let ex = examples(&data);
-    let device = Default::default();
-    let batch = build_batch(
-        &data,
-        &ex,
-        &cfg,
-        &draft_index(&vocab, VOCAB),
-        &embed,
-        &device,
-    );
-    let heads = Heads::<AB>::init(&cfg, &device, 3);
+    let heads = Heads::<AB>::init(&cfg, &Default::default(), 3);
     let loss = |feature| {
         let (_, per_head) = batch_loss(
             &heads,
