@@ -397,22 +397,28 @@ fn training_is_deterministic_and_resumes() {
     let (quiet, _) = run(2, None, None, 0.0);
     assert_ne!(quiet, la, "the noise reaches the inputs");
     for bad in [-0.1, f32::INFINITY, f32::NAN] {
-        let options = TrainOptions {
+        let noise = TrainOptions {
             feature_noise: bad,
             ..Default::default()
         };
-        let err = train::<AB, _>(
-            &t,
-            &data,
-            config(&t, Coherence::Full),
-            vocab.clone(),
-            &options,
-            &mut |_| {},
-        );
-        assert!(
-            matches!(err, Err(s4c_draft::DraftError::InvalidOption(_))),
-            "feature noise {bad}"
-        );
+        let loss = TrainOptions {
+            feature_loss: bad,
+            ..Default::default()
+        };
+        for (what, options) in [("feature noise", noise), ("feature loss", loss)] {
+            let err = train::<AB, _>(
+                &t,
+                &data,
+                config(&t, Coherence::Full),
+                vocab.clone(),
+                &options,
+                &mut |_| {},
+            );
+            assert!(
+                matches!(err, Err(s4c_draft::DraftError::InvalidOption(_))),
+                "{what} {bad}"
+            );
+        }
     }
     // Interrupted after 3 steps, then resumed from the checkpoint: the same run.
     let (l1, _) = run(2, Some(dir.clone()), Some(3), 0.3);
