@@ -2,6 +2,7 @@
 //! per head. The target's embedding and LM head are shared and frozen, so they are inputs here.
 
 use burn::module::{Module, Param};
+use burn::nn::loss::HuberLossConfig;
 use burn::nn::Linear;
 use burn::tensor::{activation, backend::Backend, BasicOps, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -242,7 +243,11 @@ pub fn batch_loss<B: Backend>(
                 .clone()
                 .slice([0..n, j..j + 1])
                 .reshape([n, 1]);
-            let per_row = smooth_l1(state - target).mean_dim(1);
+            // Smooth L1 is Huber's loss with δ = 1.
+            let per_row = HuberLossConfig::new(1.0)
+                .init()
+                .forward_no_reduction(state, target)
+                .mean_dim(1);
             loss = loss + (per_row * mask).sum() * (weights.feature as f64 / rows);
         }
         let weighted = loss.clone() * (weights.decay.powi(j as i32) as f64);
@@ -260,11 +265,4 @@ pub fn batch_loss<B: Backend>(
 fn head_rows<B: Backend, K: BasicOps<B>>(x: &Tensor<B, 3, K>, j: usize) -> Tensor<B, 2, K> {
     let [n, _, d] = x.dims();
     x.clone().slice([0..n, j..j + 1, 0..d]).reshape([n, d])
-}
-
-/// Elementwise smooth L1 (Huber with δ = 1): `x²/2` where `|x| < 1`, else `|x| − 1/2`.
-fn smooth_l1<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let a = x.abs();
-    let clipped = a.clone().clamp_max(1.0);
-    clipped.clone() * (a - clipped * 0.5)
 }

@@ -290,18 +290,8 @@ where
             "batch size and epochs must be at least 1".into(),
         ));
     }
-    if !(options.feature_loss.is_finite() && options.feature_loss >= 0.0) {
-        return Err(DraftError::InvalidOption(format!(
-            "the feature-loss weight must be a finite number of 0 or more, not {}",
-            options.feature_loss
-        )));
-    }
-    if !(options.feature_noise.is_finite() && options.feature_noise >= 0.0) {
-        return Err(DraftError::InvalidOption(format!(
-            "feature noise must be a finite amplitude of 0 or more, not {}",
-            options.feature_noise
-        )));
-    }
+    finite_non_negative("the feature-loss weight", options.feature_loss)?;
+    finite_non_negative("the feature-noise amplitude", options.feature_noise)?;
     if data.hidden != config.hidden {
         return Err(DraftError::InvalidOption(format!(
             "training data has features of width {}, the target {}",
@@ -420,6 +410,17 @@ where
     let drafter = MultiHeadDrafter::new(config, trained, vocab, target)?;
     let eval = evaluate(&drafter, &held, &embed_inner, true)?;
     Ok((drafter, eval))
+}
+
+/// An error unless `value` (named `what`) is finite and at least 0.
+fn finite_non_negative(what: &str, value: f32) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(DraftError::InvalidOption(format!(
+            "{what} must be a finite number of 0 or more, not {value}"
+        )))
+    }
 }
 
 /// `x + U(−a, a)`, drawn on the host (the same seed gives the same noise on every backend).
