@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch: 32,
         top_k: 4,
         stop_tokens: vec![],
+        sampling: None,
     };
     let sequences = distill(&target, &prompts, &options, &mut |_, _| {})?;
     let data = Dataset {

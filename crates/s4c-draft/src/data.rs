@@ -1,21 +1,26 @@
 //! Self-distillation data: the target answers the training prompts and every position's feature
 //! and top-k next-token distribution are kept, so training never runs the target again.
 //!
-//! Answers are generated greedily for many prompts at once in one shared KV cache: each step feeds
-//! one token per unfinished sequence, with a block-diagonal mask so a sequence sees only its own
-//! slots (batched decoding through the same tree-masked forward that verification uses).
+//! Answers are generated for many prompts at once in one shared KV cache: each step feeds one
+//! token per unfinished sequence, with a block-diagonal mask so a sequence sees only its own slots
+//! (batched decoding through the same tree-masked forward that verification uses). They are greedy
+//! by default; with a temperature, each prompt can get several sampled answers (more data from the
+//! same prompts), every one drawn from its own seeded generator so batching does not change it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Tensor};
 use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use s4c_models::{AttentionMask, CausalLm, Input, Logits};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{DraftError, Result};
 
-/// One sequence of the distillation set: prompt then the target's own greedy answer.
+/// One sequence of the distillation set: prompt then the target's own answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sequence {
     /// Prompt ids followed by the generated ids.
@@ -75,6 +80,8 @@ pub struct DistillOptions {
     pub top_k: usize,
     /// Tokens that end an answer (kept as the answer's last token).
     pub stop_tokens: Vec<u32>,
+    /// How answers are drawn: `None` = greedily, one per prompt.
+    pub sampling: Option<Sampling>,
 }
 
 impl Default for DistillOptions {
@@ -84,13 +91,58 @@ impl Default for DistillOptions {
             batch: 16,
             top_k: 8,
             stop_tokens: Vec::new(),
+            sampling: None,
         }
     }
 }
 
+/// Sampled answers: each answer token is drawn from the target's `softmax(logits / temperature)`
+/// (the stored next-token distributions stay the target's own, at temperature 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Temperature, above 0.
+    pub temperature: f32,
+    /// Answers per prompt; the sequences of one prompt are consecutive.
+    pub samples: usize,
+    /// Seed: answer `s` of prompt `i` draws from its own generator, seeded by `(seed, i, s)`.
+    pub seed: u64,
+}
+
+impl Sampling {
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) || self.samples == 0 {
+            return Err(DraftError::InvalidOption(format!(
+                "sampled answers need a temperature above 0 and at least one sample per prompt \
+                 (got temperature {} and {} samples)",
+                self.temperature, self.samples
+            )));
+        }
+        Ok(())
+    }
+
+    /// The generator of answer `sample` of prompt `prompt`.
+    fn rng(&self, prompt: usize, sample: usize) -> StdRng {
+        StdRng::seed_from_u64(mix(mix(self.seed, prompt as u64), sample as u64))
+    }
+}
+
+/// A 64-bit mix of two words (SplitMix64's finaliser over `a + golden · (b + 1)`).
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(b.wrapping_add(1)));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One answer to generate: its prompt and, when sampled, its generator.
+struct Job<'a> {
+    prompt: &'a [u32],
+    rng: Option<StdRng>,
+}
+
 /// Runs the target on `prompts` (token ids, chat template applied) and returns their
-/// distillation sequences in the same order. `progress(done_prompts, new_tokens)` is called
-/// after every decoding step.
+/// distillation sequences in the same order (with [`Sampling`], `samples` consecutive sequences
+/// per prompt). `progress(done_sequences, new_tokens)` is called after every decoding step.
 pub fn distill<B: Backend, M: CausalLm<B>>(
     model: &M,
     prompts: &[Vec<u32>],
@@ -102,94 +154,123 @@ pub fn distill<B: Backend, M: CausalLm<B>>(
             "distillation needs batch, top_k and max_new_tokens of at least 1".into(),
         ));
     }
+    if let Some(s) = &options.sampling {
+        s.validate()?;
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        match &options.sampling {
+            None => jobs.push(Job {
+                prompt: p,
+                rng: None,
+            }),
+            Some(s) => jobs.extend((0..s.samples).map(|k| Job {
+                prompt: p,
+                rng: Some(s.rng(i, k)),
+            })),
+        }
+    }
     let capacity = model.max_positions();
-    let mut out = Vec::with_capacity(prompts.len());
-    let mut start = 0;
-    while start < prompts.len() {
-        // As many prompts as fit in one cache.
-        let mut end = start;
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rest = &mut jobs[..];
+    while !rest.is_empty() {
+        // As many answers as fit in one cache.
+        let mut end = 0;
         let mut need = 0;
-        while end < prompts.len() && end - start < options.batch {
-            let n = prompts[end].len() + options.max_new_tokens;
+        while end < rest.len() && end < options.batch {
+            let n = rest[end].prompt.len() + options.max_new_tokens;
             if need + n > capacity {
                 break;
             }
             need += n;
             end += 1;
         }
-        if end == start {
+        if end == 0 {
             return Err(DraftError::InvalidOption(format!(
-                "prompt {start} ({} tokens) plus {} new tokens does not fit the context of \
-                 {capacity}; lower --max-new-tokens",
-                prompts[start].len(),
+                "a prompt of {} tokens plus {} new tokens does not fit the context of \
+                 {capacity}; shorten the answers",
+                rest[0].prompt.len(),
                 options.max_new_tokens
             )));
         }
+        let (batch, tail) = rest.split_at_mut(end);
         let done = out.len();
         let mut report = |tokens: usize| progress(done, tokens);
-        out.extend(distill_batch(
-            model,
-            &prompts[start..end],
-            need,
-            options,
-            &mut report,
-        )?);
-        start = end;
+        out.extend(distill_batch(model, batch, need, options, &mut report)?);
+        rest = tail;
     }
     progress(out.len(), 0);
     Ok(out)
 }
 
-/// One batch of sequences decoded together in one cache of `capacity` slots.
+/// One batch of answers decoded together in one cache of `capacity` slots.
 fn distill_batch<B: Backend, M: CausalLm<B>>(
     model: &M,
-    prompts: &[Vec<u32>],
+    jobs: &mut [Job],
     capacity: usize,
     options: &DistillOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Sequence>> {
+    let temperature = options.sampling.map_or(0.0, |s| s.temperature);
+    let n = jobs.len();
     let mut cache = model.new_cache(capacity);
-    let mut seqs: Vec<Sequence> = prompts
+    let mut seqs: Vec<Sequence> = jobs
         .iter()
-        .map(|p| Sequence {
-            tokens: p.clone(),
-            prompt_len: p.len(),
+        .map(|j| Sequence {
+            tokens: j.prompt.to_vec(),
+            prompt_len: j.prompt.len(),
             features: Vec::new(),
             top_ids: Vec::new(),
             top_probs: Vec::new(),
         })
         .collect();
     // Cache slots of each sequence.
-    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); prompts.len()];
+    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); n];
+    // A uniform draw for the row whose next token a sampled answer takes from it.
+    let mut draw = |i: usize, last: bool| -> Option<f32> {
+        jobs[i]
+            .rng
+            .as_mut()
+            .filter(|_| last)
+            .map(|r| r.random::<f32>())
+    };
 
     // Prefill every prompt in one block-diagonal causal pass.
     let mut tokens = Vec::new();
     let mut positions = Vec::new();
     let mut owner = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
+    let mut draws = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        if s.tokens.is_empty() {
             return Err(DraftError::InvalidOption(format!("prompt {i} is empty")));
         }
-        for (pos, &t) in p.iter().enumerate() {
+        for (pos, &t) in s.tokens.iter().enumerate() {
             slots[i].push(tokens.len());
             tokens.push(t);
             positions.push(pos);
             owner.push(i);
+            draws.push(draw(i, pos + 1 == s.tokens.len()));
         }
     }
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut next = vec![0u32; n];
     let rows = step(
-        model, &mut cache, &tokens, positions, &owner, &slots, options,
+        model,
+        &mut cache,
+        &tokens,
+        positions,
+        &owner,
+        &slots,
+        (&draws, temperature),
+        options,
     )?;
     let mut new_tokens = 0;
     for (row, &i) in rows.into_iter().zip(&owner) {
+        next[i] = row.next;
         seqs[i].features.extend(row.feature);
         seqs[i].top_ids.extend(row.ids);
         seqs[i].top_probs.extend(row.probs);
     }
-    let mut next: Vec<u32> = (0..prompts.len())
-        .map(|i| seqs[i].top_ids[seqs[i].top_ids.len() - options.top_k])
-        .collect();
 
     loop {
         // Append each active sequence's next token; finish those that stop.
@@ -209,11 +290,19 @@ fn distill_batch<B: Backend, M: CausalLm<B>>(
         for (r, &i) in active.iter().enumerate() {
             slots[i].push(base + r);
         }
+        let draws: Vec<Option<f32>> = active.iter().map(|&i| draw(i, true)).collect();
         let rows = step(
-            model, &mut cache, &tokens, positions, &active, &slots, options,
+            model,
+            &mut cache,
+            &tokens,
+            positions,
+            &active,
+            &slots,
+            (&draws, temperature),
+            options,
         )?;
         for (row, &i) in rows.into_iter().zip(&active) {
-            next[i] = row.ids[0];
+            next[i] = row.next;
             seqs[i].features.extend(row.feature);
             seqs[i].top_ids.extend(row.ids);
             seqs[i].top_probs.extend(row.probs);
@@ -227,10 +316,14 @@ struct Row {
     feature: Vec<f16>,
     ids: Vec<u32>,
     probs: Vec<f16>,
+    /// The token that follows: the argmax, or the sample of the row's draw.
+    next: u32,
 }
 
 /// One forward over `tokens` (owned by `owner[r]`, each seeing only its owner's `slots`) and the
-/// per-row features and top-k distributions.
+/// per-row features, top-k distributions and next tokens (`draws[r]`, when given, samples row
+/// `r`'s next token at `temperature`).
+#[allow(clippy::too_many_arguments)]
 fn step<B: Backend, M: CausalLm<B>>(
     model: &M,
     cache: &mut s4c_models::KvCache<B>,
@@ -238,6 +331,7 @@ fn step<B: Backend, M: CausalLm<B>>(
     positions: Vec<usize>,
     owner: &[usize],
     slots: &[Vec<usize>],
+    (draws, temperature): (&[Option<f32>], f32),
     options: &DistillOptions,
 ) -> Result<Vec<Row>> {
     let n = tokens.len();
@@ -269,15 +363,39 @@ fn step<B: Backend, M: CausalLm<B>>(
     Ok(logits
         .par_chunks(vocab)
         .zip(features.par_chunks(hidden))
-        .map(|(l, f)| {
+        .zip(draws.par_iter())
+        .map(|((l, f), draw)| {
             let (ids, probs) = top_k_softmax(l, k);
             Row {
                 feature: f.iter().map(|&x| f16::from_f32(x)).collect(),
+                next: draw.map_or(ids[0], |u| sample_softmax(l, temperature, u)),
                 ids,
                 probs: probs.into_iter().map(f16::from_f32).collect(),
             }
         })
         .collect())
+}
+
+/// The token of `softmax(logits / temperature)` at cumulative probability `u` ∈ [0, 1)
+/// (inverse-CDF sampling in id order).
+pub fn sample_softmax(logits: &[f32], temperature: f32, u: f32) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |x: f32| (((x - max) / temperature) as f64).exp();
+    let total: f64 = logits.iter().map(|&x| weight(x)).sum();
+    let target = u as f64 * total;
+    let mut acc = 0.0;
+    let mut last = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        let w = weight(x);
+        if w > 0.0 {
+            acc += w;
+            last = i;
+            if acc > target {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
 }
 
 fn to_host<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {
@@ -311,8 +429,15 @@ pub fn top_k_softmax(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     (idx, probs)
 }
 
-/// Writes `sequences` to one safetensors chunk file.
-pub fn save_chunk(path: &Path, hidden: usize, top_k: usize, sequences: &[Sequence]) -> Result<()> {
+/// Writes `sequences` to one safetensors chunk file; `sampling` (how the answers were drawn,
+/// `None` = greedily) goes into its metadata.
+pub fn save_chunk(
+    path: &Path,
+    hidden: usize,
+    top_k: usize,
+    sequences: &[Sequence],
+    sampling: Option<&Sampling>,
+) -> Result<()> {
     let mut tokens = Vec::new();
     let mut starts = vec![0u32];
     let mut prompt_lens = Vec::new();
@@ -365,7 +490,14 @@ pub fn save_chunk(path: &Path, hidden: usize, top_k: usize, sequences: &[Sequenc
         })
         .collect::<Result<Vec<_>>>()?;
     let tmp = path.with_extension("tmp");
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| DraftError::InvalidData {
+    let metadata = sampling.map(|s| {
+        HashMap::from([
+            ("temperature".to_string(), s.temperature.to_string()),
+            ("samples".to_string(), s.samples.to_string()),
+            ("seed".to_string(), s.seed.to_string()),
+        ])
+    });
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| DraftError::InvalidData {
         path: tmp.clone(),
         reason: e.to_string(),
     })?;
@@ -374,11 +506,41 @@ pub fn save_chunk(path: &Path, hidden: usize, top_k: usize, sequences: &[Sequenc
 
 /// Reads a chunk written by [`save_chunk`]: `(hidden, top_k, sequences)`.
 pub fn load_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>)> {
+    read_chunk(path).map(|(h, k, seqs, _)| (h, k, seqs))
+}
+
+/// How the answers of the chunk at `path` were drawn (`None` = greedily).
+pub fn chunk_sampling(path: &Path) -> Result<Option<Sampling>> {
+    read_chunk(path).map(|(_, _, _, sampling)| sampling)
+}
+
+/// A chunk's `(hidden, top_k, sequences, sampling)`.
+fn read_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>, Option<Sampling>)> {
     let bad = |reason: String| DraftError::InvalidData {
         path: path.to_path_buf(),
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| DraftError::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let sampling = match header.metadata() {
+        None => None,
+        Some(m) => {
+            let field = |k: &str| {
+                m.get(k)
+                    .ok_or_else(|| bad(format!("sampling metadata lacks {k}")))
+            };
+            let parse_err = |k: &str| bad(format!("sampling metadata {k} is not a number"));
+            Some(Sampling {
+                temperature: field("temperature")?
+                    .parse()
+                    .map_err(|_| parse_err("temperature"))?,
+                samples: field("samples")?
+                    .parse()
+                    .map_err(|_| parse_err("samples"))?,
+                seed: field("seed")?.parse().map_err(|_| parse_err("seed"))?,
+            })
+        }
+    };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let get = |name: &str, dt: Dtype| {
         let t = st
@@ -430,7 +592,7 @@ pub fn load_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>)> {
         });
         row += n;
     }
-    Ok((hidden, top_k, seqs))
+    Ok((hidden, top_k, seqs, sampling))
 }
 
 /// The path of chunk `i` in a data folder.
@@ -461,7 +623,8 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
 /// Distils `prompts` into `dir`, `chunk` prompts per file, and returns their dataset (in prompt
 /// order). A chunk already in `dir` is reused when it holds exactly these prompts with answers
 /// made under these options (so an interrupted run resumes, and a run with more prompts or other
-/// options regenerates only what differs). `progress(done_prompts, new_tokens)`.
+/// options regenerates only what differs). Sampled answers of chunk `i` use the seed
+/// `(sampling.seed, i)`. `progress(done_prompts, new_tokens)`.
 pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
     model: &M,
     prompts: &[Vec<u32>],
@@ -475,36 +638,47 @@ pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
             "chunk size must be at least 1".into(),
         ));
     }
+    if let Some(s) = &options.sampling {
+        s.validate()?;
+    }
     std::fs::create_dir_all(dir).map_err(|e| DraftError::io(dir, e))?;
     let mut ds = Dataset {
         hidden: model.config().hidden_size,
         top_k: options.top_k,
         sequences: Vec::with_capacity(prompts.len()),
     };
+    let samples = options.sampling.map_or(1, |s| s.samples.max(1));
     let mut tokens = 0;
     for (i, part) in prompts.chunks(chunk).enumerate() {
         let path = chunk_path(dir, i);
         let before = i * chunk;
-        if let Some(seqs) = reusable_chunk(&path, part, &ds, options) {
+        let options = DistillOptions {
+            sampling: options.sampling.map(|s| Sampling {
+                seed: mix(s.seed, i as u64),
+                ..s
+            }),
+            ..options.clone()
+        };
+        if let Some(seqs) = reusable_chunk(&path, part, &ds, &options) {
             progress(before + part.len(), tokens);
             ds.sequences.extend(seqs);
             continue;
         }
-        let seqs = distill(model, part, options, &mut |done, t| {
-            progress(before + done, tokens + t)
+        let seqs = distill(model, part, &options, &mut |done, t| {
+            progress(before + done / samples, tokens + t)
         })?;
         tokens += seqs
             .iter()
             .map(|s| s.tokens.len() - s.prompt_len)
             .sum::<usize>();
-        save_chunk(&path, ds.hidden, ds.top_k, &seqs)?;
+        save_chunk(&path, ds.hidden, ds.top_k, &seqs, options.sampling.as_ref())?;
         ds.sequences.extend(seqs);
     }
     Ok(ds)
 }
 
 /// The sequences of the chunk at `path` if it answers exactly `prompts` under `options` (same
-/// prompts, feature width and top-k; every answer stopped or reached `max_new_tokens`).
+/// prompts, feature width, top-k and sampling; every answer stopped or reached `max_new_tokens`).
 fn reusable_chunk(
     path: &Path,
     prompts: &[Vec<u32>],
@@ -514,11 +688,14 @@ fn reusable_chunk(
     if !path.exists() {
         return None;
     }
-    let (hidden, top_k, seqs) = load_chunk(path).ok()?;
+    let (hidden, top_k, seqs, sampling) = read_chunk(path).ok()?;
+    let samples = options.sampling.map_or(1, |s| s.samples);
     let matches = hidden == ds.hidden
         && top_k == ds.top_k
-        && seqs.len() == prompts.len()
-        && seqs.iter().zip(prompts).all(|(s, p)| {
+        && sampling == options.sampling
+        && seqs.len() == prompts.len() * samples
+        && seqs.iter().enumerate().all(|(j, s)| {
+            let p = &prompts[j / samples];
             let answer = &s.tokens[s.prompt_len.min(s.tokens.len())..];
             s.tokens.starts_with(p)
                 && s.prompt_len == p.len()

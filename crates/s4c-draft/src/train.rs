@@ -3,6 +3,7 @@
 //! there (weights decaying with depth), AdamW with cosine decay, resumable checkpoints, a CSV loss
 //! log, and held-out top-1/top-5 and expected τ.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -127,7 +128,10 @@ pub fn frequency_vocab(data: &Dataset, vocab_size: usize, n: usize) -> Vec<u32> 
     ids
 }
 
-/// Splits `data` into (training, held-out) sequences: every `every`-th one is held out.
+/// Splits `data` into (training, held-out) sequences by prompt: the sequence at index `i` is
+/// held out when `i % every == every - 1`, and every later sequence of the same prompt (a repeated
+/// prompt, another sampled answer) goes where its prompt's first sequence went, so no held-out
+/// prompt is ever trained on.
 pub fn split(data: &Dataset, every: usize) -> (Dataset, Dataset) {
     let mut train = Dataset {
         hidden: data.hidden,
@@ -135,8 +139,13 @@ pub fn split(data: &Dataset, every: usize) -> (Dataset, Dataset) {
         sequences: Vec::new(),
     };
     let mut held = train.clone();
+    let mut side: HashMap<&[u32], bool> = HashMap::new();
     for (i, s) in data.sequences.iter().enumerate() {
-        if every > 0 && i % every == every - 1 {
+        let prompt = &s.tokens[..s.prompt_len.min(s.tokens.len())];
+        let held_out = *side
+            .entry(prompt)
+            .or_insert(every > 0 && i % every == every - 1);
+        if held_out {
             held.sequences.push(s.clone());
         } else {
             train.sequences.push(s.clone());

@@ -7,10 +7,11 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use half::f16;
 use s4c_draft::data::{
-    chunk_path, distill, distill_to_dir, load_chunk, save_chunk, Dataset, DistillOptions, Sequence,
+    chunk_path, chunk_sampling, distill, distill_to_dir, load_chunk, sample_softmax, save_chunk,
+    Dataset, DistillOptions, Sampling, Sequence,
 };
 use s4c_draft::heads::{batch_loss, batch_states, Heads, LossWeights};
-use s4c_draft::train::{build_batch, draft_index, examples, frozen, train, TrainOptions};
+use s4c_draft::train::{build_batch, draft_index, examples, frozen, split, train, TrainOptions};
 use s4c_draft::{fingerprint, Coherence, DrafterConfig};
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Input, Llama, Logits};
@@ -69,6 +70,7 @@ fn batched_distillation_equals_greedy_decoding_per_prompt() {
         batch: 3, // two batches: 3 + 1
         top_k: 4,
         stop_tokens: vec![2],
+        sampling: None,
     };
     let seqs = distill(&t, &prompts, &options, &mut |_, _| {}).unwrap();
     assert_eq!(seqs.len(), prompts.len());
@@ -107,10 +109,18 @@ fn chunks_round_trip_and_bad_files_are_typed_errors() {
     let dir = std::env::temp_dir().join(format!("s4c-chunk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.safetensors");
-    save_chunk(&path, 2, 2, &[seq.clone(), seq.clone()]).unwrap();
+    save_chunk(&path, 2, 2, &[seq.clone(), seq.clone()], None).unwrap();
     let (h, k, back) = load_chunk(&path).unwrap();
     assert_eq!((h, k), (2, 2));
-    assert_eq!(back, vec![seq.clone(), seq]);
+    assert_eq!(back, vec![seq.clone(), seq.clone()]);
+    assert_eq!(chunk_sampling(&path).unwrap(), None);
+    let sampling = Sampling {
+        temperature: 0.7,
+        samples: 2,
+        seed: u64::MAX,
+    };
+    save_chunk(&path, 2, 2, &[seq.clone(), seq], Some(&sampling)).unwrap();
+    assert_eq!(chunk_sampling(&path).unwrap(), Some(sampling));
     std::fs::write(&path, b"garbage").unwrap();
     assert!(matches!(
         load_chunk(&path),
@@ -128,6 +138,7 @@ fn data_folders_resume_and_regenerate_only_chunks_that_differ() {
         batch: 4,
         top_k: 3,
         stop_tokens: vec![],
+        sampling: None,
     };
     let dir = std::env::temp_dir().join(format!("s4c-data-dir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -170,6 +181,228 @@ fn data_folders_resume_and_regenerate_only_chunks_that_differ() {
         .all(|s| s.tokens.len() == s.prompt_len + 6));
     assert!(chunk_path(&dir, 2).exists());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn inverse_cdf_sampling_matches_exact_probabilities() {
+    // softmax([0, ln 2, ln 3]) = 1/6, 2/6, 3/6: the cumulative bounds are 1/6 and 1/2.
+    let logits = [0.0, 2f32.ln(), 3f32.ln()];
+    let at = |u| sample_softmax(&logits, 1.0, u);
+    assert_eq!(
+        [at(0.0), at(0.16), at(0.17), at(0.49), at(0.51), at(0.999)],
+        [0, 0, 1, 1, 2, 2]
+    );
+    // Temperature 0.5 squares the weights: 1/14, 4/14, 9/14.
+    let at = |u| sample_softmax(&logits, 0.5, u);
+    assert_eq!([at(0.07), at(0.072), at(0.35), at(0.36)], [0, 1, 1, 2]);
+    // Tokens of zero weight are never drawn, even at the end.
+    assert_eq!(sample_softmax(&[0.0, f32::NEG_INFINITY], 1.0, 0.9999), 0);
+}
+
+/// The target's next-token distribution after `prompt` at `temperature` (a plain forward).
+fn next_token_probs(t: &Llama<B>, prompt: &[u32], temperature: f32) -> Vec<f64> {
+    let mut cache = t.new_cache(16);
+    let logits = t
+        .forward(&Input::causal(prompt, 0, Logits::Last), &mut cache)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&x| (((x - max) / temperature) as f64).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    w.iter().map(|x| x / total).collect()
+}
+
+#[test]
+fn sampled_answers_follow_the_target_distribution() {
+    let t = target();
+    let prompt = vec![5u32, 9, 13];
+    let n = 4000;
+    let options = DistillOptions {
+        max_new_tokens: 1,
+        batch: 100,
+        top_k: 2,
+        stop_tokens: vec![],
+        sampling: Some(Sampling {
+            temperature: 0.6,
+            samples: n,
+            seed: 3,
+        }),
+    };
+    let seqs = distill(&t, std::slice::from_ref(&prompt), &options, &mut |_, _| {}).unwrap();
+    assert_eq!(seqs.len(), n);
+    let mut counts = vec![0usize; VOCAB];
+    for s in &seqs {
+        assert_eq!(s.tokens[..3], prompt[..]);
+        counts[s.tokens[3] as usize] += 1;
+    }
+    // Total variation to the exact distribution: ≈ 0.01 expected for 4,000 draws from this
+    // peaked one (its top token has p ≈ 0.82, so greedy answers would be ≈ 0.18 off; those of
+    // temperature 1.5, ≈ 0.4).
+    let tv = |p: &[f64]| -> f64 {
+        0.5 * p
+            .iter()
+            .zip(&counts)
+            .map(|(p, &c)| (p - c as f64 / n as f64).abs())
+            .sum::<f64>()
+    };
+    let probs = next_token_probs(&t, &prompt, 0.6);
+    let top = probs.iter().copied().fold(0.0, f64::max);
+    assert!(
+        top < 0.9,
+        "the test needs a distribution greedy answers cannot fake"
+    );
+    let exact = tv(&probs);
+    assert!(exact < 0.04, "total variation {exact}");
+    let hotter = tv(&next_token_probs(&t, &prompt, 1.5));
+    assert!(hotter > 0.2, "temperature 1.5: {hotter}");
+}
+
+#[test]
+fn sampled_data_is_the_targets_view_of_its_own_answers_whatever_the_batch() {
+    let t = target();
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5], vec![10, 11], vec![7]];
+    let options = |batch| DistillOptions {
+        max_new_tokens: 6,
+        batch,
+        top_k: 3,
+        stop_tokens: vec![2],
+        sampling: Some(Sampling {
+            temperature: 1.5,
+            samples: 3,
+            seed: 11,
+        }),
+    };
+    let one_by_one = distill(&t, &prompts, &options(1), &mut |_, _| {}).unwrap();
+    let together = distill(&t, &prompts, &options(9), &mut |_, _| {}).unwrap();
+    assert_eq!(one_by_one.len(), 9);
+    let tokens = |seqs: &[Sequence]| seqs.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&one_by_one), tokens(&together));
+    for (j, s) in together.iter().enumerate() {
+        // Prompt by prompt, three answers each, all different.
+        assert!(s.tokens.starts_with(&prompts[j / 3]));
+        // Every row is the target's own forward over the sampled tokens.
+        let mut cache = t.new_cache(32);
+        let out = t
+            .forward(
+                &Input::causal(&s.tokens[..s.tokens.len() - 1], 0, Logits::All),
+                &mut cache,
+            )
+            .unwrap();
+        let feats = out.features.into_data().to_vec::<f32>().unwrap();
+        let argmax = out
+            .logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
+        for (a, b) in s.features.iter().zip(&feats) {
+            assert!(
+                (a.to_f32() - b).abs() < 2e-3 * (1.0 + b.abs()),
+                "{a} vs {b}"
+            );
+        }
+        for (r, &m) in argmax.iter().enumerate() {
+            assert_eq!(s.top_ids[r * 3] as i64, m);
+        }
+    }
+    let answers: std::collections::HashSet<_> = tokens(&together).into_iter().collect();
+    assert_eq!(answers.len(), 9, "sampled answers repeat");
+    // Several answers per prompt need a temperature.
+    let greedy_many = DistillOptions {
+        sampling: Some(Sampling {
+            temperature: 0.0,
+            samples: 2,
+            seed: 0,
+        }),
+        ..options(4)
+    };
+    assert!(matches!(
+        distill(&t, &prompts, &greedy_many, &mut |_, _| {}),
+        Err(s4c_draft::DraftError::InvalidOption(_))
+    ));
+}
+
+#[test]
+fn data_folders_keep_greedy_and_sampled_answers_apart() {
+    let t = target();
+    let prompts: Vec<Vec<u32>> = (0..3u32).map(|i| vec![i + 3, i + 9]).collect();
+    let greedy = DistillOptions {
+        max_new_tokens: 4,
+        batch: 8,
+        top_k: 3,
+        stop_tokens: vec![],
+        sampling: None,
+    };
+    let sampled = DistillOptions {
+        sampling: Some(Sampling {
+            temperature: 1.0,
+            samples: 2,
+            seed: 5,
+        }),
+        ..greedy.clone()
+    };
+    let dir = std::env::temp_dir().join(format!("s4c-sampled-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |options: &DistillOptions| {
+        let mut generated = 0;
+        let ds = distill_to_dir(&t, &prompts, &dir, 2, options, &mut |_, n| {
+            generated = generated.max(n)
+        })
+        .unwrap();
+        (ds, generated)
+    };
+    let (g, generated) = run(&greedy);
+    assert_eq!((g.sequences.len(), generated), (3, 12));
+    // Sampled answers do not reuse greedy chunks, and are reused themselves.
+    let (s, generated) = run(&sampled);
+    assert_eq!((s.sequences.len(), generated), (6, 24));
+    assert!(chunk_sampling(&chunk_path(&dir, 0)).unwrap().is_some());
+    let (again, generated) = run(&sampled);
+    assert_eq!((again, generated), (s.clone(), 0));
+    // Another seed draws other answers.
+    let reseeded = DistillOptions {
+        sampling: sampled.sampling.map(|x| Sampling { seed: 6, ..x }),
+        ..greedy.clone()
+    };
+    let (r, generated) = run(&reseeded);
+    assert_eq!(generated, 24);
+    assert_ne!(r.sequences, s.sequences);
+    // And greedy answers are made again, as before.
+    assert_eq!(run(&greedy), (g, 12));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_split_keeps_every_answer_to_a_prompt_on_one_side() {
+    let seq = |prompt: u32, answer: u32| Sequence {
+        tokens: vec![prompt, prompt + 1, answer],
+        prompt_len: 2,
+        features: vec![f16::ZERO; 2],
+        top_ids: vec![0; 2],
+        top_probs: vec![f16::ZERO; 2],
+    };
+    // Prompts 0..6 once each, then second answers to all of them, then prompt 3 again.
+    let mut sequences: Vec<Sequence> = (0..6).map(|p| seq(10 * p, 1)).collect();
+    sequences.extend((0..6).map(|p| seq(10 * p, 2)));
+    sequences.push(seq(30, 3));
+    let data = Dataset {
+        hidden: 1,
+        top_k: 1,
+        sequences,
+    };
+    let (train_part, held) = split(&data, 3);
+    let prompts = |d: &Dataset| -> Vec<u32> { d.sequences.iter().map(|s| s.tokens[0]).collect() };
+    // First answers: indices 2 and 5 held out (prompts 20 and 50), as every third sequence;
+    // every later answer follows its prompt.
+    assert_eq!(prompts(&held), vec![20, 50, 20, 50]);
+    assert_eq!(prompts(&train_part), vec![0, 10, 30, 40, 0, 10, 30, 40, 30]);
 }
 
 /// Sequences that count up by one (mod vocab), with the tiny target's own features and a

@@ -244,6 +244,21 @@ struct TrainHeadsArgs {
     /// Sequences decoded together when generating the data.
     #[arg(long, default_value_t = 16)]
     data_batch: usize,
+    /// Sample the answers at this temperature instead of greedily (0 = greedy): more varied
+    /// data from the same prompts, especially with --samples.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Answers per prompt (more than one needs --temperature above 0).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Seed of the sampled answers.
+    #[arg(long, default_value_t = 0)]
+    data_seed: u64,
+    /// More data folders to train on, made by earlier `--data-only` runs (e.g. sampled answers
+    /// to the same prompts). The held-out split stays that of --data-dir: their sequences of
+    /// held-out prompts, and of prompts --data-dir lacks, are left out.
+    #[arg(long)]
+    extra_data: Vec<PathBuf>,
     /// Stop after generating the data.
     #[arg(long)]
     data_only: bool,

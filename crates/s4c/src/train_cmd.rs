@@ -7,7 +7,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use s4c::{stop_tokens, EngineError, Result};
-use s4c_draft::data::{distill_to_dir, Dataset, DistillOptions};
+use s4c_draft::data::{distill_to_dir, load_dir, Dataset, DistillOptions, Sampling};
 use s4c_draft::train::{evaluate, frequency_vocab, split, train, TrainOptions};
 use s4c_draft::{fingerprint, DrafterConfig};
 use s4c_models::{CausalLm, LoadedModel, Message};
@@ -95,11 +95,30 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
         args.answer_tokens,
         args.data_dir.display()
     );
+    let sampling = match (args.temperature, args.samples) {
+        (_, 0) => {
+            return Err(EngineError::InvalidOption(
+                "--samples must be at least 1".into(),
+            ))
+        }
+        (0.0, 1) => None,
+        (0.0, n) => {
+            return Err(EngineError::InvalidOption(format!(
+                "--samples {n} needs --temperature above 0 (greedy answers are all the same)"
+            )))
+        }
+        (temperature, samples) => Some(Sampling {
+            temperature,
+            samples,
+            seed: args.data_seed,
+        }),
+    };
     let options = DistillOptions {
         max_new_tokens: args.answer_tokens,
         batch: args.data_batch,
         top_k: 8,
         stop_tokens: stop_tokens(m),
+        sampling,
     };
     let pb = bar(
         ids.len() as u64,
@@ -135,7 +154,57 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
     if args.eval_only {
         return eval_heads(m, &data, args);
     }
+    let data = with_extra_data(data, &args.extra_data)?;
     train_on(m, &data, args)
+}
+
+/// `data` followed by the sequences of the `extra` folders whose prompts are training prompts of
+/// `data` (so the held-out split, and what it measures, stay those of `data`).
+fn with_extra_data(mut data: Dataset, extra: &[std::path::PathBuf]) -> Result<Dataset> {
+    let (train_part, _) = split(&data, HELD_OUT_EVERY);
+    let prompts: std::collections::HashSet<&[u32]> = train_part
+        .sequences
+        .iter()
+        .map(|s| &s.tokens[..s.prompt_len])
+        .collect();
+    let mut kept = Vec::new();
+    for dir in extra {
+        let more = load_dir(dir)?;
+        if more.sequences.is_empty() {
+            return Err(EngineError::InvalidOption(format!(
+                "--extra-data {}: no data chunks there; make them first with --data-only \
+                 --data-dir {}",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        if (more.hidden, more.top_k) != (data.hidden, data.top_k) {
+            return Err(EngineError::InvalidOption(format!(
+                "--extra-data {}: features of width {} with top-{} distributions, but \
+                 --data-dir has {} and top-{}; use data made by the same model",
+                dir.display(),
+                more.hidden,
+                more.top_k,
+                data.hidden,
+                data.top_k
+            )));
+        }
+        let total = more.sequences.len();
+        let before = kept.len();
+        kept.extend(
+            more.sequences
+                .into_iter()
+                .filter(|s| prompts.contains(&s.tokens[..s.prompt_len.min(s.tokens.len())])),
+        );
+        eprintln!(
+            "extra data {}: {} of {} sequences (those of training prompts)",
+            dir.display(),
+            kept.len() - before,
+            total
+        );
+    }
+    data.sequences.extend(kept);
+    Ok(data)
 }
 
 /// Held-out evaluation of existing heads: on the target's answers and on all positions.

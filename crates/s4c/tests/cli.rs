@@ -328,3 +328,36 @@ fn training_on_the_benchmark_is_refused() {
     assert!(!ok);
     assert!(err.contains("Spec-Bench"), "{err}");
 }
+
+#[test]
+fn several_greedy_answers_per_prompt_are_refused() {
+    let dir = std::env::temp_dir().join(format!("s4c-samples-{}", std::process::id()));
+    let (ok, _, err) = s4c(&[
+        "train-heads",
+        "--prompts",
+        "../shared/data/train-prompts.jsonl",
+        "--limit-prompts",
+        "1",
+        "--samples",
+        "2",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--data-only",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--temperature"), "{err}");
+    let (ok, _, err) = s4c(&[
+        "train-heads",
+        "--prompts",
+        "../shared/data/train-prompts.jsonl",
+        "--limit-prompts",
+        "1",
+        "--temperature=-1",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--data-only",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("temperature above 0"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
