@@ -1,6 +1,7 @@
 //! `s4c train-heads`: self-distillation data, then training, with a progress bar.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::backend::Autodiff;
@@ -160,9 +161,9 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
 
 /// `data` followed by the sequences of the `extra` folders whose prompts are training prompts of
 /// `data` (so the held-out split, and what it measures, stay those of `data`).
-fn with_extra_data(mut data: Dataset, extra: &[std::path::PathBuf]) -> Result<Dataset> {
+fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
     let (train_part, _) = split(&data, HELD_OUT_EVERY);
-    let prompts: std::collections::HashSet<&[u32]> = train_part
+    let prompts: HashSet<&[u32]> = train_part
         .sequences
         .iter()
         .map(|s| &s.tokens[..s.prompt_len])

@@ -361,3 +361,29 @@ fn several_greedy_answers_per_prompt_are_refused() {
     assert!(err.contains("temperature above 0"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn extra_data_must_exist() {
+    let dir = std::env::temp_dir().join(format!("s4c-extra-{}", std::process::id()));
+    let missing = dir.join("missing");
+    let (ok, _, err) = s4c(&[
+        "train-heads",
+        "--prompts",
+        "../shared/data/train-prompts.jsonl",
+        "--limit-prompts",
+        "1",
+        "--answer-tokens",
+        "2",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--extra-data",
+        missing.to_str().unwrap(),
+        "--checkpoint-dir",
+        dir.join("ckpt").to_str().unwrap(),
+        "--out",
+        dir.join("h.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--data-only"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
