@@ -330,35 +330,26 @@ fn training_on_the_benchmark_is_refused() {
 }
 
 #[test]
-fn several_greedy_answers_per_prompt_are_refused() {
+fn bad_sampling_options_are_refused() {
     let dir = std::env::temp_dir().join(format!("s4c-samples-{}", std::process::id()));
-    let (ok, _, err) = s4c(&[
-        "train-heads",
-        "--prompts",
-        "../shared/data/train-prompts.jsonl",
-        "--limit-prompts",
-        "1",
-        "--samples",
-        "2",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--data-only",
-    ]);
-    assert!(!ok);
-    assert!(err.contains("--temperature"), "{err}");
-    let (ok, _, err) = s4c(&[
-        "train-heads",
-        "--prompts",
-        "../shared/data/train-prompts.jsonl",
-        "--limit-prompts",
-        "1",
-        "--temperature=-1",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--data-only",
-    ]);
-    assert!(!ok);
-    assert!(err.contains("temperature above 0"), "{err}");
+    let refused = |option: &[&str], says: &str| {
+        let mut args = vec![
+            "train-heads",
+            "--prompts",
+            "../shared/data/train-prompts.jsonl",
+            "--limit-prompts",
+            "1",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--data-only",
+        ];
+        args.extend(option);
+        let (ok, _, err) = s4c(&args);
+        assert!(!ok && err.contains(says), "{option:?}: {err}");
+    };
+    refused(&["--samples", "2"], "needs --temperature above 0");
+    refused(&["--temperature=-1"], "temperature above 0");
+    refused(&["--samples", "0"], "at least 1");
     let _ = std::fs::remove_dir_all(dir);
 }
 
