@@ -524,22 +524,11 @@ fn read_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>, Option<Sampli
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let sampling = match header.metadata() {
         None => None,
-        Some(m) => {
-            let field = |k: &str| {
-                m.get(k)
-                    .ok_or_else(|| bad(format!("sampling metadata lacks {k}")))
-            };
-            let parse_err = |k: &str| bad(format!("sampling metadata {k} is not a number"));
-            Some(Sampling {
-                temperature: field("temperature")?
-                    .parse()
-                    .map_err(|_| parse_err("temperature"))?,
-                samples: field("samples")?
-                    .parse()
-                    .map_err(|_| parse_err("samples"))?,
-                seed: field("seed")?.parse().map_err(|_| parse_err("seed"))?,
-            })
-        }
+        Some(m) => Some(Sampling {
+            temperature: metadata_number(m, "temperature").map_err(bad)?,
+            samples: metadata_number(m, "samples").map_err(bad)?,
+            seed: metadata_number(m, "seed").map_err(bad)?,
+        }),
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let get = |name: &str, dt: Dtype| {
@@ -593,6 +582,17 @@ fn read_chunk(path: &Path) -> Result<(usize, usize, Vec<Sequence>, Option<Sampli
         row += n;
     }
     Ok((hidden, top_k, seqs, sampling))
+}
+
+/// Field `key` of a chunk's sampling metadata, parsed.
+fn metadata_number<T: std::str::FromStr>(
+    m: &HashMap<String, String>,
+    key: &str,
+) -> std::result::Result<T, String> {
+    m.get(key)
+        .ok_or_else(|| format!("sampling metadata lacks {key}"))?
+        .parse()
+        .map_err(|_| format!("sampling metadata {key} is not a number"))
 }
 
 /// The path of chunk `i` in a data folder.

@@ -121,6 +121,16 @@ fn chunks_round_trip_and_bad_files_are_typed_errors() {
     };
     save_chunk(&path, 2, 2, &[seq.clone(), seq], Some(&sampling)).unwrap();
     assert_eq!(chunk_sampling(&path).unwrap(), Some(sampling));
+    // Sampling metadata that does not parse is a typed error, not a greedy chunk.
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![1], &[0u8]).unwrap();
+    let metadata =
+        std::collections::HashMap::from([("temperature".to_string(), "hot".to_string())]);
+    safetensors::serialize_to_file([("x", view)], Some(metadata), &path).unwrap();
+    assert!(matches!(
+        chunk_sampling(&path),
+        Err(s4c_draft::DraftError::InvalidData { .. })
+    ));
     std::fs::write(&path, b"garbage").unwrap();
     assert!(matches!(
         load_chunk(&path),
