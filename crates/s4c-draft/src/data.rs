@@ -211,7 +211,6 @@ fn distill_batch<B: Backend, M: CausalLm<B>>(
     options: &DistillOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Sequence>> {
-    let temperature = options.sampling.map_or(0.0, |s| s.temperature);
     let n = jobs.len();
     let mut cache = model.new_cache(capacity);
     let mut seqs: Vec<Sequence> = jobs
@@ -255,14 +254,7 @@ fn distill_batch<B: Backend, M: CausalLm<B>>(
     let mut active: Vec<usize> = (0..n).collect();
     let mut next = vec![0u32; n];
     let rows = step(
-        model,
-        &mut cache,
-        &tokens,
-        positions,
-        &owner,
-        &slots,
-        (&draws, temperature),
-        options,
+        model, &mut cache, &tokens, positions, &owner, &slots, &draws, options,
     )?;
     let mut new_tokens = 0;
     for (row, &i) in rows.into_iter().zip(&owner) {
@@ -292,14 +284,7 @@ fn distill_batch<B: Backend, M: CausalLm<B>>(
         }
         let draws: Vec<Option<f32>> = active.iter().map(|&i| draw(i, true)).collect();
         let rows = step(
-            model,
-            &mut cache,
-            &tokens,
-            positions,
-            &active,
-            &slots,
-            (&draws, temperature),
-            options,
+            model, &mut cache, &tokens, positions, &active, &slots, &draws, options,
         )?;
         for (row, &i) in rows.into_iter().zip(&active) {
             next[i] = row.next;
@@ -322,7 +307,7 @@ struct Row {
 
 /// One forward over `tokens` (owned by `owner[r]`, each seeing only its owner's `slots`) and the
 /// per-row features, top-k distributions and next tokens (`draws[r]`, when given, samples row
-/// `r`'s next token at `temperature`).
+/// `r`'s next token at the temperature of `options.sampling`).
 #[allow(clippy::too_many_arguments)]
 fn step<B: Backend, M: CausalLm<B>>(
     model: &M,
@@ -331,10 +316,11 @@ fn step<B: Backend, M: CausalLm<B>>(
     positions: Vec<usize>,
     owner: &[usize],
     slots: &[Vec<usize>],
-    (draws, temperature): (&[Option<f32>], f32),
+    draws: &[Option<f32>],
     options: &DistillOptions,
 ) -> Result<Vec<Row>> {
     let n = tokens.len();
+    let temperature = options.sampling.map_or(1.0, |s| s.temperature);
     let cols = cache.len() + n;
     let base = cache.len();
     let mut visible = vec![false; n * cols];
@@ -647,7 +633,7 @@ pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
         top_k: options.top_k,
         sequences: Vec::with_capacity(prompts.len()),
     };
-    let samples = options.sampling.map_or(1, |s| s.samples.max(1));
+    let samples = options.sampling.map_or(1, |s| s.samples);
     let mut tokens = 0;
     for (i, part) in prompts.chunks(chunk).enumerate() {
         let path = chunk_path(dir, i);

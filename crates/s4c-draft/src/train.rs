@@ -128,10 +128,25 @@ pub fn frequency_vocab(data: &Dataset, vocab_size: usize, n: usize) -> Vec<u32> 
     ids
 }
 
-/// Splits `data` into (training, held-out) sequences by prompt: the sequence at index `i` is
-/// held out when `i % every == every - 1`, and every later sequence of the same prompt (a repeated
-/// prompt, another sampled answer) goes where its prompt's first sequence went, so no held-out
-/// prompt is ever trained on.
+/// Which sequences of `data` are held out, by prompt: the sequence at index `i` is held out when
+/// `i % every == every - 1`, and every later sequence of the same prompt (a repeated prompt,
+/// another sampled answer) goes where its prompt's first sequence went, so no held-out prompt is
+/// ever trained on.
+pub fn held_out(data: &Dataset, every: usize) -> Vec<bool> {
+    let mut side: HashMap<&[u32], bool> = HashMap::new();
+    data.sequences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let prompt = &s.tokens[..s.prompt_len.min(s.tokens.len())];
+            *side
+                .entry(prompt)
+                .or_insert(every > 0 && i % every == every - 1)
+        })
+        .collect()
+}
+
+/// Splits `data` into (training, held-out) sequences as [`held_out`] says.
 pub fn split(data: &Dataset, every: usize) -> (Dataset, Dataset) {
     let mut train = Dataset {
         hidden: data.hidden,
@@ -139,13 +154,8 @@ pub fn split(data: &Dataset, every: usize) -> (Dataset, Dataset) {
         sequences: Vec::new(),
     };
     let mut held = train.clone();
-    let mut side: HashMap<&[u32], bool> = HashMap::new();
-    for (i, s) in data.sequences.iter().enumerate() {
-        let prompt = &s.tokens[..s.prompt_len.min(s.tokens.len())];
-        let held_out = *side
-            .entry(prompt)
-            .or_insert(every > 0 && i % every == every - 1);
-        if held_out {
+    for (s, out) in data.sequences.iter().zip(held_out(data, every)) {
+        if out {
             held.sequences.push(s.clone());
         } else {
             train.sequences.push(s.clone());

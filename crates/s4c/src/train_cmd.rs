@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use s4c::{stop_tokens, EngineError, Result};
 use s4c_draft::data::{distill_to_dir, load_dir, Dataset, DistillOptions, Sampling};
-use s4c_draft::train::{evaluate, frequency_vocab, split, train, TrainOptions};
+use s4c_draft::train::{evaluate, frequency_vocab, held_out, split, train, TrainOptions};
 use s4c_draft::{fingerprint, DrafterConfig};
 use s4c_models::{CausalLm, LoadedModel, Message};
 use serde_json::json;
@@ -162,11 +162,13 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
 /// `data` followed by the sequences of the `extra` folders whose prompts are training prompts of
 /// `data` (so the held-out split, and what it measures, stay those of `data`).
 fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
-    let (train_part, _) = split(&data, HELD_OUT_EVERY);
-    let prompts: HashSet<&[u32]> = train_part
+    // Training prompts of `data`, without copying its sequences.
+    let prompts: HashSet<&[u32]> = data
         .sequences
         .iter()
-        .map(|s| &s.tokens[..s.prompt_len])
+        .zip(held_out(&data, HELD_OUT_EVERY))
+        .filter(|(_, out)| !out)
+        .map(|(s, _)| &s.tokens[..s.prompt_len])
         .collect();
     let mut kept = Vec::new();
     for dir in extra {
