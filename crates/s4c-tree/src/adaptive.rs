@@ -43,6 +43,7 @@
 
 use crate::cost::{best_paths_by, AcceptanceStats};
 use crate::error::TreeError;
+use crate::lookup::{LookupDraft, LookupStats};
 use crate::template::Template;
 use crate::tree::TokenTree;
 
@@ -77,6 +78,11 @@ impl AdaptiveConfig {
     }
 }
 
+/// Lookup acceptance is counted per match length up to this (longer matches count as this long)…
+const LOOKUP_MAX_MATCH: usize = 8;
+/// …and chains of up to this many tokens.
+const LOOKUP_MAX_TOKENS: usize = 64;
+
 /// How much each new step time counts in the running estimate of its tree size.
 const TIME_WEIGHT: f64 = 0.25;
 
@@ -95,8 +101,19 @@ pub struct AdaptiveSizer {
     measured: Vec<Option<f64>>,
     /// Running ratio of measured to predicted seconds (corrects sizes not measured yet).
     scale: f64,
+    /// Acceptance of lookup chains measured on this generation.
+    lookup: LookupStats,
     /// Calls of [`AdaptiveSizer::choose`] so far.
     steps: usize,
+}
+
+/// One step's choice of [`AdaptiveSizer::choose_step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepChoice {
+    /// The heads' template, or `None`: no drafting.
+    pub template: Option<Template>,
+    /// Tokens of the lookup chain to add (0: none).
+    pub lookup: usize,
 }
 
 impl AdaptiveSizer {
@@ -128,6 +145,7 @@ impl AdaptiveSizer {
             measured: vec![None; predicted.len()],
             predicted,
             scale: 1.0,
+            lookup: LookupStats::new(LOOKUP_MAX_MATCH, LOOKUP_MAX_TOKENS),
             steps: 0,
             config,
         })
@@ -198,6 +216,17 @@ impl AdaptiveSizer {
     /// neighbour of that size, alternately one node more (the next best path) and one node fewer
     /// (one more is tried while plain steps win).
     pub fn choose(&mut self) -> Option<Template> {
+        self.choose_step(None).template
+    }
+
+    /// What the next step verifies when `lookup` (a chain copied from the context, see
+    /// [`crate::lookup`]) is on offer: the heads' template (or none) and how many of the chain's
+    /// tokens to add, chosen together for the most expected tokens per second. The chain's
+    /// tokens are priced with their own acceptance rates ([`Self::lookup_rate`]) and counted only
+    /// where the heads' tree would not have reached that depth anyway (the two taken as
+    /// independent). Probes as [`Self::choose`] does; a probe for one node more also tries one
+    /// more chain token.
+    pub fn choose_step(&mut self, lookup: Option<&LookupDraft>) -> StepChoice {
         let ranks = self.prior.tried[0].len();
         let easiness = self.easiness();
         let order = best_paths_by(
@@ -206,27 +235,82 @@ impl AdaptiveSizer {
             self.config.max_nodes,
             self.config.max_depth,
         )
-        .ok()?;
-        let (mut best_n, mut best_rate) = (0, 1.0 / self.step_seconds(0));
-        for (i, (_, tau)) in order.iter().enumerate() {
-            let rate = tau / self.step_seconds(i + 1);
-            if rate > best_rate {
-                (best_n, best_rate) = (i + 1, rate);
+        .unwrap_or_default();
+        // reach[i - 1]: probability that the chain's first i tokens are all accepted.
+        let reach: Vec<f64> = lookup.map_or_else(Vec::new, |d| {
+            let mut r = 1.0;
+            (1..=d.tokens.len())
+                .map(|i| {
+                    r *= self.lookup_rate(d.matched, i);
+                    r
+                })
+                .collect()
+        });
+        // heads[d]: probability that the heads' tree is accepted to depth d or deeper.
+        let mut heads = vec![0.0; self.config.max_depth + 1];
+        let (mut best_n, mut best_l, mut best_rate) = (0, 0, f64::MIN);
+        for n in 0..=order.len() {
+            let mut expected = 1.0;
+            if n > 0 {
+                let (path, tau) = &order[n - 1];
+                heads[path.len()] += path
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &r)| self.rate_with(easiness, k + 1, r))
+                    .product::<f64>();
+                expected = *tau;
+            }
+            for l in 0..=reach.len().min(self.config.max_nodes - n) {
+                if l > 0 {
+                    expected += reach[l - 1] * (1.0 - heads.get(l).copied().unwrap_or(0.0));
+                }
+                let rate = expected / self.step_seconds(n + l);
+                if rate > best_rate {
+                    (best_n, best_l, best_rate) = (n, l, rate);
+                }
             }
         }
         self.steps += 1;
         if self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every) {
             let fewer = (self.steps / self.config.probe_every).is_multiple_of(2);
-            best_n = if fewer && best_n > 0 {
-                best_n - 1
+            if fewer && best_n > 0 {
+                best_n -= 1;
             } else {
-                (best_n + 1).min(order.len())
-            };
+                best_n = (best_n + 1).min(order.len());
+                best_l = (best_l + 1).min(reach.len());
+            }
+            best_l = best_l.min(self.config.max_nodes - best_n);
         }
-        if best_n == 0 {
-            return None;
+        let template = (best_n > 0)
+            .then(|| Template::new(order[..best_n].iter().map(|(p, _)| p.clone()).collect()).ok())
+            .flatten();
+        StepChoice {
+            template,
+            lookup: best_l,
         }
-        Template::new(order[..best_n].iter().map(|(p, _)| p.clone()).collect()).ok()
+    }
+
+    /// The acceptance rate of a lookup chain's token at `position` (≥ 1) after a
+    /// `matched`-token match, given the tokens before it were accepted: this generation's counts
+    /// plus a prior of one acceptance in two trials. The first token has a rate of its own; later
+    /// positions share one (a copy that started right tends to stay right), so one accepted
+    /// chain teaches every length.
+    pub fn lookup_rate(&self, matched: usize, position: usize) -> f64 {
+        let positions = if position <= 1 {
+            1..2
+        } else {
+            2..LOOKUP_MAX_TOKENS + 1
+        };
+        let (t, a) = positions
+            .map(|i| self.lookup.counts(matched, i))
+            .fold((0, 0), |(t, a), (ti, ai)| (t + ti, a + ai));
+        (a as f64 + 1.0) / (t as f64 + 2.0)
+    }
+
+    /// Records a lookup chain of `proposed` tokens after a `matched`-token match whose first
+    /// `accepted` tokens were accepted.
+    pub fn record_lookup(&mut self, matched: usize, proposed: usize, accepted: usize) {
+        self.lookup.record(matched, proposed, accepted);
     }
 
     /// Records one verification of `tree` whose accepted node path (root first) was `path`.
@@ -417,6 +501,72 @@ mod tests {
         // for the probes one node more.
         assert_eq!(plain[0], 32);
         assert_eq!(plain.len(), 200 - 31 - 10, "{plain:?}");
+    }
+
+    #[test]
+    fn accepted_lookup_chains_are_taken_whole_and_rejected_ones_dropped() {
+        let draft = LookupDraft {
+            matched: 3,
+            tokens: (0..12).collect(),
+        };
+        // Weak heads: without a chain, plain steps.
+        let config = || AdaptiveConfig::new(16, 4);
+        let mut good = AdaptiveSizer::new(&prior(50), linear(16), config()).unwrap();
+        assert!(good.choose().is_none());
+        let mut bad = good.clone();
+        let (mut good_lens, mut bad_lens) = (vec![], vec![]);
+        for _ in 0..100 {
+            let c = good.choose_step(Some(&draft));
+            assert!(c.template.is_none() || c.template.as_ref().unwrap().len() <= 1);
+            good.record_lookup(3, c.lookup, c.lookup); // every token accepted
+            good_lens.push(c.lookup);
+            let c = bad.choose_step(Some(&draft));
+            bad.record_lookup(3, c.lookup, 0); // the first token rejected
+            bad_lens.push(c.lookup);
+        }
+        // 10 ms + 2 ms per node: twelve sure tokens (13 per 34 ms) beat fewer.
+        assert!(good_lens[10..].iter().all(|&l| l == 12), "{good_lens:?}");
+        // Rejected chains: after a few, only probes (every 16th step; this sizer's first step
+        // was the `choose` above) still try a token.
+        let late: Vec<usize> = (10..100).filter(|&i| bad_lens[i] > 0).collect();
+        assert_eq!(late, vec![14, 30, 46, 62, 78, 94], "{bad_lens:?}");
+        // Other match lengths keep their own counts.
+        assert!(good.lookup_rate(3, 5) > 0.95 && good.lookup_rate(1, 5) == 0.5);
+        assert_eq!(
+            good.lookup_rate(3, 5),
+            good.lookup_rate(3, 2),
+            "later positions pooled"
+        );
+        // Without a chain nothing is copied.
+        assert_eq!(good.choose_step(None).lookup, 0);
+    }
+
+    #[test]
+    fn a_chain_adds_least_where_the_heads_already_reach() {
+        // The same chain priced against strong and against weak heads: strong heads reach
+        // depth 1 most of the time, so the chain's first token adds less and a shorter (or no)
+        // chain is worth its nodes.
+        let draft = LookupDraft {
+            matched: 1,
+            tokens: vec![1, 2],
+        };
+        let pick = |top1| {
+            let mut s =
+                AdaptiveSizer::new(&prior(top1), linear(4), AdaptiveConfig::new(4, 1)).unwrap();
+            for _ in 0..50 {
+                s.record_lookup(1, 2, 1); // first token accepted, second rejected
+            }
+            s.choose_step(Some(&draft))
+        };
+        let weak = pick(100);
+        assert!(weak.template.is_none());
+        assert_eq!(
+            weak.lookup, 1,
+            "a token accepted 98% of the time pays its 2 ms"
+        );
+        let strong = pick(990);
+        assert_eq!(strong.template.as_ref().map(Template::len), Some(1));
+        assert_eq!(strong.lookup, 0, "the head already gets that token");
     }
 
     #[test]

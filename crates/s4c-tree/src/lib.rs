@@ -35,14 +35,16 @@ pub mod cost;
 pub mod dynamic;
 pub mod error;
 pub mod flat;
+pub mod lookup;
 pub mod template;
 pub mod tree;
 
-pub use adaptive::{AdaptiveConfig, AdaptiveSizer};
+pub use adaptive::{AdaptiveConfig, AdaptiveSizer, StepChoice};
 pub use cost::{AcceptanceStats, LatencyCurve, SizeChoice};
 pub use dynamic::{build_dynamic, DynamicConfig};
 pub use error::TreeError;
 pub use flat::{AncestorMask, FlatTree};
+pub use lookup::{ContextLookup, LookupDraft, LookupStats};
 pub use template::Template;
 pub use tree::{Accepted, Node, TokenTree, ROOT};
 

@@ -287,6 +287,77 @@ impl TokenTree {
         (t, old)
     }
 
+    /// This tree with the chain `tokens` added below the root, following existing nodes while
+    /// their tokens agree and adding new ones (draft log-probability 0) from where they differ;
+    /// with the map from this tree's node indices to the new tree's. Nodes stay breadth-first.
+    ///
+    /// ```
+    /// use s4c_tree::TokenTree;
+    ///
+    /// let mut t = TokenTree::new(0);
+    /// let a = t.push(0, 1, -0.1).unwrap();
+    /// t.push(0, 2, -0.5).unwrap();
+    /// t.push(a, 3, -0.2).unwrap();
+    /// let (g, map) = t.graft(&[1, 4, 5]);
+    /// assert_eq!(g.tokens_to(g.len() - 1), vec![0, 1, 4, 5]);
+    /// assert_eq!(g.len(), 6);
+    /// assert_eq!(g.node(map[3]).token, 3);
+    /// ```
+    pub fn graft(&self, tokens: &[u32]) -> (TokenTree, Vec<usize>) {
+        // Old nodes keep their indices in `all`; new chain nodes follow, with parents in `all`.
+        let mut extra: Vec<(usize, u32)> = vec![]; // (parent in `all`, token)
+        let mut at = Some(ROOT); // the chain's current node while it follows old nodes
+        let mut parent = ROOT;
+        for &token in tokens {
+            match at.and_then(|a| self.children(a).find(|&c| self.nodes[c].token == token)) {
+                Some(c) => {
+                    at = Some(c);
+                    parent = c;
+                }
+                None => {
+                    at = None;
+                    extra.push((parent, token));
+                    parent = self.len() + extra.len() - 1;
+                }
+            }
+        }
+        let depth = |i: usize, extra_depths: &[usize]| match i.checked_sub(self.len()) {
+            None => self.nodes[i].depth,
+            Some(e) => extra_depths[e],
+        };
+        let mut extra_depths = Vec::with_capacity(extra.len());
+        for &(p, _) in &extra {
+            let d = depth(p, &extra_depths) + 1;
+            extra_depths.push(d);
+        }
+        // Breadth-first: stable by depth, old nodes before new ones at the same depth.
+        let mut order: Vec<usize> = (0..self.len() + extra.len()).collect();
+        order.sort_by_key(|&i| depth(i, &extra_depths));
+        let mut t = TokenTree::with_capacity(self.nodes[ROOT].token, order.len());
+        let mut new_index = vec![ROOT; order.len()];
+        for &i in &order[1..] {
+            let (p, token, logprob, rank) = match i.checked_sub(self.len()) {
+                None => {
+                    let n = &self.nodes[i];
+                    (
+                        n.parent.expect("non-root"),
+                        n.token,
+                        n.logprob,
+                        Some(n.rank),
+                    )
+                }
+                Some(e) => (extra[e].0, extra[e].1, 0.0, None),
+            };
+            let np = new_index[p];
+            let rank = rank.unwrap_or_else(|| t.child_count(np));
+            new_index[i] = t
+                .push_ranked(np, token, logprob, rank)
+                .expect("parents precede children, breadth-first order");
+        }
+        new_index.truncate(self.len());
+        (t, new_index)
+    }
+
     /// Keeps the nodes in `keep` (which must contain the root and be closed under ancestors),
     /// re-indexed breadth-first; siblings keep their relative order.
     pub fn retain(&self, keep: &[bool]) -> TokenTree {

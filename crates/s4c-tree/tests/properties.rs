@@ -98,6 +98,41 @@ proptest! {
     }
 
     #[test]
+    fn graft_adds_exactly_the_chain(
+        seed in proptest::collection::vec(0u32..1000, 0..40),
+        follow in 0usize..1000,
+        take in 0usize..6,
+        fresh in proptest::collection::vec(0u32..3, 0..6),
+    ) {
+        let t = random_tree(seed);
+        // A chain that follows an existing path for a while, then (maybe) leaves the tree.
+        let node = follow % t.len();
+        let path = t.tokens_to(node);
+        let mut chain: Vec<u32> = path[1..].iter().copied().take(take).collect();
+        chain.extend(fresh.iter().map(|&f| 100 + f)); // may or may not match a child
+        let (g, map) = t.graft(&chain);
+        // Brute force: the set of root paths is the old set plus the chain's prefixes.
+        let paths = |t: &TokenTree| -> std::collections::BTreeSet<Vec<u32>> {
+            (0..t.len()).map(|i| t.tokens_to(i)).collect()
+        };
+        let mut want = paths(&t);
+        for k in 0..=chain.len() {
+            let mut p = vec![t.node(ROOT).token];
+            p.extend(&chain[..k]);
+            want.insert(p);
+        }
+        prop_assert_eq!(paths(&g), want.clone());
+        prop_assert_eq!(g.len(), want.len(), "no duplicate siblings");
+        for (i, &new) in map.iter().enumerate() {
+            prop_assert_eq!(g.tokens_to(new), t.tokens_to(i));
+            prop_assert_eq!(g.node(new).rank, t.node(i).rank);
+        }
+        for i in 1..g.len() {
+            prop_assert!(g.node(i).depth >= g.node(i - 1).depth, "breadth-first");
+        }
+    }
+
+    #[test]
     fn dynamic_tree_respects_budget_and_equals_brute_force(
         seed in 0u64..10_000, branching in 1usize..4, depth in 1usize..4, budget in 1usize..30
     ) {

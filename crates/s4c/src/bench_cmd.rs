@@ -11,7 +11,7 @@ use s4c_models::{CausalLm, Message};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::spec_cmd::{run_spec, tree_shape};
+use crate::spec_cmd::{lookup, run_spec, tree_shape};
 use crate::{BenchArgs, Loaded, Runner};
 
 /// One benchmark question.
@@ -69,13 +69,16 @@ struct Summary {
     speedup: f64,
     tau: f64,
     greedy_match: f64,
+    /// Share of S4C's new tokens accepted from chains copied from the context (lookup).
+    copied: f64,
     #[serde(skip)]
-    sums: (f64, f64, usize, usize, usize),
+    sums: (f64, f64, usize, usize, usize, usize),
 }
 
 impl Summary {
-    fn add_turn(&mut self, plain: f64, s4c: f64, tokens: usize, steps: usize) {
+    fn add_turn(&mut self, plain: f64, s4c: f64, tokens: usize, steps: usize, copied: usize) {
         self.turns += 1;
+        self.sums.5 += copied;
         self.sums.0 += plain;
         self.sums.1 += s4c;
         self.sums.2 += tokens;
@@ -88,6 +91,7 @@ impl Summary {
         self.speedup = self.s4c_tok_s / self.plain_tok_s.max(1e-9);
         self.tau = self.sums.2 as f64 / self.sums.3.max(1) as f64;
         self.greedy_match = self.sums.4 as f64 / self.questions.max(1) as f64;
+        self.copied = self.sums.5 as f64 / self.sums.2.max(1) as f64;
     }
 }
 
@@ -123,7 +127,8 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         EngineError::InvalidOption("no draft heads for this model; pass --heads FILE".into())
     })?;
     let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
-    let (shape, tree) = tree_shape(r, &drafter, &args.spec)?;
+    let (shape, mut tree) = tree_shape(r, &drafter, &args.spec)?;
+    tree["lookup"] = json!(args.spec.lookup);
     eprintln!("tree: {tree}");
     let template = m.template.clone().ok_or_else(|| {
         EngineError::InvalidOption("the model has no chat template; bench needs one".into())
@@ -159,6 +164,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
                 &m.model,
                 &drafter,
                 shape.clone(),
+                lookup(&args.spec),
                 &s_ids,
                 &opts,
                 context,
@@ -170,7 +176,13 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             // τ counts the prefill's token as a step of its own (see SpecStats::tau).
             let steps = spec.stats.steps + 1;
             for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
-                s.add_turn(pt, st, spec.new_ids.len(), steps);
+                s.add_turn(
+                    pt,
+                    st,
+                    spec.new_ids.len(),
+                    steps,
+                    spec.stats.lookup_accepted,
+                );
             }
             turns.push(json!({
                 "plain_tok_s": pt, "s4c_tok_s": st, "tau": spec.stats.tau,
@@ -268,8 +280,8 @@ fn write_outputs(
 
 fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
     let mut s = String::from(
-        "| task | questions | turns | plain tok/s | s4c tok/s | speedup | τ | greedy match |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| task | questions | turns | plain tok/s | s4c tok/s | speedup | τ | greedy match | copied |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let rows = tasks
         .iter()
@@ -277,14 +289,15 @@ fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
         .chain([("**overall**", overall)]);
     for (name, t) in rows {
         s += &format!(
-            "| {name} | {} | {} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.0}% |\n",
+            "| {name} | {} | {} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.0}% | {:.0}% |\n",
             t.questions,
             t.turns,
             t.plain_tok_s,
             t.s4c_tok_s,
             t.speedup,
             t.tau,
-            t.greedy_match * 100.0
+            t.greedy_match * 100.0,
+            t.copied * 100.0
         );
     }
     s

@@ -121,6 +121,11 @@ struct SpecArgs {
     /// A static template file (JSON list of top-k paths, Medusa format).
     #[arg(long)]
     template_file: Option<PathBuf>,
+    /// Most tokens copied from the context per step (context lookup: the continuation of the
+    /// latest earlier occurrence of the last 1–4 tokens, verified with the heads' tree); 0 turns
+    /// it off.
+    #[arg(long, default_value_t = 16)]
+    lookup: usize,
 }
 
 #[derive(Args, Clone)]
@@ -604,11 +609,13 @@ impl<B: Backend> Runner for Loaded<B> {
                     ))
                 })?;
                 let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
-                let (shape, tree_info) = spec_cmd::tree_shape(self, &drafter, spec)?;
+                let (shape, mut tree_info) = spec_cmd::tree_shape(self, &drafter, spec)?;
+                tree_info["lookup"] = json!(spec.lookup);
                 let g = spec_cmd::run_spec(
                     &m.model,
                     &drafter,
                     shape,
+                    spec_cmd::lookup(spec),
                     prompt,
                     opts,
                     context,

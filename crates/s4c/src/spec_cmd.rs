@@ -8,7 +8,7 @@ use s4c::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
 use s4c::{EngineError, Result};
 use s4c_draft::{Drafter, MultiHeadDrafter};
 use s4c_models::CausalLm;
-use s4c_tree::{DynamicConfig, Template};
+use s4c_tree::{ContextLookup, DynamicConfig, Template};
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor};
 use serde_json::{json, Value};
 
@@ -104,16 +104,24 @@ pub fn tree_shape<B: Backend>(
                 "first_paths": first.as_ref().map(|t| t.paths().to_vec()),
                 "plain_step_s": sizer.step_seconds(0),
             });
-            Ok((TreeShape::Adaptive(sizer), info))
+            Ok((TreeShape::Adaptive(Box::new(sizer)), info))
         }
     }
 }
 
+/// Context lookup as the options ask for it: chains of up to `--lookup` tokens after matches of
+/// 1–4 tokens, or none for `--lookup 0`.
+pub fn lookup(spec: &SpecArgs) -> Option<ContextLookup> {
+    (spec.lookup > 0).then(|| ContextLookup::new(1, 4, spec.lookup))
+}
+
 /// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn run_spec<B: Backend, M: CausalLm<B>>(
     model: &M,
     drafter: &MultiHeadDrafter<B>,
     shape: TreeShape,
+    lookup: Option<ContextLookup>,
     prompt: &[u32],
     opts: &GenerateOptions,
     context: usize,
@@ -121,10 +129,12 @@ pub fn run_spec<B: Backend, M: CausalLm<B>>(
 ) -> Result<SpecGeneration> {
     if opts.sampling.is_greedy() {
         SpeculativeGenerator::new(model, drafter, GreedyAcceptor, shape)?
+            .with_lookup(lookup)
             .generate(prompt, opts, context, on_tokens)
     } else {
         let acceptor = SamplingAcceptor::new(opts.sampling, opts.seed ^ 0x5345_4c45_4354)?;
         SpeculativeGenerator::new(model, drafter, acceptor, shape)?
+            .with_lookup(lookup)
             .generate(prompt, opts, context, on_tokens)
     }
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_draft::{DraftSession, Drafter};
 use s4c_models::{AttentionMask, CausalLm, Input, Logits};
-use s4c_tree::{build_dynamic, AdaptiveSizer, DynamicConfig, Template, TokenTree, TreeError};
+use s4c_tree::{
+    build_dynamic, AdaptiveSizer, ContextLookup, DynamicConfig, LookupDraft, Template, TokenTree,
+    TreeError,
+};
 use s4c_verify::sampling::Sampler;
 use s4c_verify::{Acceptor, Proposal};
 use serde::Serialize;
@@ -26,7 +29,7 @@ pub enum TreeShape {
     /// draft) with the most expected tokens per second, from acceptance and step times measured
     /// so far in this generation. Each generation starts from the sizer as given. With sampling,
     /// step times are not learned, so a seed reproduces its output.
-    Adaptive(AdaptiveSizer),
+    Adaptive(Box<AdaptiveSizer>),
     /// No draft at all: each step verifies the root alone (plain decoding through the same
     /// loop, the drafter never called).
     RootOnly,
@@ -58,6 +61,12 @@ pub struct SpecStats {
     pub mean_tree_nodes: f64,
     /// Steps that drafted nothing (the root alone: a plain decoding step).
     pub plain_steps: usize,
+    /// Steps whose tree held a chain copied from the context (see [`s4c_tree::lookup`]).
+    pub lookup_steps: usize,
+    /// Tokens of those chains.
+    pub lookup_proposed: usize,
+    /// Of those, tokens accepted (the accepted branch followed the chain).
+    pub lookup_accepted: usize,
     /// Seconds spent drafting (initial states and heads).
     pub draft_s: f64,
     /// Seconds in verification forwards.
@@ -96,6 +105,7 @@ pub struct SpeculativeGenerator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A
     drafter: &'a D,
     acceptor: A,
     shape: TreeShape,
+    lookup: Option<ContextLookup>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -127,8 +137,21 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             drafter,
             acceptor,
             shape,
+            lookup: None,
             _backend: std::marker::PhantomData,
         })
+    }
+
+    /// Adds to every step's tree the continuation [`ContextLookup`] finds for the context (prompt
+    /// and answer so far), as one more branch: the whole chain with static and dynamic shapes, as
+    /// many of its tokens as pay for their verification with the adaptive one, which prices them
+    /// from their own acceptance on this text. `None` (the default) turns it off.
+    ///
+    /// Candidates copied from the context are fixed before the target's verdict, so output stays
+    /// exactly that of plain decoding (greedy) or the target's distribution (sampling).
+    pub fn with_lookup(mut self, lookup: Option<ContextLookup>) -> Self {
+        self.lookup = lookup.filter(|l| l.max_tokens > 0);
+        self
     }
 
     /// The tree shape in use.
@@ -153,11 +176,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let device = model.device().clone();
         let w = self.drafter.window();
         // Room for the whole answer plus one tree beyond it.
+        let lookup_nodes = self.lookup.map_or(0, |l| l.max_tokens);
         let capacity =
-            (prompt.len() + options.max_new_tokens + self.shape.max_nodes() + 1).min(context);
+            (prompt.len() + options.max_new_tokens + self.shape.max_nodes() + lookup_nodes + 1)
+                .min(context);
         let mut cache = model.new_cache(capacity);
         let mut stats = SpecStats {
-            accepted_at_depth: vec![0; self.drafter.max_depth()],
+            accepted_at_depth: vec![0; self.drafter.max_depth().max(lookup_nodes)],
             ..Default::default()
         };
 
@@ -173,12 +198,15 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
 
         let mut new_ids = vec![first];
         on_tokens(&[first]);
+        // Prompt and answer so far, the root last: where context lookup searches.
+        let mut text: Vec<u32> = prompt.to_vec();
+        text.push(first);
         let mut root = first;
         let mut tree_nodes = 0usize;
         // The online sizer of an adaptive shape, fresh for this generation.
         let mut sizer = match &self.shape {
             TreeShape::Adaptive(s) => {
-                let mut s = s.clone();
+                let mut s = AdaptiveSizer::clone(s);
                 if !options.sampling.is_greedy() {
                     s.set_learn_latency(false);
                 }
@@ -186,8 +214,9 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             _ => None,
         };
-        // What the next step drafts: a template of its own (adaptive), the shape's, or nothing.
-        let mut plan = plan_step(&self.shape, &mut sizer);
+        // What the next step drafts: a template of its own (adaptive), the shape's, or nothing,
+        // and the lookup chain it adds.
+        let mut plan = plan_step(&self.shape, self.lookup, &mut sizer, &text);
         // The drafter's initial state of the newest committed feature: computed by the first
         // step that drafts, then by feature reuse while steps keep drafting.
         let mut state: Option<Tensor<B, 2>> = None;
@@ -207,21 +236,29 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             let step_start = Instant::now();
 
-            // Draft.
+            // Draft: the heads' tree, then the lookup chain grafted on.
             let t = Instant::now();
-            let mut tree = match &plan {
-                Plan::Root => TokenTree::new(root),
-                Plan::Template(tpl) => self.draft(state.take(), &history, &device, |session| {
+            let mut heads_tree = match &plan.heads {
+                Heads::None => TokenTree::new(root),
+                Heads::Template(tpl) => self.draft(state.take(), &history, &device, |session| {
                     tpl.build(root, session)
                 })?,
-                Plan::Dynamic(cfg) => self.draft(state.take(), &history, &device, |session| {
+                Heads::Dynamic(cfg) => self.draft(state.take(), &history, &device, |session| {
                     build_dynamic(root, cfg, session)
                 })?,
             };
+            let (mut tree, mut heads_map) = match &plan.lookup {
+                Some(chain) => heads_tree.graft(&chain.tokens),
+                None => (heads_tree.clone(), (0..heads_tree.len()).collect()),
+            };
             if tree.len() > room {
-                // Near the end of the context: keep the first `room` nodes (parents come first).
+                // Near the end of the context: keep the first `room` nodes (parents come first;
+                // the kept nodes keep their indices, and the heads' tree loses the same nodes).
                 let keep: Vec<bool> = (0..tree.len()).map(|i| i < room).collect();
                 tree = tree.retain(&keep);
+                let keep: Vec<bool> = heads_map.iter().map(|&i| i < room).collect();
+                heads_tree = heads_tree.retain(&keep);
+                heads_map.truncate(heads_tree.len());
             }
             stats.draft_s += t.elapsed().as_secs_f64();
             tree_nodes += tree.len() - 1;
@@ -266,10 +303,37 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
                 ended = ended.or(Some(StopReason::MaxTokens));
             }
             new_ids.extend(&emitted);
+            text.extend(&emitted);
             on_tokens(&emitted);
             stats.commit_s += t.elapsed().as_secs_f64();
+            let copied = plan.lookup.as_ref().map_or(0, |chain| {
+                let accepted = verdict.path[1..].iter().map(|&i| tree.node(i).token);
+                accepted
+                    .zip(&chain.tokens)
+                    .take_while(|(a, b)| a == *b)
+                    .count()
+            });
+            if let Some(chain) = &plan.lookup {
+                stats.lookup_steps += 1;
+                stats.lookup_proposed += chain.tokens.len();
+                stats.lookup_accepted += copied;
+            }
             if let Some(s) = sizer.as_mut() {
-                s.record_acceptance(&tree, &verdict.path);
+                // The heads' own acceptance: the accepted path as far as it is in their tree.
+                let mut in_heads = vec![usize::MAX; tree.len()];
+                for (old, &new) in heads_map.iter().enumerate() {
+                    in_heads[new] = old;
+                }
+                let heads_path: Vec<usize> = verdict
+                    .path
+                    .iter()
+                    .map(|&i| in_heads[i])
+                    .take_while(|&i| i != usize::MAX)
+                    .collect();
+                s.record_acceptance(&heads_tree, &heads_path);
+                if let Some(chain) = &plan.lookup {
+                    s.record_lookup(chain.matched, chain.tokens.len(), copied);
+                }
                 s.record_time(tree.len() - 1, step_start.elapsed().as_secs_f64() + reuse_s);
             }
             if let Some(reason) = ended {
@@ -281,8 +345,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             // drafts, the first drafting stage runs on every node so the accepted one's state is
             // ready.
             let t = Instant::now();
-            plan = plan_step(&self.shape, &mut sizer);
-            let drafts = !matches!(plan, Plan::Root);
+            plan = plan_step(&self.shape, self.lookup, &mut sizer, &text);
+            let drafts = !matches!(plan.heads, Heads::None);
             let (next_state, next_history) = self.reuse(
                 &tree,
                 &verdict.path,
@@ -384,24 +448,57 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
 }
 
 /// What one step drafts.
-enum Plan<'s> {
+struct Plan<'s> {
+    /// The heads' part of the tree.
+    heads: Heads<'s>,
+    /// A chain copied from the context, cut to the tokens this step verifies.
+    lookup: Option<LookupDraft>,
+}
+
+/// The heads' part of a step's tree.
+enum Heads<'s> {
     /// Nothing: the root alone.
-    Root,
+    None,
     /// A template: the static shape's, or the one the adaptive sizer chose for this step.
     Template(Cow<'s, Template>),
     /// A dynamic tree.
     Dynamic(&'s DynamicConfig),
 }
 
-/// What the next step drafts: the adaptive sizer's choice, else `shape` as it is.
-fn plan_step<'s>(shape: &'s TreeShape, sizer: &mut Option<AdaptiveSizer>) -> Plan<'s> {
+/// What the next step drafts after `text` (prompt and answer, the root last): the adaptive
+/// sizer's choice, else the shape as it is with the whole lookup chain.
+fn plan_step<'s>(
+    shape: &'s TreeShape,
+    lookup: Option<ContextLookup>,
+    sizer: &mut Option<AdaptiveSizer>,
+    text: &[u32],
+) -> Plan<'s> {
+    let chain = lookup.and_then(|l| l.propose(text));
     match (sizer.as_mut(), shape) {
-        (Some(s), _) => s
-            .choose()
-            .map_or(Plan::Root, |t| Plan::Template(Cow::Owned(t))),
-        (None, TreeShape::Static(t)) => Plan::Template(Cow::Borrowed(t)),
-        (None, TreeShape::Dynamic(c)) => Plan::Dynamic(c),
-        (None, TreeShape::Adaptive(_) | TreeShape::RootOnly) => Plan::Root,
+        (Some(s), _) => {
+            let choice = s.choose_step(chain.as_ref());
+            let lookup = chain
+                .map(|mut c| {
+                    c.tokens.truncate(choice.lookup);
+                    c
+                })
+                .filter(|c| !c.tokens.is_empty());
+            let heads = choice
+                .template
+                .map_or(Heads::None, |t| Heads::Template(Cow::Owned(t)));
+            Plan { heads, lookup }
+        }
+        (None, shape) => {
+            let heads = match shape {
+                TreeShape::Static(t) => Heads::Template(Cow::Borrowed(t)),
+                TreeShape::Dynamic(c) => Heads::Dynamic(c),
+                TreeShape::Adaptive(_) | TreeShape::RootOnly => Heads::None,
+            };
+            Plan {
+                heads,
+                lookup: chain,
+            }
+        }
     }
 }
 

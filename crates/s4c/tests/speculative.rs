@@ -1,7 +1,7 @@
 //! S4C generation against plain decoding on tiny models: greedy output equal token for token
 //! (random heads, every coherence mode, static and dynamic trees, K = 1), sampled output with the
 //! target's distribution, and the edge cases (stop token inside an accepted branch, max tokens
-//! mid-branch, context full, empty drafts).
+//! mid-branch, context full, empty drafts) — each with and without context lookup.
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
@@ -11,7 +11,8 @@ use s4c_draft::{fingerprint, Coherence, DraftError, Drafter, DrafterConfig, Mult
 use s4c_models::testing::{counting_model, tiny_model};
 use s4c_models::{CausalLm, Input, Llama, Logits};
 use s4c_tree::{
-    AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, DynamicConfig, Template,
+    AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, ContextLookup, DynamicConfig,
+    Template,
 };
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor, SamplingParams};
 
@@ -41,7 +42,9 @@ fn adaptive(depth: usize, top1: u64) -> TreeShape {
     let mut config = AdaptiveConfig::new(12, depth);
     config.learn_latency = false;
     config.probe_every = 4;
-    TreeShape::Adaptive(AdaptiveSizer::new(&prior, predicted, config).unwrap())
+    TreeShape::Adaptive(Box::new(
+        AdaptiveSizer::new(&prior, predicted, config).unwrap(),
+    ))
 }
 
 fn shapes() -> Vec<TreeShape> {
@@ -58,6 +61,16 @@ fn shapes() -> Vec<TreeShape> {
     ]
 }
 
+/// Without and with context lookup (chains of up to 6 tokens after 1–3-token matches).
+const LOOKUPS: [Option<ContextLookup>; 2] = [
+    None,
+    Some(ContextLookup {
+        min_match: 1,
+        max_match: 3,
+        max_tokens: 6,
+    }),
+];
+
 fn greedy(max_new_tokens: usize, stop: Vec<u32>) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens,
@@ -71,6 +84,8 @@ fn greedy_s4c_equals_plain_with_random_heads() {
     let mut checked = 0;
     // Adaptive runs that turned drafting on because its drafts were accepted.
     let mut learned = 0;
+    // Tokens copied from the context and accepted.
+    let mut copied = 0;
     for seed in 1..=3u64 {
         let t = tiny_model::<B>(64, seed, &Default::default());
         let prompt: Vec<u32> = (0..5 + seed as u32)
@@ -81,8 +96,13 @@ fn greedy_s4c_equals_plain_with_random_heads() {
         for coherence in Coherence::ALL {
             for heads in [1, 4] {
                 let d = drafter(&t, coherence, heads, seed * 10 + heads as u64);
-                for shape in shapes() {
-                    let mut g = SpeculativeGenerator::new(&t, &d, GreedyAcceptor, shape).unwrap();
+                for (shape, lookup) in shapes()
+                    .into_iter()
+                    .flat_map(|s| LOOKUPS.map(|l| (s.clone(), l)))
+                {
+                    let mut g = SpeculativeGenerator::new(&t, &d, GreedyAcceptor, shape)
+                        .unwrap()
+                        .with_lookup(lookup);
                     let mut streamed = vec![];
                     let out = g
                         .generate(&prompt, &opts, 256, &mut |ids| {
@@ -91,12 +111,16 @@ fn greedy_s4c_equals_plain_with_random_heads() {
                         .unwrap();
                     assert_eq!(
                         out.new_ids, plain.new_ids,
-                        "seed {seed} {coherence} K={heads}"
+                        "seed {seed} {coherence} K={heads} {lookup:?}"
                     );
+                    let st = &out.stats;
+                    assert!(st.lookup_accepted <= st.lookup_proposed);
+                    assert_eq!(lookup.is_none(), st.lookup_steps == 0, "{st:?}");
+                    copied += st.lookup_accepted;
                     assert_eq!(streamed, out.new_ids);
                     assert_eq!(out.stop, StopReason::MaxTokens);
                     assert!(out.stats.tau >= 1.0);
-                    if matches!(g.shape(), TreeShape::Adaptive(_)) {
+                    if matches!(g.shape(), TreeShape::Adaptive(_)) && lookup.is_none() {
                         // A weak prior: plain steps first; probes then find the drafts right
                         // (random heads often are, on a tiny model's repetitive text) or
                         // wrong, and drafting follows what they find.
@@ -113,8 +137,12 @@ fn greedy_s4c_equals_plain_with_random_heads() {
             }
         }
     }
-    assert_eq!(checked, 3 * 3 * 2 * 5);
+    assert_eq!(checked, 3 * 3 * 2 * 5 * 2);
     assert!(learned > 0);
+    assert!(
+        copied > 0,
+        "tiny models repeat themselves: some copies are right"
+    );
 }
 
 /// Knows the counting model's rule: proposes `token + 1` first, then a few wrong tokens.
@@ -226,6 +254,65 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
     }
 }
 
+/// On periodic text, context lookup proposes the whole next period: with no heads at all, chains
+/// are accepted to their end; stop tokens and max tokens inside a chain end the output exactly
+/// there, and a full context ends it as plain decoding does.
+#[test]
+fn copied_chains_on_periodic_text_stop_exactly() {
+    let v = 8;
+    let t = counting_model::<B>(v, 3, &Default::default());
+    let prompt = vec![1u32, 2, 3];
+    let expect: Vec<u32> = (4..44).map(|x| x % v as u32).collect();
+    let none = Oracle {
+        vocab: v as u32,
+        depth: 0,
+    };
+    let oracle = Oracle {
+        vocab: v as u32,
+        depth: 2,
+    };
+    let lookup = ContextLookup::new(1, 4, 6);
+    for (d, shape) in [(&none, TreeShape::RootOnly), (&oracle, adaptive(2, 100))] {
+        let mut g = SpeculativeGenerator::new(&t, d, GreedyAcceptor, shape)
+            .unwrap()
+            .with_lookup(Some(lookup));
+        let out = g
+            .generate(&prompt, &greedy(40, vec![]), 256, &mut |_| {})
+            .unwrap();
+        assert_eq!(out.new_ids, expect);
+        let st = &out.stats;
+        // The first period has nothing to copy; after it, every step copies.
+        assert!(st.tau > 3.5, "{st:?}");
+        assert!(st.lookup_accepted * 10 >= st.lookup_proposed * 7, "{st:?}");
+        // 2 and 3 first occur inside the first copied chain (after the root 1 of the second
+        // period), 5 before anything can be copied.
+        for stop in [5u32, 2, 3] {
+            let opts = greedy(40, vec![stop]);
+            let p = generate_plain(&t, &prompt, &opts, 256, &mut |_| {}).unwrap();
+            let s = g.generate(&prompt, &opts, 256, &mut |_| {}).unwrap();
+            assert_eq!(s.new_ids, p.new_ids);
+            assert_eq!(s.stop, StopReason::StopToken);
+        }
+        for max in 1..=24 {
+            let s = g
+                .generate(&prompt, &greedy(max, vec![]), 256, &mut |_| {})
+                .unwrap();
+            assert_eq!(s.new_ids, expect[..max].to_vec());
+            assert_eq!(s.stop, StopReason::MaxTokens);
+        }
+        for extra in [9, 14, 20] {
+            let context = prompt.len() + extra;
+            let p =
+                generate_plain(&t, &prompt, &greedy(100, vec![]), context, &mut |_| {}).unwrap();
+            let s = g
+                .generate(&prompt, &greedy(100, vec![]), context, &mut |_| {})
+                .unwrap();
+            assert_eq!(s.stop, StopReason::ContextFull);
+            assert_eq!(s.new_ids, p.new_ids);
+        }
+    }
+}
+
 #[test]
 fn empty_drafts_decode_one_token_per_step() {
     let t = tiny_model::<B>(64, 4, &Default::default());
@@ -279,18 +366,24 @@ fn exact_joint(t: &Llama<B>, prompt: &[u32], params: SamplingParams) -> Vec<f64>
 #[test]
 fn sampled_s4c_follows_the_target_distribution() {
     let tpl = Template::new(vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0]]).unwrap();
-    sampled_distribution_test(TreeShape::Static(tpl));
+    sampled_distribution_test(TreeShape::Static(tpl), None);
 }
 
 /// The tree changing from step to step with what was accepted keeps every step lossless.
 #[test]
 fn sampled_s4c_with_an_online_sized_tree_follows_the_target_distribution() {
-    sampled_distribution_test(adaptive(3, 500));
+    sampled_distribution_test(adaptive(3, 500), None);
+}
+
+/// Chains copied from the context are one more deterministic branch: still lossless.
+#[test]
+fn sampled_s4c_with_context_lookup_follows_the_target_distribution() {
+    sampled_distribution_test(adaptive(3, 500), Some(ContextLookup::new(1, 2, 3)));
 }
 
 /// Samples three tokens 12,000 times with `shape` and tests them against the exact joint
 /// distribution of plain sampling.
-fn sampled_distribution_test(shape: TreeShape) {
+fn sampled_distribution_test(shape: TreeShape, lookup: Option<ContextLookup>) {
     use statrs::distribution::{ChiSquared, ContinuousCDF};
     let v = 6;
     let t = tiny_model::<B>(v, 8, &Default::default());
@@ -304,9 +397,12 @@ fn sampled_distribution_test(shape: TreeShape) {
     let exact = exact_joint(&t, &prompt, params);
     let trials = 12_000u64;
     let mut counts = vec![0u64; v * v * v];
+    let mut copied = 0;
     for seed in 0..trials {
         let acceptor = SamplingAcceptor::new(params, seed ^ 0xabc).unwrap();
-        let mut g = SpeculativeGenerator::new(&t, &d, acceptor, shape.clone()).unwrap();
+        let mut g = SpeculativeGenerator::new(&t, &d, acceptor, shape.clone())
+            .unwrap()
+            .with_lookup(lookup);
         let opts = GenerateOptions {
             max_new_tokens: 3,
             sampling: params,
@@ -314,6 +410,7 @@ fn sampled_distribution_test(shape: TreeShape) {
             stop_tokens: vec![],
         };
         let s = g.generate(&prompt, &opts, 64, &mut |_| {}).unwrap();
+        copied += s.stats.lookup_accepted;
         let x = &s.new_ids;
         counts[(x[0] as usize * v + x[1] as usize) * v + x[2] as usize] += 1;
     }
@@ -342,6 +439,11 @@ fn sampled_distribution_test(shape: TreeShape) {
         "chi² {chi2:.1} over {cells} cells, p = {p_value:.2e}, TV {tv:.3}"
     );
     assert!(tv < 0.06, "TV {tv:.3}");
+    assert_eq!(
+        lookup.is_some(),
+        copied > 0,
+        "copied tokens were accepted: {copied}"
+    );
 }
 
 /// With sampling, an online-sized tree must not depend on wall-clock step times, or a seed would
