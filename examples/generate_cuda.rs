@@ -11,7 +11,7 @@ use burn::tensor::DType;
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpeculativeGenerator, TreeShape};
 use s4c_models::{load, CausalLm, LoadOptions, Message};
-use s4c_tree::Template;
+use s4c_tree::{ContextLookup, Template};
 use s4c_verify::GreedyAcceptor;
 
 fn run<B: Backend>(
@@ -34,9 +34,11 @@ fn run<B: Backend>(
     let prompt = m
         .tokenizer
         .encode(&template.render(&[Message::new("user", &question)]))?;
-    // 3. Greedy S4C: the output equals plain greedy decoding, token for token.
+    // 3. Greedy S4C: the output equals plain greedy decoding, token for token. Context lookup
+    //    adds up to 16 tokens copied from earlier in the prompt or answer as one more branch.
     let tree = TreeShape::Static(Template::mc_sim_7b_63());
-    let mut generator = SpeculativeGenerator::new(&m.model, &drafter, GreedyAcceptor, tree)?;
+    let mut generator = SpeculativeGenerator::new(&m.model, &drafter, GreedyAcceptor, tree)?
+        .with_lookup(Some(ContextLookup::new(1, 8, 16)));
     let opts = GenerateOptions {
         max_new_tokens: 128,
         stop_tokens: s4c::stop_tokens(&m),

@@ -11,7 +11,7 @@ NEW=${3:-96}
 cargo build --release -p s4c
 for c in independent tokens full; do
   target/release/s4c bench --questions ../shared/data/specbench-dev.jsonl \
-    --heads "$DIR/$c.safetensors" --tree static --tree-nodes 63 \
+    --heads "$DIR/$c.safetensors" --tree static --tree-nodes 63 --lookup 0 \
     --limit-per-task "$LIMIT" --max-new-tokens "$NEW" --json "$DIR/bench-$c.json" \
     2> "$DIR/bench-$c.log" > /dev/null
   python3 -c "import json; v=json.load(open('$DIR/bench-$c.json')); o=v['overall']; print('$c', 'tau', round(o['tau'], 3), 'greedy_match', o['greedy_match'], {t: round(x['tau'], 2) for t, x in v['tasks'].items()})"

@@ -122,7 +122,7 @@ struct SpecArgs {
     #[arg(long)]
     template_file: Option<PathBuf>,
     /// Most tokens copied from the context per step (context lookup: the continuation of the
-    /// latest earlier occurrence of the last 1–4 tokens, verified with the heads' tree); 0 turns
+    /// latest earlier occurrence of the last 1–8 tokens, verified with the heads' tree); 0 turns
     /// it off.
     #[arg(long, default_value_t = 16)]
     lookup: usize,

