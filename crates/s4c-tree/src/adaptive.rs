@@ -52,7 +52,7 @@ use crate::tree::TokenTree;
 pub struct AdaptiveConfig {
     /// Draft nodes per tree at most (root excluded).
     pub max_nodes: usize,
-    /// Tree depth at most.
+    /// Tree depth at most (0: the heads never draft; only lookup chains are sized).
     pub max_depth: usize,
     /// Weight of the prior acceptance rates, in trials of the top candidate at depth 1: online
     /// counts outweigh the prior after about this many steps.
@@ -125,8 +125,8 @@ impl AdaptiveSizer {
         predicted: Vec<f64>,
         mut config: AdaptiveConfig,
     ) -> Result<Self, TreeError> {
-        if config.max_nodes == 0 || config.max_depth == 0 || prior.max_depth() == 0 {
-            return Err(TreeError::ZeroBudget("adaptive max_nodes and max_depth"));
+        if config.max_nodes == 0 || prior.max_depth() == 0 {
+            return Err(TreeError::ZeroBudget("adaptive max_nodes and prior depth"));
         }
         if predicted.len() < 2 || predicted.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(TreeError::ZeroBudget(
@@ -567,6 +567,23 @@ mod tests {
         let strong = pick(990);
         assert_eq!(strong.template.as_ref().map(Template::len), Some(1));
         assert_eq!(strong.lookup, 0, "the head already gets that token");
+    }
+
+    #[test]
+    fn depth_zero_sizes_lookup_chains_alone() {
+        let mut sizer =
+            AdaptiveSizer::new(&prior(990), linear(8), AdaptiveConfig::new(8, 0)).unwrap();
+        let draft = LookupDraft {
+            matched: 2,
+            tokens: vec![5; 8],
+        };
+        for _ in 0..40 {
+            assert!(sizer.choose().is_none(), "excellent heads, but depth 0");
+            let c = sizer.choose_step(Some(&draft));
+            assert!(c.template.is_none());
+            sizer.record_lookup(2, c.lookup, c.lookup);
+        }
+        assert_eq!(sizer.choose_step(Some(&draft)).lookup, 8);
     }
 
     #[test]

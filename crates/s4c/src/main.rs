@@ -112,7 +112,8 @@ struct SpecArgs {
     /// Most draft nodes per tree.
     #[arg(long, default_value_t = 64)]
     tree_nodes: usize,
-    /// Deepest draft depth (default: the number of heads).
+    /// Deepest draft depth (default: the number of heads; 0 with `--tree cost`: the heads never
+    /// draft, context lookup alone).
     #[arg(long)]
     tree_depth: Option<usize>,
     /// Candidates per expanded node of a dynamic tree.

@@ -24,9 +24,17 @@ pub fn tree_shape<B: Backend>(
         .tree_depth
         .unwrap_or(drafter.max_depth())
         .min(drafter.max_depth());
-    if spec.tree_nodes == 0 || depth == 0 {
+    if spec.tree_nodes == 0 {
         return Err(EngineError::InvalidOption(
-            "--tree-nodes and --tree-depth must be at least 1".into(),
+            "--tree-nodes must be at least 1".into(),
+        ));
+    }
+    // Depth 0: the heads never draft; only context lookup (sized by the cost-aware tree).
+    if depth == 0 && !(matches!(spec.tree, TreeKind::Cost) && spec.lookup > 0) {
+        return Err(EngineError::InvalidOption(
+            "--tree-depth must be at least 1 (0, context lookup alone, needs --tree cost and \
+             --lookup N with N ≥ 1)"
+                .into(),
         ));
     }
     let first_n = |t: Template| -> Result<Template> {

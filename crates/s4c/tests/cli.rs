@@ -104,6 +104,14 @@ fn bad_input_gives_clear_errors_not_panics() {
             "nonexistent.txt",
         ),
         (&["info", "--model", "Cargo.toml"], "wrong magic"),
+        (
+            &["generate", "--prompt", "hi", "--tree", "static", "--tree-depth", "0"],
+            "--tree-depth must be at least 1",
+        ),
+        (
+            &["generate", "--prompt", "hi", "--tree-depth", "0", "--lookup", "0"],
+            "--tree-depth must be at least 1",
+        ),
     ];
     for (args, want) in cases {
         let (ok, _, err) = s4c(args);
