@@ -50,6 +50,37 @@ pub trait Drafter<B: Backend> {
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)>;
 }
 
+/// A drafter without heads: it drafts nothing. With context lookup
+/// ([`s4c_tree::ContextLookup`]) the engine still speeds up a model no heads were trained for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoDrafter;
+
+impl<B: Backend> Drafter<B> for NoDrafter {
+    fn max_depth(&self) -> usize {
+        0
+    }
+    fn window(&self) -> usize {
+        0
+    }
+    fn initial_states(
+        &self,
+        features: Tensor<B, 2>,
+        _window: Tensor<B, 3>,
+        _valid: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        features
+    }
+    fn expand(
+        &self,
+        _depth: usize,
+        parents: Tensor<B, 2>,
+        tokens: &[u32],
+        _k: usize,
+    ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
+        Ok((parents, vec![Vec::new(); tokens.len()]))
+    }
+}
+
 /// The S4C drafter: [`Heads`] plus the target's frozen embedding and LM head.
 pub struct MultiHeadDrafter<B: Backend> {
     config: DrafterConfig,

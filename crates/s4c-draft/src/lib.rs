@@ -15,5 +15,5 @@ pub use heads::Heads;
 pub mod drafter;
 pub mod io;
 
-pub use drafter::{fingerprint, DraftSession, Drafter, MultiHeadDrafter};
+pub use drafter::{fingerprint, DraftSession, Drafter, MultiHeadDrafter, NoDrafter};
 pub mod train;

@@ -6,9 +6,9 @@ use s4c::cost::{adaptive_sizer, cache_dir, profile};
 use s4c::plain::GenerateOptions;
 use s4c::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
 use s4c::{EngineError, Result};
-use s4c_draft::{Drafter, MultiHeadDrafter};
+use s4c_draft::{Drafter, MultiHeadDrafter, NoDrafter};
 use s4c_models::CausalLm;
-use s4c_tree::{ContextLookup, DynamicConfig, Template};
+use s4c_tree::{AcceptanceStats, ContextLookup, DynamicConfig, Template};
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor};
 use serde_json::{json, Value};
 
@@ -79,22 +79,9 @@ pub fn tree_shape<B: Backend>(
             })?;
             let c = drafter.config();
             let model = &loaded.m.model;
-            // Everything the curve depends on, the engine's version included (a new release may
-            // change what a forward costs).
             let key = format!(
-                "{}-{}-{}-c{:?}-{}-{}l-{}h-{}-{}x{}-dv{}",
-                env!("CARGO_PKG_VERSION"),
-                loaded.backend,
-                loaded.dtype_name(),
-                model.compute_dtype(),
-                if model.host_matmul() {
-                    "host"
-                } else {
-                    "backend"
-                },
-                model.config().num_layers,
-                model.config().hidden_size,
-                model.config().vocab_size,
+                "{}-{}x{}-dv{}",
+                model_key(loaded),
                 c.heads,
                 c.inner,
                 c.draft_vocab
@@ -117,6 +104,56 @@ pub fn tree_shape<B: Backend>(
     }
 }
 
+/// Everything a latency curve depends on besides the drafter, the engine's version included (a
+/// new release may change what a forward costs).
+fn model_key<B: Backend>(loaded: &Loaded<B>) -> String {
+    let model = &loaded.m.model;
+    format!(
+        "{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.backend,
+        loaded.dtype_name(),
+        model.compute_dtype(),
+        if model.host_matmul() {
+            "host"
+        } else {
+            "backend"
+        },
+        model.config().num_layers,
+        model.config().hidden_size,
+        model.config().vocab_size,
+    )
+}
+
+/// The tree for a model without heads: context lookup alone — with `--tree cost` its chains sized
+/// online by a depth-0 [`s4c_tree::AdaptiveSizer`] on the measured latency curve, otherwise whole
+/// chains every step; and a JSON description.
+pub fn lookup_shape<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<(TreeShape, Value)> {
+    if spec.lookup == 0 || spec.tree_nodes == 0 {
+        return Err(EngineError::InvalidOption(format!(
+            "no draft heads for {}, and --lookup 0 or --tree-nodes 0 leaves nothing to verify; pass \
+             --heads FILE, train them with `s4c train-heads`, drop --lookup 0, or use --mode plain",
+            loaded.path.display()
+        )));
+    }
+    if !matches!(spec.tree, TreeKind::Cost) {
+        let info = json!({"kind": "lookup", "depth": 0, "lookup": spec.lookup});
+        return Ok((TreeShape::RootOnly, info));
+    }
+    let key = format!("{}-noheads", model_key(loaded));
+    let p = profile(&loaded.m.model, &NoDrafter, key, &cache_dir())?;
+    let sizer = adaptive_sizer(&AcceptanceStats::new(1, 1), &p, spec.tree_nodes, 0)?;
+    let info = json!({
+        "kind": "cost",
+        "adaptive": true,
+        "max_nodes": sizer.config().max_nodes,
+        "depth": 0,
+        "lookup": spec.lookup,
+        "plain_step_s": sizer.step_seconds(0),
+    });
+    Ok((TreeShape::Adaptive(Box::new(sizer)), info))
+}
+
 /// Context lookup as the options ask for it: chains of up to `--lookup` tokens after matches of
 /// 1–8 tokens, or none for `--lookup 0`. (Matches longer than 4 tokens rarely pick another place
 /// than 4 would, but the sizer counts their acceptance apart: in Spec-Bench answers a chain after
@@ -127,9 +164,9 @@ pub fn lookup(spec: &SpecArgs) -> Option<ContextLookup> {
 
 /// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.
 #[allow(clippy::too_many_arguments)]
-pub fn run_spec<B: Backend, M: CausalLm<B>>(
+pub fn run_spec<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     model: &M,
-    drafter: &MultiHeadDrafter<B>,
+    drafter: &D,
     shape: TreeShape,
     lookup: Option<ContextLookup>,
     prompt: &[u32],

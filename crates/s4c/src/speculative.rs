@@ -113,11 +113,15 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     SpeculativeGenerator<'a, B, M, D, A>
 {
     /// A generator; a static template deeper than the drafter is cut to its depth, an adaptive
-    /// sizer deeper than the drafter is refused.
+    /// sizer deeper than the drafter is refused. With a drafter that drafts nothing
+    /// ([`s4c_draft::NoDrafter`]) every shape is the root alone, except an adaptive sizer of depth
+    /// 0, which still sizes the lookup chains ([`Self::with_lookup`]).
     pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
+        let lookup_sizer = matches!(&shape, TreeShape::Adaptive(s) if s.config().max_depth == 0);
         let shape = match shape {
-            // A drafter that drafts nothing: trees of the root alone.
-            _ if drafter.max_depth() == 0 => TreeShape::RootOnly,
+            // A drafter that drafts nothing: trees of the root alone (plus any lookup chain,
+            // sized by an adaptive sizer of depth 0 if one was given).
+            _ if drafter.max_depth() == 0 && !lookup_sizer => TreeShape::RootOnly,
             TreeShape::Static(t) if t.depth() > drafter.max_depth() => {
                 TreeShape::Static(t.truncated(drafter.max_depth())?)
             }

@@ -105,11 +105,27 @@ fn bad_input_gives_clear_errors_not_panics() {
         ),
         (&["info", "--model", "Cargo.toml"], "wrong magic"),
         (
-            &["generate", "--prompt", "hi", "--tree", "static", "--tree-depth", "0"],
+            &[
+                "generate",
+                "--prompt",
+                "hi",
+                "--tree",
+                "static",
+                "--tree-depth",
+                "0",
+            ],
             "--tree-depth must be at least 1",
         ),
         (
-            &["generate", "--prompt", "hi", "--tree-depth", "0", "--lookup", "0"],
+            &[
+                "generate",
+                "--prompt",
+                "hi",
+                "--tree-depth",
+                "0",
+                "--lookup",
+                "0",
+            ],
             "--tree-depth must be at least 1",
         ),
     ];
@@ -244,6 +260,64 @@ fn s4c_is_the_default_mode_with_heads_and_compare_reports_the_speedup() {
     assert_eq!(v["mode"], "s4c");
     assert_eq!(v["compare"]["same_output"], true);
     assert!(v["compare"]["speedup"].as_f64().unwrap() > 0.0);
+}
+
+/// A model no heads were trained for (the default model under another name): `--mode s4c` still
+/// verifies chains copied from the context, with output equal to plain decoding.
+#[test]
+fn without_heads_s4c_mode_uses_context_lookup_alone() {
+    let dir = std::env::temp_dir().join(format!("s4c-cli-noheads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("unheaded.gguf");
+    let _ = std::fs::remove_file(&model);
+    std::os::unix::fs::symlink(
+        repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &model,
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let prompt = "List the days of the week, then list them again in the same order.";
+    let base = [
+        "generate",
+        "--model",
+        m,
+        "--chat",
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "48",
+    ];
+    // Without --mode: plain (no heads found).
+    let (ok, out, err) = s4c(&[&base[..], &["--json"]].concat());
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "plain");
+    // --mode s4c: lookup alone (`--tree static`: whole chains, no latency curve to measure).
+    let args = [
+        &base[..],
+        &["--mode", "s4c", "--tree", "static", "--compare", "--json"],
+    ]
+    .concat();
+    let (ok, out, err) = s4c(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("context lookup alone"), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "s4c");
+    assert!(v["heads"].is_null());
+    assert_eq!(v["tree"]["depth"], 0);
+    assert_eq!(v["compare"]["same_output"], true);
+    let copied = v["stats"]["lookup_accepted"].as_u64().unwrap();
+    assert!(copied > 0, "the days repeat: {}", v["text"]);
+    assert!(v["tau"].as_f64().unwrap() > 1.0);
+    // Nothing to verify at all is an error that says what to do.
+    let args = [&base[..], &["--mode", "s4c", "--lookup", "0"]].concat();
+    let (ok, _, err) = s4c(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("no draft heads") && err.contains("--mode plain"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
