@@ -7,11 +7,12 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::{EngineError, Result};
+use s4c_draft::NoDrafter;
 use s4c_models::{CausalLm, Message};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::spec_cmd::{lookup, run_spec, tree_shape};
+use crate::spec_cmd::{lookup, lookup_shape, run_spec, tree_shape};
 use crate::{BenchArgs, Loaded, Runner};
 
 /// One benchmark question.
@@ -123,11 +124,16 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             *c <= n
         });
     }
-    let heads = r.find_heads(&args.spec).ok_or_else(|| {
-        EngineError::InvalidOption("no draft heads for this model; pass --heads FILE".into())
-    })?;
-    let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
-    let (shape, mut tree) = tree_shape(r, &drafter, &args.spec)?;
+    // Without heads for the model: context lookup alone.
+    let heads = r.find_heads(&args.spec);
+    let drafter = heads
+        .as_ref()
+        .map(|h| s4c_draft::io::load::<B, _>(h, &m.model))
+        .transpose()?;
+    let (shape, mut tree) = match &drafter {
+        Some(d) => tree_shape(r, d, &args.spec)?,
+        None => lookup_shape(r, &args.spec)?,
+    };
     tree["lookup"] = json!(args.spec.lookup);
     eprintln!("tree: {tree}");
     let template = m.template.clone().ok_or_else(|| {
@@ -160,16 +166,28 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             let p_ids = ids(&mut plain_hist)?;
             let s_ids = ids(&mut s4c_hist)?;
             let plain = generate_plain(&m.model, &p_ids, &opts, context, &mut |_| {})?;
-            let spec = run_spec(
-                &m.model,
-                &drafter,
-                shape.clone(),
-                lookup(&args.spec),
-                &s_ids,
-                &opts,
-                context,
-                &mut |_| {},
-            )?;
+            let spec = match &drafter {
+                Some(d) => run_spec(
+                    &m.model,
+                    d,
+                    shape.clone(),
+                    lookup(&args.spec),
+                    &s_ids,
+                    &opts,
+                    context,
+                    &mut |_| {},
+                )?,
+                None => run_spec(
+                    &m.model,
+                    &NoDrafter,
+                    shape.clone(),
+                    lookup(&args.spec),
+                    &s_ids,
+                    &opts,
+                    context,
+                    &mut |_| {},
+                )?,
+            };
             let same = plain.new_ids == spec.new_ids;
             all_match &= same;
             let (pt, st) = (plain.tokens_per_second(), spec.tokens_per_second());
@@ -222,16 +240,16 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         s.finish();
     }
     overall.finish();
-    let c = drafter.config();
+    let c = drafter.as_ref().map(|d| d.config());
     let result = json!({
         "machine": machine(),
         "backend": r.backend,
         "dtype": r.dtype_name(),
         "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
         "model": r.path.display().to_string(),
-        "heads": heads.display().to_string(),
-        "coherence": c.coherence.to_string(),
-        "draft_vocab": c.draft_vocab,
+        "heads": heads.map(|h| h.display().to_string()),
+        "coherence": c.map(|c| c.coherence.to_string()),
+        "draft_vocab": c.map(|c| c.draft_vocab),
         "tree": tree,
         "max_new_tokens": args.max_new_tokens,
         "questions_file": args.questions.display().to_string(),

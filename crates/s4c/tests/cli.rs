@@ -317,6 +317,32 @@ fn without_heads_s4c_mode_uses_context_lookup_alone() {
         err.contains("no draft heads") && err.contains("--mode plain"),
         "{err}"
     );
+    // The benchmark runs such a model too.
+    let q = dir.join("q.jsonl");
+    std::fs::write(
+        &q,
+        format!("{{\"question_id\": 1, \"turns\": [\"{prompt}\"]}}\n"),
+    )
+    .unwrap();
+    let out = dir.join("bench.json");
+    let (ok, _, err) = s4c(&[
+        "bench",
+        "--model",
+        m,
+        "--questions",
+        q.to_str().unwrap(),
+        "--max-new-tokens",
+        "24",
+        "--tree",
+        "static",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["heads"].is_null());
+    assert_eq!(v["tree"]["depth"], 0);
+    assert_eq!(v["overall"]["greedy_match"].as_f64().unwrap(), 1.0);
     let _ = std::fs::remove_dir_all(dir);
 }
 
