@@ -81,6 +81,42 @@ impl<B: Backend> Drafter<B> for NoDrafter {
     }
 }
 
+/// A drafter if there is one, else [`NoDrafter`]: lets a caller hold "heads, if any were found".
+impl<B: Backend, D: Drafter<B>> Drafter<B> for Option<D> {
+    fn max_depth(&self) -> usize {
+        self.as_ref().map_or(0, D::max_depth)
+    }
+    fn window(&self) -> usize {
+        self.as_ref().map_or(0, D::window)
+    }
+    fn chains(&self) -> bool {
+        self.as_ref().is_none_or(D::chains)
+    }
+    fn initial_states(
+        &self,
+        features: Tensor<B, 2>,
+        window: Tensor<B, 3>,
+        valid: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        match self {
+            Some(d) => d.initial_states(features, window, valid),
+            None => Drafter::<B>::initial_states(&NoDrafter, features, window, valid),
+        }
+    }
+    fn expand(
+        &self,
+        depth: usize,
+        parents: Tensor<B, 2>,
+        tokens: &[u32],
+        k: usize,
+    ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
+        match self {
+            Some(d) => d.expand(depth, parents, tokens, k),
+            None => Drafter::<B>::expand(&NoDrafter, depth, parents, tokens, k),
+        }
+    }
+}
+
 /// The S4C drafter: [`Heads`] plus the target's frozen embedding and LM head.
 pub struct MultiHeadDrafter<B: Backend> {
     config: DrafterConfig,

@@ -7,7 +7,6 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::{EngineError, Result};
-use s4c_draft::NoDrafter;
 use s4c_models::{CausalLm, Message};
 use serde::Serialize;
 use serde_json::json;
@@ -166,28 +165,16 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             let p_ids = ids(&mut plain_hist)?;
             let s_ids = ids(&mut s4c_hist)?;
             let plain = generate_plain(&m.model, &p_ids, &opts, context, &mut |_| {})?;
-            let spec = match &drafter {
-                Some(d) => run_spec(
-                    &m.model,
-                    d,
-                    shape.clone(),
-                    lookup(&args.spec),
-                    &s_ids,
-                    &opts,
-                    context,
-                    &mut |_| {},
-                )?,
-                None => run_spec(
-                    &m.model,
-                    &NoDrafter,
-                    shape.clone(),
-                    lookup(&args.spec),
-                    &s_ids,
-                    &opts,
-                    context,
-                    &mut |_| {},
-                )?,
-            };
+            let spec = run_spec(
+                &m.model,
+                &drafter,
+                shape.clone(),
+                lookup(&args.spec),
+                &s_ids,
+                &opts,
+                context,
+                &mut |_| {},
+            )?;
             let same = plain.new_ids == spec.new_ids;
             all_match &= same;
             let (pt, st) = (plain.tokens_per_second(), spec.tokens_per_second());

@@ -602,45 +602,36 @@ impl<B: Backend> Runner for Loaded<B> {
                 (g.new_ids, g.stop, g.elapsed, g.prefill)
             }
             Mode::S4c => {
-                let lookup = spec_cmd::lookup(spec);
-                let (g, tree_info, heads) = match self.find_heads(spec) {
-                    Some(heads) => {
-                        let drafter = s4c_draft::io::load::<B, _>(&heads, &m.model)?;
-                        let (shape, mut tree_info) = spec_cmd::tree_shape(self, &drafter, spec)?;
-                        tree_info["lookup"] = json!(spec.lookup);
-                        let g = spec_cmd::run_spec(
-                            &m.model,
-                            &drafter,
-                            shape,
-                            lookup,
-                            prompt,
-                            opts,
-                            context,
-                            &mut on_tokens,
-                        )?;
-                        (g, tree_info, Some(heads.display().to_string()))
-                    }
+                let heads = self.find_heads(spec);
+                let drafter = heads
+                    .as_ref()
+                    .map(|h| s4c_draft::io::load::<B, _>(h, &m.model))
+                    .transpose()?;
+                let (shape, mut tree_info) = match &drafter {
+                    Some(d) => spec_cmd::tree_shape(self, d, spec)?,
                     // No heads: context lookup alone still verifies copied chains.
                     None => {
-                        let (shape, tree_info) = spec_cmd::lookup_shape(self, spec)?;
+                        let shape = spec_cmd::lookup_shape(self, spec)?;
                         eprintln!(
                             "no draft heads for {}: context lookup alone (train heads with `s4c \
                              train-heads` for more)",
                             self.path.display()
                         );
-                        let g = spec_cmd::run_spec(
-                            &m.model,
-                            &s4c_draft::NoDrafter,
-                            shape,
-                            lookup,
-                            prompt,
-                            opts,
-                            context,
-                            &mut on_tokens,
-                        )?;
-                        (g, tree_info, None)
+                        shape
                     }
                 };
+                tree_info["lookup"] = json!(spec.lookup);
+                let g = spec_cmd::run_spec(
+                    &m.model,
+                    &drafter,
+                    shape,
+                    spec_cmd::lookup(spec),
+                    prompt,
+                    opts,
+                    context,
+                    &mut on_tokens,
+                )?;
+                let heads = heads.map(|h| h.display().to_string());
                 result["steps"] = json!(g.stats.steps);
                 result["tau"] = json!(g.stats.tau);
                 result["stats"] = json!(g.stats);

@@ -337,12 +337,8 @@ fn empty_drafts_decode_one_token_per_step() {
     let prompt = vec![3u32, 4, 5];
     let opts = greedy(12, vec![]);
     let plain = generate_plain(&t, &prompt, &opts, 256, &mut |_| {}).unwrap();
-    let none = Oracle {
-        vocab: 64,
-        depth: 0,
-    };
     for shape in shapes() {
-        let mut g = SpeculativeGenerator::new(&t, &none, GreedyAcceptor, shape).unwrap();
+        let mut g = SpeculativeGenerator::new(&t, &NoDrafter, GreedyAcceptor, shape).unwrap();
         let s = g.generate(&prompt, &opts, 256, &mut |_| {}).unwrap();
         assert_eq!(s.new_ids, plain.new_ids);
         assert_eq!(s.stats.steps, 11);
