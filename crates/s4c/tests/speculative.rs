@@ -279,10 +279,13 @@ fn copied_chains_on_periodic_text_stop_exactly() {
         vocab: v as u32,
         depth: 2,
     };
-    // Whole chains, no heads; sized chains, no heads; sized chains and heads.
+    // Whole chains, no heads; sized chains, no heads; sized chains and heads — also as the
+    // CLI holds them, heads if found (`Option`).
     check_copied_chains(&t, &NoDrafter, TreeShape::RootOnly);
     check_copied_chains(&t, &NoDrafter, lookup_only());
+    check_copied_chains(&t, &None::<Oracle>, lookup_only());
     check_copied_chains(&t, &oracle, adaptive(2, 100));
+    check_copied_chains(&t, &Some(oracle), adaptive(2, 100));
 }
 
 fn check_copied_chains<D: Drafter<B>>(t: &Llama<B>, d: &D, shape: TreeShape) {
