@@ -1,7 +1,9 @@
-//! Host cost of building and flattening verification trees.
+//! Host cost of building and flattening verification trees, and of context lookup.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use s4c_tree::{build_dynamic, Candidate, CandidateProvider, DynamicConfig, Template, TokenTree};
+use s4c_tree::{
+    build_dynamic, Candidate, CandidateProvider, ContextLookup, DynamicConfig, Template, TokenTree,
+};
 use std::hint::black_box;
 
 /// Candidates from a cheap deterministic hash of the node index.
@@ -41,5 +43,25 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn lookup(c: &mut Criterion) {
+    // A 2,000-token context (rag-sized) of a 500-token alphabet, ending in a 6-token phrase seen
+    // once before: the scan meets many short matches and one long one.
+    let mut ctx: Vec<u32> = (0..2000u32).map(|i| (i * 7919 + i / 3) % 500).collect();
+    let phrase = [11u32, 12, 13, 14, 15, 16];
+    ctx[1000..1006].copy_from_slice(&phrase);
+    ctx[1994..2000].copy_from_slice(&phrase);
+    let look = ContextLookup::new(1, 8, 16);
+    assert_eq!(look.propose(&ctx).unwrap().matched, 6);
+    c.bench_function(
+        "lookup: propose 16 tokens after a 2,000-token context",
+        |b| b.iter(|| black_box(look.propose(black_box(&ctx)))),
+    );
+    let tree = Template::mc_sim_7b_63().build(1, &mut Synthetic).unwrap();
+    let chain: Vec<u32> = (100..116).collect();
+    c.bench_function("graft a 16-token chain onto mc_sim_7b_63", |b| {
+        b.iter(|| black_box(tree.graft(black_box(&chain))))
+    });
+}
+
+criterion_group!(benches, bench, lookup);
 criterion_main!(benches);
