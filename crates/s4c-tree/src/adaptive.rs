@@ -246,20 +246,18 @@ impl AdaptiveSizer {
                 })
                 .collect()
         });
-        // heads[d]: probability that the heads' tree is accepted to depth d or deeper.
+        // heads[d]: probability that the heads' tree is accepted to depth d or deeper — the sum
+        // of the reach of its depth-d paths, each path's reach being what it added to τ.
         let mut heads = vec![0.0; self.config.max_depth + 1];
         let (mut best_n, mut best_l, mut best_rate) = (0, 0, f64::MIN);
+        let mut tau = 1.0;
         for n in 0..=order.len() {
-            let mut expected = 1.0;
             if n > 0 {
-                let (path, tau) = &order[n - 1];
-                heads[path.len()] += path
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &r)| self.rate_with(easiness, k + 1, r))
-                    .product::<f64>();
-                expected = *tau;
+                let (path, next) = &order[n - 1];
+                heads[path.len()] += next - tau;
+                tau = *next;
             }
+            let mut expected = tau;
             for l in 0..=reach.len().min(self.config.max_nodes - n) {
                 if l > 0 {
                     expected += reach[l - 1] * (1.0 - heads.get(l).copied().unwrap_or(0.0));

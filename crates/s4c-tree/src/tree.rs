@@ -304,57 +304,45 @@ impl TokenTree {
     /// assert_eq!(g.node(map[3]).token, 3);
     /// ```
     pub fn graft(&self, tokens: &[u32]) -> (TokenTree, Vec<usize>) {
-        // Old nodes keep their indices in `all`; new chain nodes follow, with parents in `all`.
-        let mut extra: Vec<(usize, u32)> = vec![]; // (parent in `all`, token)
-        let mut at = Some(ROOT); // the chain's current node while it follows old nodes
-        let mut parent = ROOT;
+        // Follow the chain down existing nodes while their tokens agree.
+        let mut attach = ROOT;
+        let mut followed = 0;
         for &token in tokens {
-            match at.and_then(|a| self.children(a).find(|&c| self.nodes[c].token == token)) {
-                Some(c) => {
-                    at = Some(c);
-                    parent = c;
-                }
-                None => {
-                    at = None;
-                    extra.push((parent, token));
-                    parent = self.len() + extra.len() - 1;
-                }
+            match self
+                .children(attach)
+                .find(|&c| self.nodes[c].token == token)
+            {
+                Some(c) => (attach, followed) = (c, followed + 1),
+                None => break,
             }
         }
-        let depth = |i: usize, extra_depths: &[usize]| match i.checked_sub(self.len()) {
+        let fresh = &tokens[followed..];
+        // Index `len + e` stands for `fresh[e]`, a chain below `attach`.
+        let len = self.len();
+        let depth = |i: usize| match i.checked_sub(len) {
             None => self.nodes[i].depth,
-            Some(e) => extra_depths[e],
+            Some(e) => self.nodes[attach].depth + 1 + e,
         };
-        let mut extra_depths = Vec::with_capacity(extra.len());
-        for &(p, _) in &extra {
-            let d = depth(p, &extra_depths) + 1;
-            extra_depths.push(d);
-        }
         // Breadth-first: stable by depth, old nodes before new ones at the same depth.
-        let mut order: Vec<usize> = (0..self.len() + extra.len()).collect();
-        order.sort_by_key(|&i| depth(i, &extra_depths));
+        let mut order: Vec<usize> = (0..len + fresh.len()).collect();
+        order.sort_by_key(|&i| depth(i));
         let mut t = TokenTree::with_capacity(self.nodes[ROOT].token, order.len());
         let mut new_index = vec![ROOT; order.len()];
         for &i in &order[1..] {
-            let (p, token, logprob, rank) = match i.checked_sub(self.len()) {
+            let pushed = match i.checked_sub(len) {
                 None => {
                     let n = &self.nodes[i];
-                    (
-                        n.parent.expect("non-root"),
-                        n.token,
-                        n.logprob,
-                        Some(n.rank),
-                    )
+                    let parent = new_index[n.parent.expect("non-root")];
+                    t.push_ranked(parent, n.token, n.logprob, n.rank)
                 }
-                Some(e) => (extra[e].0, extra[e].1, 0.0, None),
+                Some(e) => {
+                    let parent = new_index[if e == 0 { attach } else { i - 1 }];
+                    t.push(parent, fresh[e], 0.0)
+                }
             };
-            let np = new_index[p];
-            let rank = rank.unwrap_or_else(|| t.child_count(np));
-            new_index[i] = t
-                .push_ranked(np, token, logprob, rank)
-                .expect("parents precede children, breadth-first order");
+            new_index[i] = pushed.expect("parents precede children, breadth-first order");
         }
-        new_index.truncate(self.len());
+        new_index.truncate(len);
         (t, new_index)
     }
 
