@@ -11,7 +11,7 @@ use s4c_models::{CausalLm, Message};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::spec_cmd::{lookup, lookup_shape, run_spec, tree_shape};
+use crate::spec_cmd::{lookup, run_spec, speculation, Speculation};
 use crate::{BenchArgs, Loaded, Runner};
 
 /// One benchmark question.
@@ -124,16 +124,12 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         });
     }
     // Without heads for the model: context lookup alone.
-    let heads = r.find_heads(&args.spec);
-    let drafter = heads
-        .as_ref()
-        .map(|h| s4c_draft::io::load::<B, _>(h, &m.model))
-        .transpose()?;
-    let (shape, mut tree) = match &drafter {
-        Some(d) => tree_shape(r, d, &args.spec)?,
-        None => lookup_shape(r, &args.spec)?,
-    };
-    tree["lookup"] = json!(args.spec.lookup);
+    let Speculation {
+        heads,
+        drafter,
+        shape,
+        info: tree,
+    } = speculation(r, &args.spec)?;
     eprintln!("tree: {tree}");
     let template = m.template.clone().ok_or_else(|| {
         EngineError::InvalidOption("the model has no chat template; bench needs one".into())

@@ -602,41 +602,30 @@ impl<B: Backend> Runner for Loaded<B> {
                 (g.new_ids, g.stop, g.elapsed, g.prefill)
             }
             Mode::S4c => {
-                let heads = self.find_heads(spec);
-                let drafter = heads
-                    .as_ref()
-                    .map(|h| s4c_draft::io::load::<B, _>(h, &m.model))
-                    .transpose()?;
-                let (shape, mut tree_info) = match &drafter {
-                    Some(d) => spec_cmd::tree_shape(self, d, spec)?,
+                let s = spec_cmd::speculation(self, spec)?;
+                if s.drafter.is_none() {
                     // No heads: context lookup alone still verifies copied chains.
-                    None => {
-                        let shape = spec_cmd::lookup_shape(self, spec)?;
-                        eprintln!(
-                            "no draft heads for {}: context lookup alone (train heads with `s4c \
-                             train-heads` for more)",
-                            self.path.display()
-                        );
-                        shape
-                    }
-                };
-                tree_info["lookup"] = json!(spec.lookup);
+                    eprintln!(
+                        "no draft heads for {}: context lookup alone (train heads with `s4c \
+                         train-heads` for more)",
+                        self.path.display()
+                    );
+                }
                 let g = spec_cmd::run_spec(
                     &m.model,
-                    &drafter,
-                    shape,
+                    &s.drafter,
+                    s.shape,
                     spec_cmd::lookup(spec),
                     prompt,
                     opts,
                     context,
                     &mut on_tokens,
                 )?;
-                let heads = heads.map(|h| h.display().to_string());
                 result["steps"] = json!(g.stats.steps);
                 result["tau"] = json!(g.stats.tau);
                 result["stats"] = json!(g.stats);
-                result["tree"] = tree_info;
-                result["heads"] = json!(heads);
+                result["tree"] = s.info;
+                result["heads"] = json!(s.heads.map(|h| h.display().to_string()));
                 result["mode"] = json!("s4c");
                 (g.new_ids, g.stop, g.elapsed, g.prefill)
             }

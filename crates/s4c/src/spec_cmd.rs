@@ -1,6 +1,8 @@
 //! The S4C side of the CLI: choosing the tree from the options, and running one generation with
 //! the acceptor that matches the sampling options.
 
+use std::path::PathBuf;
+
 use burn::tensor::backend::Backend;
 use s4c::cost::{adaptive_sizer, cache_dir, profile};
 use s4c::plain::GenerateOptions;
@@ -12,10 +14,43 @@ use s4c_tree::{AcceptanceStats, ContextLookup, DynamicConfig, Template};
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor};
 use serde_json::{json, Value};
 
-use crate::{Loaded, SpecArgs, TreeKind};
+use crate::{Loaded, Runner, SpecArgs, TreeKind};
+
+/// What S4C runs with, as the options ask: the heads found for the model (if any), their drafter,
+/// and the tree — context lookup alone when there are no heads.
+pub struct Speculation<B: Backend> {
+    /// The heads' file, if heads were found.
+    pub heads: Option<PathBuf>,
+    /// Their drafter (`None` drafts nothing).
+    pub drafter: Option<MultiHeadDrafter<B>>,
+    /// The tree shape.
+    pub shape: TreeShape,
+    /// A JSON description of the tree, lookup included.
+    pub info: Value,
+}
+
+/// Finds and loads the heads for `loaded` and chooses the tree (see [`Speculation`]).
+pub fn speculation<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<Speculation<B>> {
+    let heads = loaded.find_heads(spec);
+    let drafter = heads
+        .as_ref()
+        .map(|h| s4c_draft::io::load::<B, _>(h, &loaded.m.model))
+        .transpose()?;
+    let (shape, mut info) = match &drafter {
+        Some(d) => tree_shape(loaded, d, spec)?,
+        None => lookup_shape(loaded, spec)?,
+    };
+    info["lookup"] = json!(spec.lookup);
+    Ok(Speculation {
+        heads,
+        drafter,
+        shape,
+        info,
+    })
+}
 
 /// The tree shape the options ask for, and a JSON description of it.
-pub fn tree_shape<B: Backend>(
+fn tree_shape<B: Backend>(
     loaded: &Loaded<B>,
     drafter: &MultiHeadDrafter<B>,
     spec: &SpecArgs,
@@ -128,7 +163,7 @@ fn model_key<B: Backend>(loaded: &Loaded<B>) -> String {
 /// The tree for a model without heads: context lookup alone — with `--tree cost` its chains sized
 /// online by a depth-0 [`s4c_tree::AdaptiveSizer`] on the measured latency curve, otherwise whole
 /// chains every step; and a JSON description.
-pub fn lookup_shape<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<(TreeShape, Value)> {
+fn lookup_shape<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<(TreeShape, Value)> {
     if spec.lookup == 0 || spec.tree_nodes == 0 {
         return Err(EngineError::InvalidOption(format!(
             "no draft heads for {}, and --lookup 0 or --tree-nodes 0 leaves nothing to verify; pass \
@@ -137,7 +172,7 @@ pub fn lookup_shape<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<(
         )));
     }
     if !matches!(spec.tree, TreeKind::Cost) {
-        let info = json!({"kind": "lookup", "depth": 0, "lookup": spec.lookup});
+        let info = json!({"kind": "lookup", "depth": 0});
         return Ok((TreeShape::RootOnly, info));
     }
     let key = format!("{}-noheads", model_key(loaded));
@@ -148,7 +183,6 @@ pub fn lookup_shape<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<(
         "adaptive": true,
         "max_nodes": sizer.config().max_nodes,
         "depth": 0,
-        "lookup": spec.lookup,
         "plain_step_s": sizer.step_seconds(0),
     });
     Ok((TreeShape::Adaptive(Box::new(sizer)), info))

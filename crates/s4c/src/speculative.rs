@@ -251,10 +251,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
                     build_dynamic(root, cfg, session)
                 })?,
             };
-            let (mut tree, mut heads_map) = match &plan.lookup {
-                Some(chain) => heads_tree.graft(&chain.tokens),
-                None => (heads_tree.clone(), (0..heads_tree.len()).collect()),
-            };
+            let chain = plan.lookup.as_ref().map_or(&[][..], |c| &c.tokens[..]);
+            let (mut tree, mut heads_map) = heads_tree.graft(chain);
             if tree.len() > room {
                 // Near the end of the context: keep the first `room` nodes (parents come first;
                 // the kept nodes keep their indices, and the heads' tree loses the same nodes).
@@ -310,17 +308,19 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             text.extend(&emitted);
             on_tokens(&emitted);
             stats.commit_s += t.elapsed().as_secs_f64();
-            let copied = plan.lookup.as_ref().map_or(0, |chain| {
+            if let Some(draft) = &plan.lookup {
+                // The chain's tokens the accepted branch followed.
                 let accepted = verdict.path[1..].iter().map(|&i| tree.node(i).token);
-                accepted
-                    .zip(&chain.tokens)
+                let copied = accepted
+                    .zip(&draft.tokens)
                     .take_while(|(a, b)| a == *b)
-                    .count()
-            });
-            if let Some(chain) = &plan.lookup {
+                    .count();
                 stats.lookup_steps += 1;
-                stats.lookup_proposed += chain.tokens.len();
+                stats.lookup_proposed += draft.tokens.len();
                 stats.lookup_accepted += copied;
+                if let Some(s) = sizer.as_mut() {
+                    s.record_lookup(draft.matched, draft.tokens.len(), copied);
+                }
             }
             if let Some(s) = sizer.as_mut() {
                 // The heads' own acceptance: the accepted path as far as it is in their tree.
@@ -335,9 +335,6 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
                     .take_while(|&i| i != usize::MAX)
                     .collect();
                 s.record_acceptance(&heads_tree, &heads_path);
-                if let Some(chain) = &plan.lookup {
-                    s.record_lookup(chain.matched, chain.tokens.len(), copied);
-                }
                 s.record_time(tree.len() - 1, step_start.elapsed().as_secs_f64() + reuse_s);
             }
             if let Some(reason) = ended {
