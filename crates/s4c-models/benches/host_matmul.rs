@@ -1,8 +1,8 @@
 //! s4c's host matrix kernel on the default model's weight shapes (SmolLM2-135M: per layer the
 //! fused q/k/v `[960, 576]`, output `[576, 576]`, fused gate/up `[3072, 576]` and down
 //! `[576, 1536]`, 30 layers, then the LM head `[49152, 576]`), random f32 weights, for the row
-//! counts of a decode step (1) and of verification trees (2–16): one sample multiplies by every
-//! matrix once, as a forward does.
+//! counts of a decode step (1) and of verification trees and prompt blocks (2–64): one sample
+//! multiplies by every matrix once, as a forward does.
 //!
 //! ```sh
 //! cargo bench -p s4c-models --bench host_matmul

@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("| n | backend f32 | host kernel f32 | backend f16 | host kernel f16 |");
     println!("|---:|---:|---:|---:|---:|");
-    let sizes = [1usize, 2, 4, 8, 16, 32, 64];
+    let sizes = [1usize, 2, 4, 8, 12, 16, 24, 32, 48, 64];
     let mut table = vec![Vec::new(); sizes.len()];
     for (dtype, host) in [
         (DType::F32, false),

@@ -2,11 +2,17 @@
 //!
 //! Burn's CPU matmul pads a product of 2–16 rows to a full micro-kernel tile and runs it on one
 //! thread, so verifying a 4-token tree cost about twice a 1-token decode step, which erases what
-//! speculative decoding gains on a CPU. Here every weight row is read from memory once and
-//! multiplied with up to eight activation rows at once while it sits in cache, on all cores: on
-//! the 2-core CPU of docs/benchmarks.md, all of the default model's products take 1.1–1.2× a 1-row
-//! pass for 2–4 rows, 1.5× for 8 and 3.3× for 16 (`cargo bench -p s4c-models --bench
-//! host_matmul`). Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
+//! speculative decoding gains on a CPU. Here, on all cores:
+//!
+//! - up to 7 rows (memory-bound): every weight row is read from memory once and multiplied with
+//!   every activation row while it sits in cache (blocks of up to 8 rows);
+//! - from 8 rows (compute-bound): register tiles of 6 weight rows × 16 activation rows over the
+//!   activations transposed to `[in, m]`, so each load serves several multiply-adds, with the
+//!   next tile's weights prefetched while one computes.
+//!
+//! On the 2-core CPU of docs/benchmarks.md all of the default model's products take 1.1–1.2× a
+//! 1-row pass for 2–4 rows and ~2× for 16 (`cargo bench -p s4c-models --bench host_matmul`).
+//! Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
 
 use half::f16;
 use rayon::prelude::*;
@@ -56,8 +62,21 @@ impl HostLinear {
 
     /// `x · Wᵀ` for `x` of `m` rows of `in` values; returns `m` rows of `out` values.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.inp);
+        #[cfg(target_arch = "x86_64")]
+        if m >= TILED_ROWS
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return self.matmul_tiled(x, m);
+        }
+        self.matmul_rows(x, m)
+    }
+
+    /// Few rows: memory-bound, so each weight row is streamed once and multiplied with every
+    /// activation row while it is in cache.
+    fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (out, inp) = (self.out, self.inp);
-        debug_assert_eq!(x.len(), m * inp);
         // Computed transposed ([out, m]) so each task owns a contiguous block.
         let mut yt = vec![0f32; out * m];
         yt.par_chunks_mut(BLOCK * m)
@@ -93,6 +112,175 @@ impl HostLinear {
             }
         }
         y
+    }
+
+    /// Many rows: compute-bound, so the product runs in register tiles — `TILE_W` weight rows
+    /// times 16 (or 8) activation rows of accumulators — over the activations transposed to
+    /// `[in, m]`, where each activation load serves several weight rows and each broadcast
+    /// weight several activation rows.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_tiled(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (out, inp) = (self.out, self.inp);
+        // Activations transposed to [in, mp], padded with zeros to a multiple of 8 lanes.
+        let mp = m.div_ceil(8) * 8;
+        let mut xt = vec![0f32; inp * mp];
+        for (k, col) in xt.chunks_exact_mut(mp).enumerate() {
+            for (i, v) in col[..m].iter_mut().enumerate() {
+                *v = x[i * inp + k];
+            }
+        }
+        let mut y = vec![0f32; m * out];
+        let dst = Out {
+            ptr: y.as_mut_ptr(),
+            stride: out,
+            rows: m,
+        };
+        (0..out.div_ceil(TILED_BLOCK))
+            .into_par_iter()
+            .for_each(|b| {
+                let o0 = b * TILED_BLOCK;
+                let rows = TILED_BLOCK.min(out - o0);
+                let mut wide = Vec::new();
+                let w: &[f32] = match &self.w {
+                    HostWeights::F32(v) => &v[o0 * inp..(o0 + rows) * inp],
+                    HostWeights::F16(v) => {
+                        wide.resize(rows * inp, 0.0);
+                        widen(&v[o0 * inp..(o0 + rows) * inp], &mut wide);
+                        &wide
+                    }
+                };
+                // SAFETY: AVX2 and FMA were detected by the caller; `w` holds `rows` rows of
+                // `inp` values and `xt` `inp` rows of `mp`; this task alone writes columns
+                // `o0..o0 + rows` of `y`, which `dst` covers.
+                unsafe { tiles_avx2(w, rows, inp, &xt, mp, dst.at(0, o0)) };
+            });
+        y
+    }
+}
+
+/// Where a tile stores its results: `rows` rows of `y` (row stride `stride`) from `ptr`.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    stride: usize,
+    rows: usize,
+}
+
+// SAFETY: tasks write disjoint columns of one live output buffer (see `matmul_tiled`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The same output from row `r` and column `c` on (a hint-free pointer shift).
+    fn at(self, r: usize, c: usize) -> Out {
+        Out {
+            ptr: self.ptr.wrapping_add(r * self.stride + c),
+            stride: self.stride,
+            rows: self.rows.saturating_sub(r),
+        }
+    }
+}
+
+/// From this many activation rows on, [`HostLinear::matmul`] multiplies in register tiles.
+const TILED_ROWS: usize = 8;
+
+/// Output rows per parallel task of the tiled product (a multiple of every tile height).
+const TILED_BLOCK: usize = 48;
+
+/// `y[i][o] = w_o · x_i` for `rows` weight rows and the `mp` (a multiple of 8) activation
+/// columns of `xt` (`[inp, mp]`), stored through `y` (row `i`, column `o` of this block): 6 weight
+/// rows × 16 columns per tile (12 accumulators), 12 × 8 for a last group of 8 columns, then
+/// single weight rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tiles_avx2(w: &[f32], rows: usize, inp: usize, xt: &[f32], mp: usize, y: Out) {
+    debug_assert!(w.len() >= rows * inp && xt.len() >= inp * mp);
+    let mut o = 0;
+    while o < rows {
+        let tall = match rows - o {
+            12.. => 12,
+            6..=11 => 6,
+            _ => 1,
+        };
+        let mut n = 0;
+        while n < mp {
+            let (pw, px, py) = (w.as_ptr().add(o * inp), xt.as_ptr().add(n), y.at(n, o));
+            // The first pass over these weight rows also requests the next ones.
+            let fetch = n == 0;
+            n += match (tall, mp - n >= 16) {
+                (12 | 6, true) => {
+                    for h in 0..tall / 6 {
+                        tile::<6, 2>(pw.add(h * 6 * inp), fetch, inp, px, mp, py.at(0, h * 6));
+                    }
+                    16
+                }
+                (12, false) => {
+                    tile::<12, 1>(pw, fetch, inp, px, mp, py);
+                    8
+                }
+                (6, false) => {
+                    tile::<6, 1>(pw, fetch, inp, px, mp, py);
+                    8
+                }
+                (_, true) => {
+                    tile::<1, 2>(pw, fetch, inp, px, mp, py);
+                    16
+                }
+                (_, false) => {
+                    tile::<1, 1>(pw, fetch, inp, px, mp, py);
+                    8
+                }
+            };
+        }
+        o += tall;
+    }
+}
+
+/// One register tile: `MR` weight rows (row stride `inp`) times `8·NV` activation columns (row
+/// stride `mp` in `xt`), accumulated over all `inp`; results for the first `y.rows` columns
+/// are stored to `y` (activation row `i`, weight row `j` at `y.ptr + i·y.stride + j`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // indices over registers read clearer than zipped iterators
+unsafe fn tile<const MR: usize, const NV: usize>(
+    w: *const f32,
+    fetch_next: bool,
+    inp: usize,
+    xt: *const f32,
+    mp: usize,
+    y: Out,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+    for k in 0..inp {
+        if fetch_next && k % 16 == 0 {
+            // The next tile's weight rows, a cache line per row every 16 steps: memory streams
+            // while this tile computes. (A hint: never faults, so it may point past the rows.)
+            for j in 0..MR {
+                let line = w.wrapping_add((MR + j) * inp + k);
+                _mm_prefetch(line as *const i8, _MM_HINT_T0);
+            }
+        }
+        let xk = xt.add(k * mp);
+        let xv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(xk.add(8 * v)));
+        for j in 0..MR {
+            let b = _mm256_broadcast_ss(&*w.add(j * inp + k));
+            for v in 0..NV {
+                acc[j][v] = _mm256_fmadd_ps(b, xv[v], acc[j][v]);
+            }
+        }
+    }
+    let mut buf = [[[0f32; 8]; NV]; MR];
+    for j in 0..MR {
+        for v in 0..NV {
+            _mm256_storeu_ps(buf[j][v].as_mut_ptr(), acc[j][v]);
+        }
+    }
+    for c in 0..(8 * NV).min(y.rows) {
+        let row = y.ptr.add(c * y.stride);
+        for j in 0..MR {
+            *row.add(j) = buf[j][c / 8][c % 8];
+        }
     }
 }
 
@@ -261,6 +449,10 @@ mod tests {
             (9, 64, 8),
             (5, 200, 15),
             (3, 72, 16),
+            (13, 50, 24),
+            (50, 33, 40),
+            (31, 20, 64),
+            (96, 576, 12),
         ] {
             let w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..m * inp).map(|_| rnd()).collect();

@@ -24,6 +24,7 @@ pub mod error;
 pub mod gguf;
 pub mod host;
 pub mod host_matmul;
+pub mod host_ops;
 pub mod llama;
 pub mod lm;
 pub mod loader;
@@ -31,6 +32,10 @@ pub mod mask;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
+
+/// Revision of the forward's implementation, bumped whenever a change makes forwards cost
+/// differently (so cost-aware trees re-measure latency curves they cached for an older one).
+pub const FORWARD_REVISION: u32 = 2;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};

@@ -11,6 +11,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::host::HostTensor;
 use crate::host_matmul::{HostLinear, HostWeights};
+use crate::host_ops::{self, Heads};
 use crate::lm::{CausalLm, Input, LmOutput, Logits};
 use crate::weights::WeightSource;
 
@@ -21,12 +22,13 @@ use crate::weights::WeightSource;
 enum Linear<B: Backend> {
     Device(Vec<Tensor<B, 2>>),
     /// Both copies: the host kernel for `HOST_ROWS` rows, the backend otherwise (one row is a
-    /// memory-bound product the backend does well; long prefills are compute-bound).
+    /// memory-bound product the backend does well).
     Dual(Vec<Tensor<B, 2>>, HostLinear),
 }
 
-/// Row counts the host kernel handles when weights are on both sides (see the benchmarks).
-const HOST_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
+/// Row counts the host kernel handles when weights are on both sides (see the benchmarks);
+/// longer causal blocks (prompts) run in blocks of the largest.
+const HOST_ROWS: std::ops::RangeInclusive<usize> = 2..=64;
 
 impl<B: Backend> Linear<B> {
     fn new(w: Tensor<B, 2>, shards: usize) -> Self {
@@ -82,12 +84,7 @@ impl<B: Backend> Linear<B> {
         if let Some(h) = self.host_for(x.dims()[0]) {
             let [m, _] = x.dims();
             let (device, dtype) = (x.device(), x.dtype());
-            let xs = x
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("converted to f32 just before");
-            let y = h.matmul(&xs, m);
+            let y = h.matmul(&host_values(x), m);
             return Tensor::from_data(TensorData::new(y, [m, h.out_features()]), (&device, dtype));
         }
         let (Linear::Device(shards) | Linear::Dual(shards, _)) = self;
@@ -103,6 +100,14 @@ impl<B: Backend> Linear<B> {
         };
         Tensor::cat(outs, 1)
     }
+}
+
+/// A tensor's values on the host, as `f32`.
+fn host_values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+    x.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("converted to f32 just before")
 }
 
 /// Up to this many rows, the shards of a [`Linear`] are multiplied concurrently.
@@ -138,7 +143,20 @@ pub struct Llama<B: Backend> {
     /// `[max_positions, head_dim]` cosines and sign-folded sines (rotate-half convention).
     rope_cos: Tensor<B, 2>,
     rope_sin: Tensor<B, 2>,
+    /// Inverse rotary frequencies (for the host path's tables).
+    inv_freq: Vec<f64>,
     max_positions: usize,
+}
+
+/// One forward's rotary tables, on the side its layers run on.
+enum Rotary<B: Backend> {
+    /// Cosines and sines `[n, heads + kv_heads, head_dim]`: one row per (token, query or key
+    /// head), so `rope`'s products are elementwise (broadcasting over heads is ~40× slower on
+    /// flex).
+    Device(Tensor<B, 3>, Tensor<B, 3>),
+    /// Cosines and sines `[n, head_dim]` on the host ([`host_ops::rotary_tables`]): the block's
+    /// weight products run in [`crate::host_matmul`] and the steps between them on the host.
+    Host(Vec<f32>, Vec<f32>),
 }
 
 /// Inverse rotary frequencies, with Llama 3 scaling when configured.
@@ -299,13 +317,15 @@ impl<B: Backend> Llama<B> {
             final_norm,
             rope_cos: table(cos),
             rope_sin: table(sin),
+            inv_freq: inv,
             max_positions,
         })
     }
 
     /// Adds a host copy of every weight matrix (and the LM head), multiplied by the CPU kernel
-    /// of [`crate::host_matmul`] for blocks of 2–16 rows (verification trees), where Burn's
-    /// CPU matmul is slow; one-row decode steps and long prefills keep the backend's matmul.
+    /// of [`crate::host_matmul`] for blocks of 2–64 rows (verification trees; prompts run in
+    /// blocks of 64), where Burn's CPU matmul is slow; the steps between the products of such a
+    /// block run on the host too ([`crate::host_ops`]). One-row decode steps keep the backend.
     /// Costs a second copy of the weights (in their storage type). Not for GPUs (it reads the
     /// activations back to the host).
     pub fn with_host_matmul(mut self) -> Result<Self> {
@@ -363,6 +383,103 @@ impl<B: Backend> Llama<B> {
         let x2 = x.clone().slice([0..n, 0..heads, half..hd]);
         let swapped = Tensor::cat(vec![x2, x1], 2);
         x * cos.clone() + swapped * sin.clone()
+    }
+
+    /// Queries `[1, kv_heads, group·n, head_dim]` (a key head's queries side by side), keys and
+    /// values `[1, kv_heads, n, head_dim]` of `n` normalised rows, queries and keys rotated.
+    fn qkv_heads(
+        &self,
+        xn: Tensor<B, 2>,
+        layer: &Layer<B>,
+        rotary: &Rotary<B>,
+    ) -> [Tensor<B, 4>; 3] {
+        let c = &self.config;
+        let [n, _] = xn.dims();
+        let (heads, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let group = c.group_size();
+        match rotary {
+            Rotary::Host(cos, sin) => {
+                let w = layer.wqkv.host_for(n).expect("host path chosen for n rows");
+                let qkv = w.matmul(&host_values(xn), n);
+                let shape = Heads {
+                    q: heads,
+                    kv: kvh,
+                    dim: hd,
+                };
+                let (q, k, v) = host_ops::split_heads(&qkv, n, shape, cos, sin);
+                [
+                    self.activation(q, [1, kvh, group * n, hd]),
+                    self.activation(k, [1, kvh, n, hd]),
+                    self.activation(v, [1, kvh, n, hd]),
+                ]
+            }
+            Rotary::Device(cos, sin) => {
+                let (qd, kvd) = (heads * hd, kvh * hd);
+                let qkv = self.linear(xn, &layer.wqkv);
+                // Queries and keys are rotated together, as `heads + kv_heads` heads.
+                let qk = qkv
+                    .clone()
+                    .slice([0..n, 0..qd + kvd])
+                    .reshape([n, heads + kvh, hd]);
+                let qk = Self::rope(qk, cos, sin);
+                let q = qk.clone().slice([0..n, 0..heads, 0..hd]);
+                let k = qk.slice([0..n, heads..heads + kvh, 0..hd]);
+                let v = qkv
+                    .slice([0..n, qd + kvd..qd + 2 * kvd])
+                    .reshape([n, kvh, hd]);
+                [
+                    q.swap_dims(0, 1).reshape([1, kvh, group * n, hd]),
+                    k.swap_dims(0, 1).reshape([1, kvh, n, hd]),
+                    v.swap_dims(0, 1).reshape([1, kvh, n, hd]),
+                ]
+            }
+        }
+    }
+
+    /// The attention output `[1, kv_heads, group·n, head_dim]` through the output projection.
+    fn attention_out(
+        &self,
+        att: Tensor<B, 4>,
+        layer: &Layer<B>,
+        n: usize,
+        host: bool,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let (heads, hd) = (c.num_heads, c.head_dim);
+        if host {
+            let rows = host_ops::merge_heads(&host_values(att), n, heads, hd);
+            let w = layer.wo.host_for(n).expect("host path chosen for n rows");
+            return self.activation(w.matmul(&rows, n), [n, w.out_features()]);
+        }
+        let att = att
+            .reshape([heads, n, hd])
+            .swap_dims(0, 1)
+            .reshape([n, heads * hd]);
+        self.linear(att, &layer.wo)
+    }
+
+    /// The SwiGLU MLP of `n` normalised rows.
+    fn mlp(&self, xn: Tensor<B, 2>, layer: &Layer<B>, host: bool) -> Tensor<B, 2> {
+        let [n, _] = xn.dims();
+        let inter = self.config.intermediate_size;
+        if host {
+            let gate_up = layer.w_gate_up.host_for(n).expect("host path chosen");
+            let down = layer.w_down.host_for(n).expect("host path chosen");
+            let h = host_ops::swiglu(&gate_up.matmul(&host_values(xn), n), n, inter);
+            return self.activation(down.matmul(&h, n), [n, down.out_features()]);
+        }
+        let gu = self.linear(xn, &layer.w_gate_up);
+        let gate = gu.clone().slice([0..n, 0..inter]);
+        let up = gu.slice([0..n, inter..2 * inter]);
+        self.linear(silu(gate) * up, &layer.w_down)
+    }
+
+    /// A host buffer as an activation tensor.
+    fn activation<const D: usize>(&self, v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(v, shape),
+            (&self.device, self.compute_dtype),
+        )
     }
 
     fn validate(&self, input: &Input<'_>, cache: &KvCache<B>) -> Result<()> {
@@ -468,27 +585,72 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>> {
         self.validate(input, cache)?;
+        let n = input.tokens.len();
+        // A long causal block (a prompt) runs in blocks the host kernel serves, when there is
+        // one: on flex that is ~1.8× faster than one backend pass over 1,024 tokens.
+        let block = match (input.mask, self.host_matmul()) {
+            (None, true) => *HOST_ROWS.end(),
+            _ => n,
+        };
+        let mut parts = Vec::with_capacity(n.div_ceil(block));
+        for s in (0..n).step_by(block) {
+            let e = (s + block).min(n);
+            let part = Input {
+                tokens: &input.tokens[s..e],
+                positions: input.positions[s..e].to_vec(),
+                mask: input.mask,
+                logits: input.logits,
+            };
+            parts.push(self.layers_forward(&part, cache));
+        }
+        let features = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(parts, 0)
+        };
+        let logits = match input.logits {
+            Logits::All => self.lm_head(features.clone()),
+            Logits::Last => {
+                let h = self.config.hidden_size;
+                self.lm_head(features.clone().slice([n - 1..n, 0..h]))
+            }
+        };
+        Ok(LmOutput { logits, features })
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The decoder layers over one block of new tokens (validated): appends their keys and
+    /// values to the cache and returns their final-norm features `[n, hidden]`.
+    fn layers_forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
         let c = &self.config;
         let n = input.tokens.len();
         let (heads, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let group = c.group_size();
-        let (qd, kvd) = (heads * hd, kvh * hd);
         let cached = cache.len();
 
         let mut x = self.embed(self.ids(input.tokens.iter().map(|&t| t as i64)));
-        let pos = self.ids(input.positions.iter().map(|&p| p as i64));
-        // Rotary tables of this block, one row per (token, query or key head): the products in
-        // `rope` are then plain elementwise ones (broadcasting over heads is ~40× slower on flex).
-        let table = |t: &Tensor<B, 2>, pos| {
-            t.clone()
-                .select(0, pos)
-                .reshape([n, 1, hd])
-                .repeat_dim(1, heads + kvh)
+        // Blocks the host kernel serves run their layers' other steps on the host too.
+        let host = self
+            .layers
+            .first()
+            .is_some_and(|l| l.wqkv.host_for(n).is_some());
+        let rotary = if host {
+            let (cos, sin) = host_ops::rotary_tables(&self.inv_freq, &input.positions);
+            Rotary::Host(cos, sin)
+        } else {
+            let pos = self.ids(input.positions.iter().map(|&p| p as i64));
+            let table = |t: &Tensor<B, 2>, pos| {
+                t.clone()
+                    .select(0, pos)
+                    .reshape([n, 1, hd])
+                    .repeat_dim(1, heads + kvh)
+            };
+            Rotary::Device(
+                table(&self.rope_cos, pos.clone()),
+                table(&self.rope_sin, pos),
+            )
         };
-        let (cos, sin) = (
-            table(&self.rope_cos, pos.clone()),
-            table(&self.rope_sin, pos),
-        );
         let mask = match input.mask {
             Some(m) => Some(m.to_burn::<B>(kvh, group, &self.device)),
             None if n > 1 => Some(crate::mask::AttentionMask::causal(cached, n).to_burn::<B>(
@@ -501,22 +663,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
         for (l, layer) in self.layers.iter().enumerate() {
             let xn = self.rms_norm(x.clone(), &layer.attn_norm);
-            let qkv = self.linear(xn, &layer.wqkv);
-            // Queries and keys are rotated together, as `heads + kv_heads` heads.
-            let qk = qkv
-                .clone()
-                .slice([0..n, 0..qd + kvd])
-                .reshape([n, heads + kvh, hd]);
-            let qk = Self::rope(qk, &cos, &sin);
-            let q = qk.clone().slice([0..n, 0..heads, 0..hd]);
-            let k = qk.slice([0..n, heads..heads + kvh, 0..hd]);
-            let v = qkv
-                .slice([0..n, qd + kvd..qd + 2 * kvd])
-                .reshape([n, kvh, hd]);
-            // Queries of one KV group side by side: [1, kv_heads, group·n, hd].
-            let q = q.swap_dims(0, 1).reshape([1, kvh, group * n, hd]);
-            let k = k.swap_dims(0, 1).reshape([1, kvh, n, hd]);
-            let v = v.swap_dims(0, 1).reshape([1, kvh, n, hd]);
+            let [q, k, v] = self.qkv_heads(xn, layer, &rotary);
             let (k_all, v_all) = cache.append(l, k, v);
             let att = attention(
                 q,
@@ -526,22 +673,11 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
                 None,
                 AttentionModuleOptions::default(),
             );
-            let att = att.reshape([heads, n, hd]).swap_dims(0, 1).reshape([n, qd]);
-            x = x + self.linear(att, &layer.wo);
-
+            x = x + self.attention_out(att, layer, n, host);
             let xn = self.rms_norm(x.clone(), &layer.mlp_norm);
-            let gu = self.linear(xn, &layer.w_gate_up);
-            let inter = c.intermediate_size;
-            let gate = gu.clone().slice([0..n, 0..inter]);
-            let up = gu.slice([0..n, inter..2 * inter]);
-            x = x + self.linear(silu(gate) * up, &layer.w_down);
+            x = x + self.mlp(xn, layer, host);
         }
         cache.advance(n);
-        let features = self.rms_norm(x, &self.final_norm);
-        let logits = match input.logits {
-            Logits::All => self.lm_head(features.clone()),
-            Logits::Last => self.lm_head(features.clone().slice([n - 1..n, 0..c.hidden_size])),
-        };
-        Ok(LmOutput { logits, features })
+        self.rms_norm(x, &self.final_norm)
     }
 }

@@ -241,7 +241,7 @@ fn host_matmul_forward_equals_the_backend_forward() {
         .unwrap();
     assert!(host.host_matmul() && !plain.host_matmul());
     let toks: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
-    // Blocks of 20 (backend), 4 and 1 rows after it: every path of the dual weights.
+    // Blocks of 20 and 16 rows (the host's tiled product), 4 (its row-at-a-time product) and 1\n    // (the backend), then a tree: every path of the dual weights.
     let (mut c1, mut c2) = (plain.new_cache(64), host.new_cache(64));
     let mut start = 0;
     for n in [20usize, 4, 1, 16] {
@@ -264,6 +264,73 @@ fn host_matmul_forward_equals_the_backend_forward() {
             "the LM head weight is the same tensor"
         );
         start += block.len();
+    }
+    // A tree block (two branches from one root: depth positions, ancestor mask), through the
+    // host path's rotary tables and head layout; the caches above hold the same tokens.
+    let parents = [usize::MAX, 0, 0, 1, 2, 3, 4, 5, 6];
+    let n = parents.len();
+    let depth = |mut i: usize| {
+        let mut d = 0;
+        while parents[i] != usize::MAX {
+            i = parents[i];
+            d += 1;
+        }
+        d
+    };
+    let visible: Vec<bool> = (0..n * n)
+        .map(|ij| {
+            let (i, j) = (ij / n, ij % n);
+            let mut a = i;
+            loop {
+                if a == j {
+                    return true;
+                }
+                if parents[a] == usize::MAX {
+                    return false;
+                }
+                a = parents[a];
+            }
+        })
+        .collect();
+    let mask = AttentionMask::tree(start, n, &visible).unwrap();
+    let block: Vec<u32> = (0..n as u32).map(|i| (i * 11 + 2) % VOCAB as u32).collect();
+    let positions: Vec<usize> = (0..n).map(|i| start + depth(i)).collect();
+    let a = plain
+        .forward(&Input::tree(&block, positions.clone(), &mask), &mut c1)
+        .unwrap();
+    let b = host
+        .forward(&Input::tree(&block, positions, &mask), &mut c2)
+        .unwrap();
+    for (x, y) in rows(a.logits).iter().zip(rows(b.logits)) {
+        assert_close(x, &y, 1e-4, "tree block");
+    }
+    for (x, y) in rows(a.features).iter().zip(rows(b.features)) {
+        assert_close(x, &y, 1e-4, "tree block features");
+    }
+    // A prompt longer than the host kernel's blocks runs in blocks of 64 (the last one short).
+    let prompt: Vec<u32> = (0..150).map(|i| (i * 13 + 5) % VOCAB as u32).collect();
+    let (mut c1, mut c2) = (plain.new_cache(160), host.new_cache(160));
+    for logits in [Logits::All, Logits::Last] {
+        let a = plain
+            .forward(&Input::causal(&prompt, 0, logits), &mut c1)
+            .unwrap();
+        let b = host
+            .forward(&Input::causal(&prompt, 0, logits), &mut c2)
+            .unwrap();
+        assert_eq!(
+            b.logits.dims()[0],
+            if logits == Logits::All { 150 } else { 1 }
+        );
+        assert_eq!(b.features.dims()[0], 150);
+        for (x, y) in rows(a.logits).iter().zip(rows(b.logits)) {
+            assert_close(x, &y, 1e-4, "long prompt");
+        }
+        for (x, y) in rows(a.features).iter().zip(rows(b.features)) {
+            assert_close(x, &y, 1e-4, "long prompt features");
+        }
+        assert_eq!(c2.len(), 150);
+        c1.truncate(0);
+        c2.truncate(0);
     }
 }
 

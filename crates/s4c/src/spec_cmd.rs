@@ -139,13 +139,14 @@ fn tree_shape<B: Backend>(
     }
 }
 
-/// Everything a latency curve depends on besides the drafter, the engine's version included (a
-/// new release may change what a forward costs).
+/// Everything a latency curve depends on besides the drafter, the engine's version and the
+/// forward's revision included (either may change what a forward costs).
 fn model_key<B: Backend>(loaded: &Loaded<B>) -> String {
     let model = &loaded.m.model;
     format!(
-        "{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
+        "{}r{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
         env!("CARGO_PKG_VERSION"),
+        s4c_models::FORWARD_REVISION,
         loaded.backend,
         loaded.dtype_name(),
         model.compute_dtype(),
