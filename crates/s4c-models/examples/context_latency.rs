@@ -1,5 +1,5 @@
 //! What a step costs as the context grows: a 1-token decode step (last logits) and
-//! verification blocks of 2, 4 and 8 chain-masked tokens (all logits) after 32…1,536 cached
+//! verification blocks of 2, 4, 8 and 16 chain-masked tokens (all logits) after 32…1,536 cached
 //! tokens, argmax read back, medians of 15 with the sizes interleaved (so drift hits them
 //! alike); default model on flex, f32 weights with the host kernel (the CLI's default).
 //!
@@ -14,7 +14,7 @@ use burn::tensor::DType;
 use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
 
 /// Tokens per step: a plain decode step, then verification blocks.
-const SIZES: [usize; 4] = [1, 2, 4, 8];
+const SIZES: [usize; 5] = [1, 2, 4, 8, 16];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -25,8 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let m = load::<Flex>(path.as_ref(), &Default::default(), &opts)?;
-    println!("| cached tokens | decode step | 2 tokens | 4 tokens | 8 tokens |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| cached tokens | decode step | 2 tokens | 4 tokens | 8 tokens | 16 tokens |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for len in [32usize, 256, 512, 1024, 1536] {
         let prefix: Vec<u32> = (0..len as u32).map(|i| 100 + i % 1000).collect();
         // Room beyond the context, as a generation's cache has.

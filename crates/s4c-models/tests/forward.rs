@@ -399,6 +399,11 @@ fn attention_matches_a_brute_force_reference() {
         (1usize, 3usize, 3usize, 40usize, 8usize, false),
         (1, 3, 3, 2000, 64, false),
         (2, 3, 12, 700, 16, true),
+        // Parallel in blocks of query rows (an uneven split; a 16-token tree after 1,024
+        // tokens; a 64-token prompt block after 1,436, on the naive path since the patch).
+        (1, 3, 5, 300, 64, true),
+        (1, 3, 48, 1040, 64, true),
+        (1, 3, 192, 1500, 64, true),
     ] {
         let q =
             Tensor::<B, 4>::random([batch, heads, rows, hd], Distribution::Normal(0.0, 1.0), &d);
