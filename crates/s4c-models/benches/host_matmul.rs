@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     mats.push(HostLinear::new(49_152, 576, head));
     let mut group = c.benchmark_group("host_matmul_all_weights");
     group.sample_size(15);
-    for m in [1usize, 2, 3, 4, 8, 16] {
+    for m in [1usize, 2, 4, 8, 16, 32, 64] {
         let xs: Vec<Vec<f32>> = mats
             .iter()
             .map(|h| values(h.in_features() * m, &mut seed))

@@ -10,8 +10,9 @@
 //!   activations transposed to `[in, m]`, so each load serves several multiply-adds, with the
 //!   next tile's weights prefetched while one computes.
 //!
-//! On the 2-core CPU of docs/benchmarks.md all of the default model's products take 1.1–1.2× a
-//! 1-row pass for 2–4 rows and ~2× for 16 (`cargo bench -p s4c-models --bench host_matmul`).
+//! On the 2-core CPU of docs/benchmarks.md all of the default model's products take 1.1× a
+//! 1-row pass for 2–4 rows, 1.25× for 8, 1.5× for 16 and 3.5× for 32
+//! (`cargo bench -p s4c-models --bench host_matmul`).
 //! Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
 
 use half::f16;
