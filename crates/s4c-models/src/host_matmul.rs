@@ -65,10 +65,7 @@ impl HostLinear {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.inp);
         #[cfg(target_arch = "x86_64")]
-        if m >= TILED_ROWS
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
+        if m >= TILED_ROWS && avx2_fma() {
             return self.matmul_tiled(x, m);
         }
         self.matmul_rows(x, m)
@@ -115,10 +112,10 @@ impl HostLinear {
         y
     }
 
-    /// Many rows: compute-bound, so the product runs in register tiles — `TILE_W` weight rows
-    /// times 16 (or 8) activation rows of accumulators — over the activations transposed to
-    /// `[in, m]`, where each activation load serves several weight rows and each broadcast
-    /// weight several activation rows.
+    /// Many rows: compute-bound, so the product runs in register tiles — 6 (or 12) weight rows
+    /// times 16 (or 8) activation rows of accumulators, see [`tiles_avx2`] — over the
+    /// activations transposed to `[in, m]`, where each activation load serves several weight
+    /// rows and each broadcast weight several activation rows.
     #[cfg(target_arch = "x86_64")]
     fn matmul_tiled(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (out, inp) = (self.out, self.inp);
@@ -160,6 +157,7 @@ impl HostLinear {
 }
 
 /// Where a tile stores its results: `rows` rows of `y` (row stride `stride`) from `ptr`.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Out {
     ptr: *mut f32,
@@ -168,11 +166,15 @@ struct Out {
 }
 
 // SAFETY: tasks write disjoint columns of one live output buffer (see `matmul_tiled`).
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for Out {}
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for Out {}
 
+#[cfg(target_arch = "x86_64")]
 impl Out {
-    /// The same output from row `r` and column `c` on (a hint-free pointer shift).
+    /// The same output from row `r` and column `c` on (pointer arithmetic only: nothing is
+    /// read or written here).
     fn at(self, r: usize, c: usize) -> Out {
         Out {
             ptr: self.ptr.wrapping_add(r * self.stride + c),
@@ -183,9 +185,11 @@ impl Out {
 }
 
 /// From this many activation rows on, [`HostLinear::matmul`] multiplies in register tiles.
+#[cfg(target_arch = "x86_64")]
 const TILED_ROWS: usize = 8;
 
 /// Output rows per parallel task of the tiled product (a multiple of every tile height).
+#[cfg(target_arch = "x86_64")]
 const TILED_BLOCK: usize = 48;
 
 /// `y[i][o] = w_o · x_i` for `rows` weight rows and the `mp` (a multiple of 8) activation
@@ -309,17 +313,21 @@ fn widen(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst);
 }
 
+/// Whether this CPU has AVX2 and FMA (the kernels' vector paths); detected once, then cached
+/// by the standard library.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `dst[i] = w · x_i` for every row `x_i` (of `inp` values) of `x`; AVX2 + FMA when the CPU
 /// has them, up to eight rows at a time so each weight load serves up to eight products.
 fn dots(w: &[f32], x: &[f32], inp: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected at run time; all rows have `inp` values.
-            unsafe { dots_avx2(w, x, inp, dst) };
-            return;
-        }
+    if avx2_fma() {
+        // SAFETY: the features were detected at run time; all rows have `inp` values.
+        unsafe { dots_avx2(w, x, inp, dst) };
+        return;
     }
     for (i, y) in dst.iter_mut().enumerate() {
         *y = dot_portable(w, &x[i * inp..(i + 1) * inp]);

@@ -11,12 +11,16 @@
 use rayon::prelude::*;
 
 /// Rotary cosines and sign-folded sines, `[n, head_dim]`, for `positions` (rotate-half
-/// convention: the second half of each sine row is positive, the first negative).
-pub fn rotary_tables(inv_freq: &[f64], positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+/// convention: `rotate_half(x) = [-x2, x1]` is `swap(x) = [x2, x1]` times the sine row, whose
+/// first half is negated). The backend's table of every position is built here too.
+pub fn rotary_tables(
+    inv_freq: &[f64],
+    positions: impl ExactSizeIterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
     let hd = inv_freq.len() * 2;
     let mut cos = Vec::with_capacity(positions.len() * hd);
     let mut sin = Vec::with_capacity(positions.len() * hd);
-    for &p in positions {
+    for p in positions {
         for s in 0..2 {
             for f in inv_freq {
                 let a = p as f64 * f;
@@ -155,7 +159,7 @@ mod tests {
     fn rotation_matches_complex_multiplication() {
         // Rotate-half pairs (x_j, x_{j+d/2}) turn by the angle p·f_j.
         let inv = [1.0, 0.25];
-        let (cos, sin) = rotary_tables(&inv, &[3]);
+        let (cos, sin) = rotary_tables(&inv, [3].into_iter());
         let x = [0.5f32, -1.0, 2.0, 0.75];
         let mut out = [0f32; 4];
         rotate(&x, &cos, &sin, &mut out);

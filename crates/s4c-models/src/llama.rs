@@ -286,20 +286,7 @@ impl<B: Backend> Llama<B> {
         let final_norm = norm(get("model.norm.weight", &[h])?);
         let max_positions = max_positions.max(1);
         let inv = inv_frequencies(c);
-        let half = c.head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * c.head_dim);
-        let mut sin = Vec::with_capacity(max_positions * c.head_dim);
-        for p in 0..max_positions {
-            for s in 0..2 {
-                for f in &inv {
-                    let a = p as f64 * f;
-                    cos.push(a.cos() as f32);
-                    // rotate_half(x) = [-x2, x1]; swap(x) = [x2, x1]; fold the sign into sin.
-                    sin.push(if s == 0 { -a.sin() } else { a.sin() } as f32);
-                }
-            }
-        }
-        debug_assert_eq!(cos.len(), max_positions * 2 * half);
+        let (cos, sin) = host_ops::rotary_tables(&inv, 0..max_positions);
         let table = |v: Vec<f32>| {
             Tensor::<B, 2>::from_data(
                 TensorData::new(v, [max_positions, c.head_dim]),
@@ -437,18 +424,11 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The attention output `[1, kv_heads, group·n, head_dim]` through the output projection.
-    fn attention_out(
-        &self,
-        att: Tensor<B, 4>,
-        layer: &Layer<B>,
-        n: usize,
-        host: bool,
-    ) -> Tensor<B, 2> {
+    fn attention_out(&self, att: Tensor<B, 4>, layer: &Layer<B>, n: usize) -> Tensor<B, 2> {
         let c = &self.config;
         let (heads, hd) = (c.num_heads, c.head_dim);
-        if host {
+        if let Some(w) = layer.wo.host_for(n) {
             let rows = host_ops::merge_heads(&host_values(att), n, heads, hd);
-            let w = layer.wo.host_for(n).expect("host path chosen for n rows");
             return self.activation(w.matmul(&rows, n), [n, w.out_features()]);
         }
         let att = att
@@ -459,12 +439,11 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The SwiGLU MLP of `n` normalised rows.
-    fn mlp(&self, xn: Tensor<B, 2>, layer: &Layer<B>, host: bool) -> Tensor<B, 2> {
+    fn mlp(&self, xn: Tensor<B, 2>, layer: &Layer<B>) -> Tensor<B, 2> {
         let [n, _] = xn.dims();
         let inter = self.config.intermediate_size;
-        if host {
-            let gate_up = layer.w_gate_up.host_for(n).expect("host path chosen");
-            let down = layer.w_down.host_for(n).expect("host path chosen");
+        if let (Some(gate_up), Some(down)) = (layer.w_gate_up.host_for(n), layer.w_down.host_for(n))
+        {
             let h = host_ops::swiglu(&gate_up.matmul(&host_values(xn), n), n, inter);
             return self.activation(down.matmul(&h, n), [n, down.out_features()]);
         }
@@ -587,7 +566,8 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         self.validate(input, cache)?;
         let n = input.tokens.len();
         // A long causal block (a prompt) runs in blocks the host kernel serves, when there is
-        // one: on flex that is ~1.8× faster than one backend pass over 1,024 tokens.
+        // one: on flex about twice as fast as one backend pass over 1,024 tokens
+        // (docs/benchmarks.md, `prefill_latency`).
         let block = match (input.mask, self.host_matmul()) {
             (None, true) => *HOST_ROWS.end(),
             _ => n,
@@ -636,7 +616,8 @@ impl<B: Backend> Llama<B> {
             .first()
             .is_some_and(|l| l.wqkv.host_for(n).is_some());
         let rotary = if host {
-            let (cos, sin) = host_ops::rotary_tables(&self.inv_freq, &input.positions);
+            let (cos, sin) =
+                host_ops::rotary_tables(&self.inv_freq, input.positions.iter().copied());
             Rotary::Host(cos, sin)
         } else {
             let pos = self.ids(input.positions.iter().map(|&p| p as i64));
@@ -673,9 +654,9 @@ impl<B: Backend> Llama<B> {
                 None,
                 AttentionModuleOptions::default(),
             );
-            x = x + self.attention_out(att, layer, n, host);
+            x = x + self.attention_out(att, layer, n);
             let xn = self.rms_norm(x.clone(), &layer.mlp_norm);
-            x = x + self.mlp(xn, layer, host);
+            x = x + self.mlp(xn, layer);
         }
         cache.advance(n);
         self.rms_norm(x, &self.final_norm)
