@@ -1,29 +1,31 @@
-//! A CPU matrix product for the small row counts of decoding and verification.
+//! A CPU matrix product for the row counts of decoding, verification and prompt blocks.
 //!
 //! Burn's CPU matmul pads a product of 2–16 rows to a full micro-kernel tile and runs it on one
 //! thread, so verifying a 4-token tree cost about twice a 1-token decode step, which erases what
-//! speculative decoding gains on a CPU. Here, on all cores:
+//! speculative decoding gains on a CPU. Here, on all cores, one mechanism for every row count:
 //!
-//! - up to 7 rows (memory-bound): every weight row is read from memory once and multiplied with
-//!   every activation row while it sits in cache (blocks of up to 8 rows);
-//! - from 8 rows (compute-bound): register tiles of 6 weight rows × 16 activation rows over the
-//!   activations transposed to `[in, m]`, so each load serves several multiply-adds, with the
-//!   next tile's weights prefetched while one computes.
+//! - the weights are stored once, at load, in **panels** of 16 output rows laid out `[in][16]`,
+//!   so a panel streams from memory as one sequential run of cache lines;
+//! - a panel is multiplied a **chunk** of 128 inputs at a time (8 KiB, which stays in L1 cache)
+//!   with every activation row, in register tiles of up to 6 activation rows × 16 outputs
+//!   (12 accumulators: each weight load serves up to 6 rows, each broadcast activation 16
+//!   outputs);
+//! - while a tile computes, the weights 128 inputs ahead are requested, so memory streams during
+//!   the arithmetic instead of after it.
 //!
-//! On the 2-core CPU of docs/benchmarks.md all of the default model's products take 1.1× a
-//! 1-row pass for 2–4 rows, 1.25× for 8, 1.5× for 16 and 3.5× for 32
-//! (`cargo bench -p s4c-models --bench host_matmul`).
-//! Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
+//! One row is a memory-bound pass over the weights; from about 8 rows the arithmetic dominates.
+//! Figures for the default model are in docs/benchmarks.md (`cargo bench -p s4c-models --bench
+//! host_matmul`). Weights may be stored in `f16` (half the bytes per step), accumulated in `f32`.
 
 use half::f16;
 use rayon::prelude::*;
 
-/// Weights `[out, in]` in host memory.
+/// Weights `[out, in]` in host memory, row-major, as [`HostLinear::new`] takes them.
 #[derive(Debug, Clone)]
 pub enum HostWeights {
     /// Full precision.
     F32(Vec<f32>),
-    /// Half precision, widened to `f32` row by row.
+    /// Half precision, widened to `f32` a chunk at a time.
     F16(Vec<f16>),
 }
 
@@ -32,23 +34,34 @@ pub enum HostWeights {
 pub struct HostLinear {
     out: usize,
     inp: usize,
-    w: HostWeights,
+    /// `[panel][in][PANEL]`: output rows `16p..16p + 16` (zeros past `out`), input-major.
+    panels: HostWeights,
 }
 
-/// Output rows per parallel task.
-const BLOCK: usize = 32;
+/// Output rows per panel: two 8-lane vectors.
+const PANEL: usize = 16;
+
+/// Inputs per chunk: a chunk of a panel (8 KiB in `f32`) stays in L1 while every tile of
+/// activation rows multiplies it.
+const CHUNK: usize = 128;
+
+/// How many inputs ahead a tile requests weights (one cache line per input step).
+const PREFETCH_INPUTS: usize = 128;
+
+/// Panels per parallel task.
+const TASK_PANELS: usize = 3;
+
+/// Activation rows per register tile (6 rows × 2 vectors = 12 accumulators).
+const TILE_ROWS: usize = 6;
 
 impl HostLinear {
-    /// Wraps `[out, in]` row-major weights.
+    /// Takes `[out, in]` row-major weights and stores them in panels.
     pub fn new(out: usize, inp: usize, w: HostWeights) -> Self {
-        debug_assert_eq!(
-            match &w {
-                HostWeights::F32(v) => v.len(),
-                HostWeights::F16(v) => v.len(),
-            },
-            out * inp
-        );
-        HostLinear { out, inp, w }
+        let panels = match w {
+            HostWeights::F32(v) => HostWeights::F32(to_panels(&v, out, inp)),
+            HostWeights::F16(v) => HostWeights::F16(to_panels(&v, out, inp)),
+        };
+        HostLinear { out, inp, panels }
     }
 
     /// Output features.
@@ -63,249 +76,184 @@ impl HostLinear {
 
     /// `x · Wᵀ` for `x` of `m` rows of `in` values; returns `m` rows of `out` values.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        debug_assert_eq!(x.len(), m * self.inp);
-        #[cfg(target_arch = "x86_64")]
-        if m >= TILED_ROWS && avx2_fma() {
-            return self.matmul_tiled(x, m);
-        }
-        self.matmul_rows(x, m)
-    }
-
-    /// Few rows: memory-bound, so each weight row is streamed once and multiplied with every
-    /// activation row while it is in cache.
-    fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (out, inp) = (self.out, self.inp);
-        // Computed transposed ([out, m]) so each task owns a contiguous block.
-        let mut yt = vec![0f32; out * m];
-        yt.par_chunks_mut(BLOCK * m)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                let mut row = vec![0f32; inp];
-                for (r, dst) in chunk.chunks_mut(m).enumerate() {
-                    let o = b * BLOCK + r;
-                    // Rows a few ahead are requested now, so memory streams while this one
-                    // is multiplied (7-12% faster for 1-8 rows than the hardware alone).
-                    let ahead = (o + PREFETCH_ROWS) * inp..(o + PREFETCH_ROWS + 1) * inp;
-                    let w: &[f32] = match &self.w {
-                        HostWeights::F32(v) => {
-                            prefetch(v.get(ahead).unwrap_or(&[]));
-                            &v[o * inp..(o + 1) * inp]
-                        }
-                        HostWeights::F16(v) => {
-                            prefetch(v.get(ahead).unwrap_or(&[]));
-                            widen(&v[o * inp..(o + 1) * inp], &mut row);
-                            &row
-                        }
-                    };
-                    dots(w, x, inp, dst);
-                }
-            });
-        if m == 1 {
-            return yt;
-        }
-        let mut y = vec![0f32; m * out];
-        for o in 0..out {
-            for i in 0..m {
-                y[i * out + o] = yt[o * m + i];
-            }
-        }
-        y
-    }
-
-    /// Many rows: compute-bound, so the product runs in register tiles — 6 (or 12) weight rows
-    /// times 16 (or 8) activation rows of accumulators, see [`tiles_avx2`] — over the
-    /// activations transposed to `[in, m]`, where each activation load serves several weight
-    /// rows and each broadcast weight several activation rows.
-    #[cfg(target_arch = "x86_64")]
-    fn matmul_tiled(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (out, inp) = (self.out, self.inp);
-        // Activations transposed to [in, mp], padded with zeros to a multiple of 8 lanes.
-        let mp = m.div_ceil(8) * 8;
-        let mut xt = vec![0f32; inp * mp];
-        for (k, col) in xt.chunks_exact_mut(mp).enumerate() {
-            for (i, v) in col[..m].iter_mut().enumerate() {
-                *v = x[i * inp + k];
-            }
-        }
-        let mut y = vec![0f32; m * out];
+        let inp = self.inp;
+        debug_assert_eq!(x.len(), m * inp);
+        let n_panels = self.out.div_ceil(PANEL);
+        // Computed `n_panels · 16` wide, so every tile stores whole vectors.
+        let width = n_panels * PANEL;
+        let mut y = vec![0f32; m * width];
         let dst = Out {
             ptr: y.as_mut_ptr(),
-            stride: out,
-            rows: m,
+            stride: width,
         };
-        (0..out.div_ceil(TILED_BLOCK))
+        (0..n_panels.div_ceil(TASK_PANELS))
             .into_par_iter()
-            .for_each(|b| {
-                let o0 = b * TILED_BLOCK;
-                let rows = TILED_BLOCK.min(out - o0);
+            .for_each(|t| {
                 let mut wide = Vec::new();
-                let w: &[f32] = match &self.w {
-                    HostWeights::F32(v) => &v[o0 * inp..(o0 + rows) * inp],
-                    HostWeights::F16(v) => {
-                        wide.resize(rows * inp, 0.0);
-                        widen(&v[o0 * inp..(o0 + rows) * inp], &mut wide);
-                        &wide
+                for p in t * TASK_PANELS..((t + 1) * TASK_PANELS).min(n_panels) {
+                    for k0 in (0..inp).step_by(CHUNK) {
+                        let kc = CHUNK.min(inp - k0);
+                        let at = (p * inp + k0) * PANEL;
+                        let (w, ahead): (&[f32], *const u8) = match &self.panels {
+                            HostWeights::F32(v) => {
+                                (&v[at..at + kc * PANEL], v.as_ptr().wrapping_add(at).cast())
+                            }
+                            HostWeights::F16(v) => {
+                                wide.resize(kc * PANEL, 0.0);
+                                widen(&v[at..at + kc * PANEL], &mut wide);
+                                (&wide, v.as_ptr().wrapping_add(at).cast())
+                            }
+                        };
+                        let chunk = Chunk {
+                            w,
+                            ahead,
+                            first: k0 == 0,
+                        };
+                        for i in (0..m).step_by(TILE_ROWS) {
+                            let rows = TILE_ROWS.min(m - i);
+                            let xs = &x[i * inp + k0..];
+                            // This task alone writes columns 16p..16p + 16 (see `Out`).
+                            chunk.tile(rows, xs, inp, dst.at(i, p * PANEL));
+                        }
                     }
-                };
-                // SAFETY: AVX2 and FMA were detected by the caller; `w` holds `rows` rows of
-                // `inp` values and `xt` `inp` rows of `mp`; this task alone writes columns
-                // `o0..o0 + rows` of `y`, which `dst` covers.
-                unsafe { tiles_avx2(w, rows, inp, &xt, mp, dst.at(0, o0)) };
+                }
             });
-        y
+        if width == self.out {
+            return y;
+        }
+        let mut packed = Vec::with_capacity(m * self.out);
+        for row in y.chunks_exact(width) {
+            packed.extend_from_slice(&row[..self.out]);
+        }
+        packed
     }
 }
 
-/// Where a tile stores its results: `rows` rows of `y` (row stride `stride`) from `ptr`.
-#[cfg(target_arch = "x86_64")]
+/// `[out, in]` row-major → `[panel][in][PANEL]`, rows past `out` zero.
+fn to_panels<T: Copy + Default>(w: &[T], out: usize, inp: usize) -> Vec<T> {
+    let n_panels = out.div_ceil(PANEL);
+    let mut p = vec![T::default(); n_panels * inp * PANEL];
+    for (o, row) in w.chunks_exact(inp.max(1)).take(out).enumerate() {
+        let base = (o / PANEL) * inp * PANEL + o % PANEL;
+        for (k, &v) in row.iter().enumerate() {
+            p[base + k * PANEL] = v;
+        }
+    }
+    p
+}
+
+/// Where a tile stores its results: from `ptr`, rows `stride` values apart.
 #[derive(Clone, Copy)]
 struct Out {
     ptr: *mut f32,
     stride: usize,
-    rows: usize,
 }
 
-// SAFETY: tasks write disjoint columns of one live output buffer (see `matmul_tiled`).
-#[cfg(target_arch = "x86_64")]
+// SAFETY: the tasks of `HostLinear::matmul` write disjoint columns (their own panels) of one
+// output buffer that outlives them.
 unsafe impl Send for Out {}
-#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for Out {}
 
-#[cfg(target_arch = "x86_64")]
 impl Out {
-    /// The same output from row `r` and column `c` on (pointer arithmetic only: nothing is
-    /// read or written here).
+    /// The same output from row `r` and column `c` on (pointer arithmetic only).
     fn at(self, r: usize, c: usize) -> Out {
         Out {
             ptr: self.ptr.wrapping_add(r * self.stride + c),
             stride: self.stride,
-            rows: self.rows.saturating_sub(r),
         }
     }
 }
 
-/// From this many activation rows on, [`HostLinear::matmul`] multiplies in register tiles.
-#[cfg(target_arch = "x86_64")]
-const TILED_ROWS: usize = 8;
-
-/// Output rows per parallel task of the tiled product (a multiple of every tile height).
-#[cfg(target_arch = "x86_64")]
-const TILED_BLOCK: usize = 48;
-
-/// `y[i][o] = w_o · x_i` for `rows` weight rows and the `mp` (a multiple of 8) activation
-/// columns of `xt` (`[inp, mp]`), stored through `y` (row `i`, column `o` of this block): 6 weight
-/// rows × 16 columns per tile (12 accumulators), 12 × 8 for a last group of 8 columns, then
-/// single weight rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2(w: &[f32], rows: usize, inp: usize, xt: &[f32], mp: usize, y: Out) {
-    debug_assert!(w.len() >= rows * inp && xt.len() >= inp * mp);
-    let mut o = 0;
-    while o < rows {
-        let tall = match rows - o {
-            12.. => 12,
-            6..=11 => 6,
-            _ => 1,
-        };
-        let mut n = 0;
-        while n < mp {
-            let (pw, px, py) = (w.as_ptr().add(o * inp), xt.as_ptr().add(n), y.at(n, o));
-            // The first pass over these weight rows also requests the next ones.
-            let fetch = n == 0;
-            n += match (tall, mp - n >= 16) {
-                (12 | 6, true) => {
-                    for h in 0..tall / 6 {
-                        tile::<6, 2>(pw.add(h * 6 * inp), fetch, inp, px, mp, py.at(0, h * 6));
-                    }
-                    16
-                }
-                (12, false) => {
-                    tile::<12, 1>(pw, fetch, inp, px, mp, py);
-                    8
-                }
-                (6, false) => {
-                    tile::<6, 1>(pw, fetch, inp, px, mp, py);
-                    8
-                }
-                (_, true) => {
-                    tile::<1, 2>(pw, fetch, inp, px, mp, py);
-                    16
-                }
-                (_, false) => {
-                    tile::<1, 1>(pw, fetch, inp, px, mp, py);
-                    8
-                }
-            };
-        }
-        o += tall;
-    }
+/// One chunk of one panel, `[kc][PANEL]` in `f32`, ready to multiply.
+struct Chunk<'a> {
+    w: &'a [f32],
+    /// The chunk's weights in storage (what to prefetch ahead of).
+    ahead: *const u8,
+    /// The first chunk of the panel stores its sums; later ones add to them.
+    first: bool,
 }
 
-/// One register tile: `MR` weight rows (row stride `inp`) times `8·NV` activation columns (row
-/// stride `mp` in `xt`), accumulated over all `inp`; results for the first `y.rows` columns
-/// are stored to `y` (activation row `i`, weight row `j` at `y.ptr + i·y.stride + j`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // indices over registers read clearer than zipped iterators
-unsafe fn tile<const MR: usize, const NV: usize>(
-    w: *const f32,
-    fetch_next: bool,
-    inp: usize,
-    xt: *const f32,
-    mp: usize,
-    y: Out,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-    for k in 0..inp {
-        if fetch_next && k % 16 == 0 {
-            // The next tile's weight rows, a cache line per row every 16 steps: memory streams
-            // while this tile computes. (A hint: never faults, so it may point past the rows.)
-            for j in 0..MR {
-                let line = w.wrapping_add((MR + j) * inp + k);
-                _mm_prefetch(line as *const i8, _MM_HINT_T0);
+impl Chunk<'_> {
+    /// `y[r][0..16] (+)= Σ_k x[r·inp + k] · w[k][0..16]` for `rows` (1..=6) activation rows.
+    fn tile(&self, rows: usize, x: &[f32], inp: usize, y: Out) {
+        let kc = self.w.len() / PANEL;
+        assert!(rows <= TILE_ROWS && x.len() >= (rows - 1) * inp + kc);
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected; `x` holds `rows` rows of `kc` values `inp`
+            // apart (checked above); `y` points at `rows` rows of 16 writable values that no
+            // other task touches (`HostLinear::matmul`).
+            unsafe {
+                match rows {
+                    6 => self.tile_avx2::<6>(x, inp, y),
+                    5 => self.tile_avx2::<5>(x, inp, y),
+                    4 => self.tile_avx2::<4>(x, inp, y),
+                    3 => self.tile_avx2::<3>(x, inp, y),
+                    2 => self.tile_avx2::<2>(x, inp, y),
+                    _ => self.tile_avx2::<1>(x, inp, y),
+                }
             }
+            return;
         }
-        let xk = xt.add(k * mp);
-        let xv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(xk.add(8 * v)));
-        for j in 0..MR {
-            let b = _mm256_broadcast_ss(&*w.add(j * inp + k));
-            for v in 0..NV {
-                acc[j][v] = _mm256_fmadd_ps(b, xv[v], acc[j][v]);
+        self.tile_portable(rows, x, inp, y);
+    }
+
+    /// [`Chunk::tile`] in plain Rust (CPUs without AVX2 and FMA).
+    fn tile_portable(&self, rows: usize, x: &[f32], inp: usize, y: Out) {
+        for r in 0..rows {
+            let mut acc = [0f32; PANEL];
+            for (k, w) in self.w.chunks_exact(PANEL).enumerate() {
+                let xv = x[r * inp + k];
+                for (a, &wv) in acc.iter_mut().zip(w) {
+                    *a += xv * wv;
+                }
+            }
+            // SAFETY: as above, row `r` of `y` has 16 values this task alone writes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(y.ptr.add(r * y.stride), PANEL) };
+            for (d, a) in dst.iter_mut().zip(acc) {
+                *d = if self.first { a } else { *d + a };
             }
         }
     }
-    let mut buf = [[[0f32; 8]; NV]; MR];
-    for j in 0..MR {
-        for v in 0..NV {
-            _mm256_storeu_ps(buf[j][v].as_mut_ptr(), acc[j][v]);
-        }
-    }
-    for c in 0..(8 * NV).min(y.rows) {
-        let row = y.ptr.add(c * y.stride);
-        for j in 0..MR {
-            *row.add(j) = buf[j][c / 8][c % 8];
-        }
-    }
-}
 
-/// How far ahead of the row being multiplied its weights are prefetched.
-const PREFETCH_ROWS: usize = 8;
-
-/// Asks the CPU to bring `data` into cache (a hint: never faults, no effect off x86-64).
-fn prefetch<T>(data: &[T]) {
+    /// [`Chunk::tile`] for `R` rows in AVX2 registers.
     #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(64 / std::mem::size_of::<T>().max(1)) {
-        // SAFETY: `_mm_prefetch` (SSE, part of x86-64) only hints; the pointer is in bounds.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(
-                line.as_ptr() as *const i8,
-                std::arch::x86_64::_MM_HINT_T0,
-            )
-        };
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // indices over registers read clearer than zips
+    unsafe fn tile_avx2<const R: usize>(&self, x: &[f32], inp: usize, y: Out) {
+        use std::arch::x86_64::*;
+        let kc = self.w.len() / PANEL;
+        let (pw, px) = (self.w.as_ptr(), x.as_ptr());
+        // Bytes of storage per input step.
+        let step = std::mem::size_of::<f32>() * PANEL;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for k in 0..kc {
+            // A hint: never faults, so it may point past the weights.
+            let line = self.ahead.wrapping_add((k + PREFETCH_INPUTS) * step);
+            _mm_prefetch(line.cast(), _MM_HINT_T0);
+            let a = [
+                _mm256_loadu_ps(pw.add(k * PANEL)),
+                _mm256_loadu_ps(pw.add(k * PANEL + 8)),
+            ];
+            for r in 0..R {
+                let b = _mm256_broadcast_ss(&*px.add(r * inp + k));
+                for v in 0..2 {
+                    acc[r][v] = _mm256_fmadd_ps(b, a[v], acc[r][v]);
+                }
+            }
+        }
+        for r in 0..R {
+            for v in 0..2 {
+                let d = y.ptr.add(r * y.stride + 8 * v);
+                let s = if self.first {
+                    acc[r][v]
+                } else {
+                    _mm256_add_ps(_mm256_loadu_ps(d), acc[r][v])
+                };
+                _mm256_storeu_ps(d, s);
+            }
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 fn widen(src: &[f16], dst: &mut [f32]) {
@@ -313,112 +261,11 @@ fn widen(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst);
 }
 
-/// Whether this CPU has AVX2 and FMA (the kernels' vector paths); detected once, then cached
+/// Whether this CPU has AVX2 and FMA (the kernel's vector path); detected once, then cached
 /// by the standard library.
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-/// `dst[i] = w · x_i` for every row `x_i` (of `inp` values) of `x`; AVX2 + FMA when the CPU
-/// has them, up to eight rows at a time so each weight load serves up to eight products.
-fn dots(w: &[f32], x: &[f32], inp: usize, dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the features were detected at run time; all rows have `inp` values.
-        unsafe { dots_avx2(w, x, inp, dst) };
-        return;
-    }
-    for (i, y) in dst.iter_mut().enumerate() {
-        *y = dot_portable(w, &x[i * inp..(i + 1) * inp]);
-    }
-}
-
-/// [`dots`] in blocks of 8, 4, 2 and 1 rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(w: &[f32], x: &[f32], inp: usize, dst: &mut [f32]) {
-    let mut i = 0;
-    while i < dst.len() {
-        let rows = |r: usize| &x[(i + r) * inp..(i + r + 1) * inp];
-        // Blocks keep 8 accumulators (rows × unroll) in flight: enough to hide FMA latency.
-        let left = dst.len() - i;
-        let done = if left >= 8 {
-            dst[i..i + 8].copy_from_slice(&dot_rows::<8, 1>(w, std::array::from_fn(rows)));
-            8
-        } else if left >= 4 {
-            dst[i..i + 4].copy_from_slice(&dot_rows::<4, 2>(w, std::array::from_fn(rows)));
-            4
-        } else if left >= 2 {
-            dst[i..i + 2].copy_from_slice(&dot_rows::<2, 4>(w, std::array::from_fn(rows)));
-            2
-        } else {
-            dst[i] = dot_rows::<1, 4>(w, [rows(0)])[0];
-            1
-        };
-        i += done;
-    }
-}
-
-/// `w · x_r` for `R` rows, each weight vector loaded once for all of them, with `U` independent
-/// accumulators per row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // indices over registers read clearer than zipped iterators
-unsafe fn dot_rows<const R: usize, const U: usize>(w: &[f32], x: [&[f32]; R]) -> [f32; R] {
-    use std::arch::x86_64::*;
-    let n = w.len();
-    let pw = w.as_ptr();
-    let px = x.map(|r| r.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); U]; R];
-    let mut i = 0;
-    while i + 8 * U <= n {
-        for u in 0..U {
-            let a = _mm256_loadu_ps(pw.add(i + 8 * u));
-            for r in 0..R {
-                acc[r][u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[r].add(i + 8 * u)), acc[r][u]);
-            }
-        }
-        i += 8 * U;
-    }
-    while i + 8 <= n {
-        let a = _mm256_loadu_ps(pw.add(i));
-        for r in 0..R {
-            acc[r][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[r].add(i)), acc[r][0]);
-        }
-        i += 8;
-    }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        let mut v = acc[r][0];
-        for u in 1..U {
-            v = _mm256_add_ps(v, acc[r][u]);
-        }
-        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-        out[r] = _mm_cvtss_f32(q);
-        for j in i..n {
-            out[r] += *pw.add(j) * *px[r].add(j);
-        }
-    }
-    out
-}
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -435,6 +282,41 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn the_portable_tile_matches_the_vector_tile() {
+        let (kc, inp) = (37, 40);
+        let w: Vec<f32> = (0..kc * PANEL)
+            .map(|i| (i % 13) as f32 * 0.25 - 1.5)
+            .collect();
+        let x: Vec<f32> = (0..TILE_ROWS * inp).map(|i| (i % 7) as f32 - 3.0).collect();
+        for rows in 1..=TILE_ROWS {
+            for first in [true, false] {
+                let chunk = Chunk {
+                    w: &w,
+                    ahead: w.as_ptr().cast(),
+                    first,
+                };
+                let mut a = vec![1f32; rows * PANEL];
+                let mut b = a.clone();
+                let out = |v: &mut Vec<f32>| Out {
+                    ptr: v.as_mut_ptr(),
+                    stride: PANEL,
+                };
+                chunk.tile(rows, &x, inp, out(&mut a));
+                chunk.tile_portable(rows, &x, inp, out(&mut b));
+                for (r, (ra, rb)) in a.chunks(PANEL).zip(b.chunks(PANEL)).enumerate() {
+                    for (o, (va, vb)) in ra.iter().zip(rb).enumerate() {
+                        let want = if first { 0.0 } else { 1.0 }
+                            + (0..kc)
+                                .map(|k| x[r * inp + k] * w[k * PANEL + o])
+                                .sum::<f32>();
+                        assert!((va - want).abs() < 1e-3 && (vb - want).abs() < 1e-3);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -462,6 +344,8 @@ mod tests {
             (50, 33, 40),
             (31, 20, 64),
             (96, 576, 12),
+            (17, 300, 1),
+            (48, 129, 13),
         ] {
             let w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..m * inp).map(|_| rnd()).collect();
