@@ -241,7 +241,8 @@ fn host_matmul_forward_equals_the_backend_forward() {
         .unwrap();
     assert!(host.host_matmul() && !plain.host_matmul());
     let toks: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
-    // Blocks of 20 and 16 rows (the host's tiled product), 4 (its row-at-a-time product) and 1\n    // (the backend), then a tree: every path of the dual weights.
+    // Blocks of 20, 16 and 4 rows (the host kernel: whole and partial register tiles) and 1
+    // (the backend), then a tree: every path of the dual weights.
     let (mut c1, mut c2) = (plain.new_cache(64), host.new_cache(64));
     let mut start = 0;
     for n in [20usize, 4, 1, 16] {

@@ -149,8 +149,8 @@ struct ModelArgs {
     /// Longest context to support (prompt plus new tokens).
     #[arg(long, default_value_t = 4096)]
     context: usize,
-    /// On flex, do not add s4c's CPU kernel for 2–16-row blocks (on by default when S4C may
-    /// run: it makes tree verification ~1.5–2× cheaper, at the cost of a second copy of the
+    /// On flex, do not add s4c's CPU kernel for 2–64-row blocks (on by default when S4C may
+    /// run: it makes tree verification several times cheaper, at the cost of a second copy of the
     /// weights; `--mode plain` never adds it).
     #[arg(long)]
     no_host_matmul: bool,
