@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use s4c_models::host_matmul::{HostLinear, HostWeights};
 use s4c_models::CausalLm;
 use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
 
@@ -127,6 +128,9 @@ pub struct MultiHeadDrafter<B: Backend> {
     head_t: Tensor<B, 2>,
     /// Draft-vocabulary index → token id.
     vocab: Vec<u32>,
+    /// A host copy of the LM head `[draft_vocab, hidden]` (see
+    /// [`MultiHeadDrafter::with_host_head`]).
+    host_head: Option<HostLinear>,
 }
 
 impl<B: Backend> MultiHeadDrafter<B> {
@@ -167,7 +171,30 @@ impl<B: Backend> MultiHeadDrafter<B> {
             embed,
             head_t: head.transpose(),
             vocab,
+            host_head: None,
         })
+    }
+
+    /// The same drafter with a host copy of its LM head, multiplied by s4c's CPU kernel
+    /// ([`s4c_models::host_matmul`]) on all cores: for a target that runs the host path on a
+    /// CPU backend, where the backend's product of a few rows by the `[hidden, draft_vocab]`
+    /// head (a drafting level's largest) runs on one thread. The logits are read on the host
+    /// anyway, so nothing else moves.
+    pub fn with_host_head(mut self) -> Result<Self> {
+        let head = self.head();
+        let [dv, hidden] = head.dims();
+        let w = head
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+        self.host_head = Some(HostLinear::new(dv, hidden, HostWeights::F32(w)));
+        Ok(self)
+    }
+
+    /// Whether the LM head is multiplied on the host ([`MultiHeadDrafter::with_host_head`]).
+    pub fn host_head(&self) -> bool {
+        self.host_head.is_some()
     }
 
     /// Random heads (the blocks' output layers are made non-zero), for tests: losslessness
@@ -269,12 +296,16 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                 .select(0, ids_tensor::<B>(tokens, &parents.device()))
         };
         let states = self.heads.step(depth, parents, emb);
-        let logits = states.clone().matmul(self.head_t.clone());
-        let host = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+        let read = |t: Tensor<B, 2>| {
+            t.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| DraftError::Read(format!("{e:?}")))
+        };
+        let host = match &self.host_head {
+            Some(h) => h.matmul(&read(states.clone())?, m),
+            None => read(states.clone().matmul(self.head_t.clone()))?,
+        };
         let dv = self.vocab.len();
         let cands = host
             .chunks(dv)

@@ -61,6 +61,32 @@ fn shapes_and_candidates() {
 }
 
 #[test]
+fn the_host_head_drafts_what_the_backend_head_drafts() {
+    let t = target(4);
+    let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5).unwrap();
+    let dh = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5)
+        .unwrap()
+        .with_host_head()
+        .unwrap();
+    assert!(dh.host_head() && !d.host_head());
+    let h = 32;
+    for n in [1usize, 3, 7] {
+        let s = features(n, h, n as u64);
+        let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
+        let (sa, ca) = d.expand(1, s.clone(), &toks, 5).unwrap();
+        let (sb, cb) = dh.expand(1, s, &toks, 5).unwrap();
+        assert_eq!(host(sa), host(sb));
+        for (a, b) in ca.iter().zip(&cb) {
+            assert_eq!(a.len(), 5);
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.token, y.token);
+                assert!((x.logprob - y.logprob).abs() < 1e-4, "{x:?} vs {y:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn padded_window_entries_are_ignored() {
     let t = target(1);
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();

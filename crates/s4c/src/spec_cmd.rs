@@ -34,7 +34,15 @@ pub fn speculation<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<Sp
     let heads = loaded.find_heads(spec);
     let drafter = heads
         .as_ref()
-        .map(|h| s4c_draft::io::load::<B, _>(h, &loaded.m.model))
+        .map(|h| {
+            let d = s4c_draft::io::load::<B, _>(h, &loaded.m.model)?;
+            // With the target on the host path, the drafter's LM head goes there too.
+            if loaded.m.model.host_matmul() {
+                d.with_host_head()
+            } else {
+                Ok(d)
+            }
+        })
         .transpose()?;
     let (shape, mut info) = match &drafter {
         Some(d) => tree_shape(loaded, d, spec)?,
@@ -115,11 +123,12 @@ fn tree_shape<B: Backend>(
             let c = drafter.config();
             let model = &loaded.m.model;
             let key = format!(
-                "{}-{}x{}-dv{}",
+                "{}-{}x{}-dv{}{}",
                 model_key(loaded),
                 c.heads,
                 c.inner,
-                c.draft_vocab
+                c.draft_vocab,
+                if drafter.host_head() { "-hosthead" } else { "" }
             );
             let p = profile(model, drafter, key, &cache_dir())?;
             let sizer = adaptive_sizer(&stats, &p, spec.tree_nodes, depth)?;
