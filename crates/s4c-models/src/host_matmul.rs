@@ -94,19 +94,23 @@ impl HostLinear {
                     for k0 in (0..inp).step_by(CHUNK) {
                         let kc = CHUNK.min(inp - k0);
                         let at = (p * inp + k0) * PANEL;
-                        let (w, ahead): (&[f32], *const u8) = match &self.panels {
-                            HostWeights::F32(v) => {
-                                (&v[at..at + kc * PANEL], v.as_ptr().wrapping_add(at).cast())
-                            }
+                        let (w, ahead, ahead_step): (&[f32], *const u8, usize) = match &self.panels
+                        {
+                            HostWeights::F32(v) => (
+                                &v[at..at + kc * PANEL],
+                                v.as_ptr().wrapping_add(at).cast(),
+                                4 * PANEL,
+                            ),
                             HostWeights::F16(v) => {
                                 wide.resize(kc * PANEL, 0.0);
                                 widen(&v[at..at + kc * PANEL], &mut wide);
-                                (&wide, v.as_ptr().wrapping_add(at).cast())
+                                (&wide, v.as_ptr().wrapping_add(at).cast(), 2 * PANEL)
                             }
                         };
                         let chunk = Chunk {
                             w,
                             ahead,
+                            ahead_step,
                             first: k0 == 0,
                         };
                         for i in (0..m).step_by(TILE_ROWS) {
@@ -169,6 +173,8 @@ struct Chunk<'a> {
     w: &'a [f32],
     /// The chunk's weights in storage (what to prefetch ahead of).
     ahead: *const u8,
+    /// Bytes of storage per input step (16 weights).
+    ahead_step: usize,
     /// The first chunk of the panel stores its sums; later ones add to them.
     first: bool,
 }
@@ -224,12 +230,12 @@ impl Chunk<'_> {
         use std::arch::x86_64::*;
         let kc = self.w.len() / PANEL;
         let (pw, px) = (self.w.as_ptr(), x.as_ptr());
-        // Bytes of storage per input step.
-        let step = std::mem::size_of::<f32>() * PANEL;
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for k in 0..kc {
             // A hint: never faults, so it may point past the weights.
-            let line = self.ahead.wrapping_add((k + PREFETCH_INPUTS) * step);
+            let line = self
+                .ahead
+                .wrapping_add((k + PREFETCH_INPUTS) * self.ahead_step);
             _mm_prefetch(line.cast(), _MM_HINT_T0);
             let a = [
                 _mm256_loadu_ps(pw.add(k * PANEL)),
@@ -296,6 +302,7 @@ mod tests {
                 let chunk = Chunk {
                     w: &w,
                     ahead: w.as_ptr().cast(),
+                    ahead_step: 4 * PANEL,
                     first,
                 };
                 let mut a = vec![1f32; rows * PANEL];
