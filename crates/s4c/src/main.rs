@@ -150,8 +150,8 @@ struct ModelArgs {
     #[arg(long, default_value_t = 4096)]
     context: usize,
     /// On flex, do not add s4c's CPU kernel for 2–64-row blocks (on by default when S4C may
-    /// run: it makes tree verification several times cheaper, at the cost of a second copy of the
-    /// weights; `--mode plain` never adds it).
+    /// run and for train-heads' batched data generation: it makes tree verification several times
+    /// cheaper, at the cost of a second copy of the weights; `--mode plain` never adds it).
     #[arg(long)]
     no_host_matmul: bool,
 }
@@ -359,7 +359,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::TrainHeads(args) => {
             let m = args.model.clone();
-            dispatch(&m, false, |loaded| loaded.train_heads(&args))
+            // Data generation decodes 24 sequences per forward: blocks the host kernel serves.
+            dispatch(&m, true, |loaded| loaded.train_heads(&args))
         }
     }
 }
@@ -372,11 +373,12 @@ fn dtype(d: DtypeArg) -> DType {
     }
 }
 
-/// Loads the model on the chosen backend and runs `f` with it; `speculative` says whether S4C
-/// may run (then flex gets the host kernel for small blocks unless `--no-host-matmul`).
+/// Loads the model on the chosen backend and runs `f` with it; `blocks` says whether the command
+/// runs forwards of several tokens (S4C verification, batched data generation): then flex gets
+/// the host kernel for them unless `--no-host-matmul`.
 fn dispatch(
     args: &ModelArgs,
-    speculative: bool,
+    blocks: bool,
     f: impl FnOnce(&dyn Runner) -> Result<()>,
 ) -> Result<()> {
     if args.context < 2 {
@@ -392,7 +394,7 @@ fn dispatch(
             _ => 1,
         }),
         max_context: args.context,
-        host_matmul: speculative && args.backend == BackendKind::Flex && !args.no_host_matmul,
+        host_matmul: blocks && args.backend == BackendKind::Flex && !args.no_host_matmul,
     };
     match args.backend {
         BackendKind::Flex => {
