@@ -55,8 +55,15 @@ const TASK_PANELS: usize = 3;
 const TILE_ROWS: usize = 6;
 
 impl HostLinear {
-    /// Takes `[out, in]` row-major weights and stores them in panels.
+    /// Takes `[out, in]` row-major weights (`out · in` values) and stores them in panels.
     pub fn new(out: usize, inp: usize, w: HostWeights) -> Self {
+        debug_assert_eq!(
+            match &w {
+                HostWeights::F32(v) => v.len(),
+                HostWeights::F16(v) => v.len(),
+            },
+            out * inp
+        );
         let panels = match w {
             HostWeights::F32(v) => HostWeights::F32(to_panels(&v, out, inp)),
             HostWeights::F16(v) => HostWeights::F16(to_panels(&v, out, inp)),
