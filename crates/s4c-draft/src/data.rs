@@ -384,7 +384,8 @@ pub fn sample_softmax(logits: &[f32], temperature: f32, u: f32) -> u32 {
     last as u32
 }
 
-fn to_host<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {
+/// A tensor's values on the host, as `f32`.
+pub(crate) fn to_host<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()

@@ -12,7 +12,7 @@ use s4c_models::CausalLm;
 use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
 
 use crate::config::{probe_positions, Coherence, DrafterConfig, Fingerprint};
-use crate::data::top_k_softmax;
+use crate::data::{to_host, top_k_softmax};
 use crate::error::{DraftError, Result};
 use crate::heads::Heads;
 
@@ -183,11 +183,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
     pub fn with_host_head(mut self) -> Result<Self> {
         let head = self.head();
         let [dv, hidden] = head.dims();
-        let w = head
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+        let w = to_host(head)?;
         self.host_head = Some(HostLinear::new(dv, hidden, HostWeights::F32(w)));
         Ok(self)
     }
@@ -296,15 +292,9 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                 .select(0, ids_tensor::<B>(tokens, &parents.device()))
         };
         let states = self.heads.step(depth, parents, emb);
-        let read = |t: Tensor<B, 2>| {
-            t.into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| DraftError::Read(format!("{e:?}")))
-        };
         let host = match &self.host_head {
-            Some(h) => h.matmul(&read(states.clone())?, m),
-            None => read(states.clone().matmul(self.head_t.clone()))?,
+            Some(h) => h.matmul(&to_host(states.clone())?, m),
+            None => to_host(states.clone().matmul(self.head_t.clone()))?,
         };
         let dv = self.vocab.len();
         let cands = host
