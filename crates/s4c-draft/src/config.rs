@@ -108,6 +108,10 @@ pub fn probe_positions(vocab: usize, hidden: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+fn one() -> usize {
+    1
+}
+
 /// The drafter's hyper-parameters, stored as JSON next to the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrafterConfig {
@@ -117,6 +121,10 @@ pub struct DrafterConfig {
     pub hidden: usize,
     /// Inner width of each head's block.
     pub inner: usize,
+    /// Residual MLP layers per head (the first reads the parent's token too); 1 in heads made
+    /// before the option existed.
+    #[serde(default = "one")]
+    pub layers: usize,
     /// Number of past target features the initial state attends over.
     pub window: usize,
     /// Width of the window attention's queries and keys.
@@ -142,6 +150,7 @@ impl DrafterConfig {
             heads: 4,
             hidden: target.hidden_size,
             inner: target.hidden_size,
+            layers: 1,
             window: 8,
             attn_dim: 64,
             coherence: Coherence::Full,
@@ -153,8 +162,8 @@ impl DrafterConfig {
 
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), String> {
-        if self.heads == 0 || self.inner == 0 || self.attn_dim == 0 {
-            return Err("heads, inner and attn_dim must be at least 1".into());
+        if self.heads == 0 || self.inner == 0 || self.layers == 0 || self.attn_dim == 0 {
+            return Err("heads, inner, layers and attn_dim must be at least 1".into());
         }
         if self.hidden != self.target.hidden_size {
             return Err(format!(

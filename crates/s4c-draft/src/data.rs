@@ -5,7 +5,8 @@
 //! token per unfinished sequence, with a block-diagonal mask so a sequence sees only its own slots
 //! (batched decoding through the same tree-masked forward that verification uses). They are greedy
 //! by default; with a temperature, each prompt can get several sampled answers (more data from the
-//! same prompts), every one drawn from its own seeded generator so batching does not change it.
+//! same prompts), every one drawn from its own seeded generator so batching does not change its
+//! draws (only the float rounding of the rows, which can tip a draw that lands on a boundary).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -209,6 +209,9 @@ impl<B: Backend> MultiHeadDrafter<B> {
         heads.ctx_out.weight = noise(heads.ctx_out.weight.val());
         for b in heads.blocks.iter_mut() {
             b.out.weight = noise(b.out.weight.val());
+            for r in b.more.iter_mut() {
+                r.out.weight = noise(r.out.weight.val());
+            }
         }
         let vocab = (0..config.draft_vocab as u32).collect();
         Self::new(config, heads, vocab, target)

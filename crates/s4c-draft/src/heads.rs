@@ -3,26 +3,54 @@
 
 use burn::module::{Module, Param};
 use burn::nn::loss::HuberLossConfig;
-use burn::nn::Linear;
+use burn::nn::{DropoutConfig, Linear};
 use burn::tensor::{activation, backend::Backend, BasicOps, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{Coherence, DrafterConfig};
 
-/// One head: `s_k = s_{k-1} + W_out · silu(W_in · [s_{k-1} ; e])`.
+/// One head: `s = s_{k-1} + W_out · silu(W_in · [s_{k-1} ; e])`, then `s = s + W'_out ·
+/// silu(W'_in · s)` for each further residual layer in `more` (none by default).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// `[2·hidden → inner]`
     pub inp: Linear<B>,
     /// `[inner → hidden]`, zero at initialisation (the block starts as the identity).
     pub out: Linear<B>,
+    /// Further residual MLP layers on the state (`DrafterConfig::layers` − 1 of them).
+    pub more: Vec<Residual<B>>,
+}
+
+/// A residual MLP layer on the state: `s + W_out · silu(W_in · s)`.
+#[derive(Module, Debug)]
+pub struct Residual<B: Backend> {
+    /// `[hidden → inner]`
+    pub inp: Linear<B>,
+    /// `[inner → hidden]`, zero at initialisation.
+    pub out: Linear<B>,
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, state: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// The block on `state` and the parent token's embedding `emb`; `dropout` > 0 zeroes that
+    /// fraction of the inner activations while training (a no-op without autodiff).
+    fn forward(&self, state: Tensor<B, 2>, emb: Tensor<B, 2>, dropout: f64) -> Tensor<B, 2> {
+        let drop = |x: Tensor<B, 2>| {
+            if dropout > 0.0 {
+                DropoutConfig::new(dropout).init().forward(x)
+            } else {
+                x
+            }
+        };
         let x = Tensor::cat(vec![state.clone(), emb], 1);
-        state + self.out.forward(activation::silu(self.inp.forward(x)))
+        let mut s = state
+            + self
+                .out
+                .forward(drop(activation::silu(self.inp.forward(x))));
+        for r in &self.more {
+            s = s.clone() + r.out.forward(drop(activation::silu(r.inp.forward(s))));
+        }
+        s
     }
 }
 
@@ -81,6 +109,12 @@ impl<B: Backend> Heads<B> {
             .map(|_| Block {
                 inp: linear(2 * h, i, true, false),
                 out: linear(i, h, true, true),
+                more: (1..config.layers)
+                    .map(|_| Residual {
+                        inp: linear(h, i, true, false),
+                        out: linear(i, h, true, true),
+                    })
+                    .collect(),
             })
             .collect();
         Heads {
@@ -120,7 +154,7 @@ impl<B: Backend> Heads<B> {
     /// token. Independent heads read the initial state and no token: pass them here as they are
     /// (the caller supplies the initial state and zeros).
     pub fn step(&self, k: usize, parent: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.blocks[k].forward(parent, emb)
+        self.blocks[k].forward(parent, emb, 0.0)
     }
 
     /// Number of heads.
@@ -160,11 +194,14 @@ pub struct Batch<B: Backend> {
     pub rows_per_head: Vec<usize>,
 }
 
-/// Draft states of every head for a batch: `K` tensors `[n, hidden]`.
+/// Draft states of every head for a batch: `K` tensors `[n, hidden]`. `dropout` is the
+/// fraction of the blocks' inner activations zeroed while training (0 = none; it only acts on
+/// an autodiff backend).
 pub fn batch_states<B: Backend>(
     heads: &Heads<B>,
     coherence: Coherence,
     batch: &Batch<B>,
+    dropout: f64,
 ) -> Vec<Tensor<B, 2>> {
     let k = batch.cond.dims()[1];
     let s0 = heads.initial(
@@ -176,10 +213,11 @@ pub fn batch_states<B: Backend>(
     let mut state = s0.clone();
     (0..k.min(heads.len()))
         .map(|j| {
+            let block = &heads.blocks[j];
             state = if coherence.chains_tokens() {
-                heads.step(j, state.clone(), head_rows(&batch.cond, j))
+                block.forward(state.clone(), head_rows(&batch.cond, j), dropout)
             } else {
-                heads.step(j, s0.clone(), s0.zeros_like())
+                block.forward(s0.clone(), s0.zeros_like(), dropout)
             };
             state.clone()
         })
@@ -195,13 +233,13 @@ pub fn batch_logits<B: Backend>(
     batch: &Batch<B>,
 ) -> Vec<Tensor<B, 2>> {
     let head_t = lm_head.clone().transpose();
-    batch_states(heads, coherence, batch)
+    batch_states(heads, coherence, batch, 0.0)
         .into_iter()
         .map(|s| s.matmul(head_t.clone()))
         .collect()
 }
 
-/// Weights of the training loss's terms.
+/// How the training loss is formed: its terms' weights and the dropout applied on the way.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossWeights {
     /// Head `k`'s terms are weighted by `decay^k`.
@@ -210,6 +248,8 @@ pub struct LossWeights {
     /// feature at its offset, averaged over the hidden dimensions) next to the cross-entropy
     /// (weight 1); 0 leaves it out.
     pub feature: f32,
+    /// Fraction of the blocks' inner activations zeroed while training (0 = no dropout).
+    pub dropout: f64,
 }
 
 /// The training loss: per head, cross-entropy to the target's top-`T` distribution at its
@@ -225,7 +265,7 @@ pub fn batch_loss<B: Backend>(
 ) -> (Tensor<B, 1>, Vec<Tensor<B, 1>>) {
     let [n, k, _] = batch.target_idx.dims();
     let head_t = lm_head.clone().transpose();
-    let states = batch_states(heads, coherence, batch);
+    let states = batch_states(heads, coherence, batch, weights.dropout);
     let mut per_head = Vec::with_capacity(k);
     let mut total: Option<Tensor<B, 1>> = None;
     for (j, state) in states.into_iter().enumerate() {

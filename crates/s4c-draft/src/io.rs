@@ -12,7 +12,7 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use crate::config::DrafterConfig;
 use crate::drafter::{fingerprint, MultiHeadDrafter};
 use crate::error::{DraftError, Result};
-use crate::heads::{Block, Heads};
+use crate::heads::{Block, Heads, Residual};
 
 /// The JSON config path that goes with a heads file.
 pub fn config_path(heads: &Path) -> PathBuf {
@@ -28,6 +28,10 @@ fn linears<B: Backend>(heads: &Heads<B>) -> Vec<(String, &Linear<B>)> {
     for (i, b) in heads.blocks.iter().enumerate() {
         v.push((format!("blocks.{i}.inp"), &b.inp));
         v.push((format!("blocks.{i}.out"), &b.out));
+        for (j, r) in b.more.iter().enumerate() {
+            v.push((format!("blocks.{i}.more.{j}.inp"), &r.inp));
+            v.push((format!("blocks.{i}.more.{j}.out"), &r.out));
+        }
     }
     v
 }
@@ -169,6 +173,14 @@ pub fn load<B: Backend, M: CausalLm<B>>(path: &Path, target: &M) -> Result<Multi
                 Ok(Block {
                     inp: linear(&format!("blocks.{k}.inp"), 2 * h, i, true)?,
                     out: linear(&format!("blocks.{k}.out"), i, h, true)?,
+                    more: (1..config.layers)
+                        .map(|j| {
+                            Ok(Residual {
+                                inp: linear(&format!("blocks.{k}.more.{}.inp", j - 1), h, i, true)?,
+                                out: linear(&format!("blocks.{k}.more.{}.out", j - 1), i, h, true)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?,

@@ -53,6 +53,9 @@ pub struct TrainOptions {
     /// and the window) during training, a regulariser against memorising the features (EAGLE
     /// trains with it); 0 disables it.
     pub feature_noise: f32,
+    /// Fraction of the blocks' inner activations zeroed at each training step (dropout, a
+    /// regulariser against memorising the data); 0 disables it.
+    pub dropout: f64,
 }
 
 impl Default for TrainOptions {
@@ -69,6 +72,7 @@ impl Default for TrainOptions {
             checkpoint_every: 200,
             stop_after: None,
             feature_noise: 0.0,
+            dropout: 0.0,
         }
     }
 }
@@ -311,6 +315,12 @@ where
     }
     finite_non_negative("the feature-loss weight", options.feature_loss)?;
     finite_non_negative("the feature-noise amplitude", options.feature_noise)?;
+    if !(0.0..1.0).contains(&options.dropout) {
+        return Err(DraftError::InvalidOption(format!(
+            "dropout {} must be in [0, 1)",
+            options.dropout
+        )));
+    }
     if data.hidden != config.hidden {
         return Err(DraftError::InvalidOption(format!(
             "training data has features of width {}, the target {}",
@@ -394,6 +404,7 @@ where
         let weights = LossWeights {
             decay: options.decay,
             feature: options.feature_loss,
+            dropout: options.dropout,
         };
         let (loss, per_head) = batch_loss(&heads, config.coherence, &lm_head, &batch, weights);
         let grads = GradientsParams::from_grads(loss.backward(), &heads);

@@ -208,6 +208,7 @@ fn save_load_round_trip_and_mismatch() {
     let t = target(1);
     let mut c = config(&t, Coherence::Full);
     c.draft_vocab = 40;
+    c.layers = 2;
     let d = MultiHeadDrafter::random(c, &t, 3).unwrap();
     let dir = std::env::temp_dir().join(format!("s4c-draft-io-{}", std::process::id()));
     let path = dir.join("heads.safetensors");
@@ -250,6 +251,30 @@ fn save_load_round_trip_and_mismatch() {
         Err(DraftError::InvalidHeads { .. })
     ));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn heads_saved_before_the_layers_option_load_with_one_layer() {
+    let t = target(1);
+    let mut v = serde_json::to_value(config(&t, Coherence::Full)).unwrap();
+    assert_eq!(v["layers"], 1);
+    v.as_object_mut().unwrap().remove("layers");
+    let old: DrafterConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(old.layers, 1);
+    // Each further layer adds a residual MLP per head and changes the drafts.
+    let mut c = config(&t, Coherence::Full);
+    c.layers = 3;
+    let d = MultiHeadDrafter::random(c, &t, 3).unwrap();
+    assert!(d.heads().blocks.iter().all(|b| b.more.len() == 2));
+    let one = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();
+    let s0 = features(1, 32, 4);
+    let deep = Template::mc_sim_7b_63()
+        .build(3, &mut DraftSession::new(&d, s0.clone()))
+        .unwrap();
+    let shallow = Template::mc_sim_7b_63()
+        .build(3, &mut DraftSession::new(&one, s0))
+        .unwrap();
+    assert_ne!(deep.flatten().tokens, shallow.flatten().tokens);
 }
 
 #[test]

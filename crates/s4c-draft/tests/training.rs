@@ -3,7 +3,7 @@
 //! stay out of the target, and heads learn a synthetic rule end to end.
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use half::f16;
 use s4c_draft::data::{
@@ -490,6 +490,7 @@ fn one_step_lowers_the_loss_and_gradients_stay_out_of_the_target() {
     let weights = LossWeights {
         decay: 0.8,
         feature: 1.0,
+        dropout: 0.0,
     };
     let (loss0, _) = batch_loss(&heads, cfg.coherence, &head, &batch, weights);
     let raw = loss0.backward();
@@ -505,6 +506,56 @@ fn one_step_lowers_the_loss_and_gradients_stay_out_of_the_target() {
     assert!(after < before, "loss {before} → {after}");
     // The target itself is untouched (it is not even on the autodiff backend).
     let _ = heads.valid();
+}
+
+#[test]
+fn dropout_acts_only_while_training() {
+    let t = target();
+    let data = counting_data(&t, 4, 10);
+    let mut cfg = config(&t, Coherence::Full);
+    cfg.layers = 2;
+    let (embed, _, batch) = whole_batch(&t, &data, &cfg);
+    let mut heads = Heads::<AB>::init(&cfg, &Default::default(), 3);
+    // Non-zero output layers, so the inner activations reach the state.
+    for b in heads.blocks.iter_mut() {
+        b.out.weight = Param::from_tensor(b.out.weight.val().ones_like() * 0.01);
+        for r in b.more.iter_mut() {
+            r.out.weight = Param::from_tensor(r.out.weight.val().ones_like() * 0.01);
+        }
+    }
+    let host = |v: Vec<burn::tensor::Tensor<AB, 2>>| -> Vec<Vec<f32>> {
+        v.into_iter()
+            .map(|s| s.into_data().to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let plain = host(batch_states(&heads, cfg.coherence, &batch, 0.0));
+    assert_eq!(
+        plain,
+        host(batch_states(&heads, cfg.coherence, &batch, 0.0))
+    );
+    let dropped = host(batch_states(&heads, cfg.coherence, &batch, 0.5));
+    for (a, b) in plain.iter().zip(&dropped) {
+        assert_ne!(a, b, "dropout must change the training states");
+    }
+    // Without autodiff (drafting, evaluation) dropout does nothing.
+    let inner = heads.valid();
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let batch = build_batch::<B>(
+        &data,
+        &examples(&data),
+        &cfg,
+        &draft_index(&vocab, VOCAB),
+        &embed.inner(),
+        &Default::default(),
+    );
+    let a = batch_states(&inner, cfg.coherence, &batch, 0.0);
+    let b = batch_states(&inner, cfg.coherence, &batch, 0.5);
+    for (a, b) in a.into_iter().zip(b) {
+        assert_eq!(
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap()
+        );
+    }
 }
 
 #[test]
@@ -524,6 +575,7 @@ fn feature_regression_term_matches_a_host_reference() {
             LossWeights {
                 decay: 0.8,
                 feature,
+                dropout: 0.0,
             },
         );
         per_head
@@ -535,7 +587,7 @@ fn feature_regression_term_matches_a_host_reference() {
     // Host reference: mean over labelled rows of the mean smooth-L1 over hidden dimensions
     // between head k's state and the feature at position t + k + 1 of the example's sequence.
     let h = data.hidden;
-    let states = batch_states(&heads, cfg.coherence, &batch);
+    let states = batch_states(&heads, cfg.coherence, &batch, 0.0);
     for (k, state) in states.into_iter().enumerate() {
         let state = state.into_data().to_vec::<f32>().unwrap();
         let (mut sum, mut rows) = (0f64, 0usize);

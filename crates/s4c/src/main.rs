@@ -272,6 +272,10 @@ struct TrainHeadsArgs {
     /// the acceptance statistics measured on the target's answers in the heads' JSON.
     #[arg(long)]
     eval_only: bool,
+    /// With --eval-only: evaluate on as many training sequences as are held out (every 19th
+    /// one) instead, to see how much the heads memorise; the heads' JSON is left as it is.
+    #[arg(long, requires = "eval_only")]
+    eval_training: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -287,6 +291,13 @@ struct TrainArgs {
     /// Inner width of each head's block (0 = the target's hidden size).
     #[arg(long, default_value_t = 0)]
     inner: usize,
+    /// Fraction of the heads' inner activations zeroed at each training step (dropout, against
+    /// memorising the data); 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Residual MLP layers per head (the first also reads the parent's token).
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
     /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
     #[arg(long, default_value_t = 0)]
     draft_vocab: usize,

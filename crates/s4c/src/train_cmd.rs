@@ -213,17 +213,41 @@ fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
 /// Held-out evaluation of existing heads: on the target's answers and on all positions.
 fn eval_heads<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArgs) -> Result<()> {
     let drafter = s4c_draft::io::load::<B, _>(&args.out, &m.model)?;
-    let (_, held) = split(data, HELD_OUT_EVERY);
+    let (train_part, held) = split(data, HELD_OUT_EVERY);
+    let held = if args.eval_training {
+        Dataset {
+            sequences: train_part
+                .sequences
+                .into_iter()
+                .step_by(HELD_OUT_EVERY - 1)
+                .take(held.sequences.len())
+                .collect(),
+            ..held
+        }
+    } else {
+        held
+    };
     let v = m.model.config().vocab_size;
     let embed = m
         .model
         .embed(burn::tensor::Tensor::arange(0..v as i64, m.model.device()));
     let answers = evaluate(&drafter, &held, &embed, true)?;
     let all = evaluate(&drafter, &held, &embed, false)?;
-    let drafter = drafter.with_acceptance(answers.acceptance.clone());
-    s4c_draft::io::save(&drafter, &args.out)?;
+    let drafter = if args.eval_training {
+        drafter
+    } else {
+        let drafter = drafter.with_acceptance(answers.acceptance.clone());
+        s4c_draft::io::save(&drafter, &args.out)?;
+        drafter
+    };
+    let split_name = if args.eval_training {
+        "training"
+    } else {
+        "held_out"
+    };
     let report = json!({
         "heads": args.out.display().to_string(),
+        "evaluated_on": split_name,
         "coherence": drafter.config().coherence.to_string(),
         "draft_vocab": drafter.config().draft_vocab,
         "held_out_sequences": held.sequences.len(),
@@ -249,6 +273,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
     if t.inner > 0 {
         config.inner = t.inner;
     }
+    config.layers = t.layers;
     config.coherence = t.coherence;
     config.draft_vocab = vocab.len();
     let options = TrainOptions {
@@ -257,6 +282,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         batch_size: t.batch_size,
         feature_noise: t.feature_noise,
         feature_loss: t.feature_loss,
+        dropout: t.dropout,
         seed: t.seed,
         held_out_every: HELD_OUT_EVERY,
         checkpoint_dir: Some(t.checkpoint_dir.clone()),

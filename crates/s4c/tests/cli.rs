@@ -507,3 +507,66 @@ fn extra_data_must_exist() {
     assert!(err.contains("--data-only"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
+    let dir = std::env::temp_dir().join(format!("s4c-evaltrain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let heads = dir.join("h.safetensors");
+    let assets = repo().join("assets/SmolLM2-135M-Instruct.heads");
+    std::fs::copy(assets.with_extension("safetensors"), &heads).unwrap();
+    std::fs::copy(assets.with_extension("json"), heads.with_extension("json")).unwrap();
+    let json_before = std::fs::read(heads.with_extension("json")).unwrap();
+    // Every 20th usable prompt's answer is held out (some of the first 24 are too long to use).
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "train-heads",
+            "--prompts",
+            "../shared/data/train-prompts.jsonl",
+            "--limit-prompts",
+            "24",
+            "--answer-tokens",
+            "2",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--out",
+            heads.to_str().unwrap(),
+            "--eval-only",
+        ];
+        args.extend(extra);
+        let (ok, out, err) = s4c(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let training = eval(&["--eval-training"]);
+    assert_eq!(training["evaluated_on"], "training");
+    assert!(
+        training["held_out_all_positions"]["examples"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        std::fs::read(heads.with_extension("json")).unwrap(),
+        json_before,
+        "evaluating on training sequences must not record their acceptance statistics"
+    );
+    let held = eval(&[]);
+    assert_eq!(held["evaluated_on"], "held_out");
+    assert!(held["held_out_sequences"].as_u64().unwrap() >= 1);
+    assert_eq!(training["held_out_sequences"], held["held_out_sequences"]);
+    assert_ne!(
+        std::fs::read(heads.with_extension("json")).unwrap(),
+        json_before,
+        "the held-out evaluation records its acceptance statistics"
+    );
+    // --eval-training alone (no --eval-only) is refused.
+    let (ok, _, err) = s4c(&[
+        "train-heads",
+        "--prompts",
+        "../shared/data/train-prompts.jsonl",
+        "--eval-training",
+    ]);
+    assert!(!ok && err.contains("--eval-only"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
