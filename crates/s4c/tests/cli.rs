@@ -513,9 +513,17 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
     let dir = std::env::temp_dir().join(format!("s4c-evaltrain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let heads = dir.join("h.safetensors");
-    let assets = repo().join("assets/SmolLM2-135M-Instruct.heads");
-    std::fs::copy(assets.with_extension("safetensors"), &heads).unwrap();
-    std::fs::copy(assets.with_extension("json"), heads.with_extension("json")).unwrap();
+    let assets = repo().join("assets");
+    std::fs::copy(
+        assets.join("SmolLM2-135M-Instruct.heads.safetensors"),
+        &heads,
+    )
+    .unwrap();
+    std::fs::copy(
+        assets.join("SmolLM2-135M-Instruct.heads.json"),
+        heads.with_extension("json"),
+    )
+    .unwrap();
     let json_before = std::fs::read(heads.with_extension("json")).unwrap();
     // Every 20th usable prompt's answer is held out (some of the first 24 are too long to use).
     let eval = |extra: &[&str]| {
