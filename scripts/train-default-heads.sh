@@ -14,18 +14,18 @@ COMMON=(--prompts ../shared/data/train-prompts.jsonl --answer-tokens 256
         --data-batch 24 --data-dir runs/distill-256 --draft-vocab 8192 --seed 0)
 mkdir -p runs/heads assets
 "$S4C" train-heads "${COMMON[@]}" --data-only
-# One sampled answer (T = 0.7) to each of the first 384 usable prompts (the first 385 raw ones;
-# 12 chunks, ≈ 20 min here): new contexts from the same prompts. The data folder's held-out
-# split still decides which prompts are held out.
-"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl --limit-prompts 385 \
+# One sampled answer (T = 0.7) to each usable prompt (45 chunks, ≈ 1 h here): new contexts from
+# the same prompts. The greedy data folder's held-out split still decides which prompts are held
+# out.
+"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 1 \
   --data-dir runs/distill-256-t07 --data-only
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --coherence full --epochs 2 --feature-loss 10 \
-  --layers 2 --extra-data runs/distill-256-t07 --checkpoint-dir runs/train-s11 \
-  --out runs/heads/s11-l2.safetensors 2> runs/train-s11.log
+  --layers 2 --extra-data runs/distill-256-t07 --checkpoint-dir runs/train-s12 \
+  --out runs/heads/s12-l2.safetensors 2> runs/train-s12.log
 # Held-out report (answers and all positions); records the answers' acceptance statistics in the
 # heads' JSON, which `--tree cost` reads.
-"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s11-l2.safetensors --eval-only \
-  > runs/eval-s11-l2.json 2>/dev/null
-cp runs/heads/s11-l2.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
-cp runs/heads/s11-l2.json assets/SmolLM2-135M-Instruct.heads.json
+"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s12-l2.safetensors --eval-only \
+  > runs/eval-s12-l2.json 2>/dev/null
+cp runs/heads/s12-l2.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
+cp runs/heads/s12-l2.json assets/SmolLM2-135M-Instruct.heads.json
