@@ -14,7 +14,7 @@ COMMON=(--prompts ../shared/data/train-prompts.jsonl --answer-tokens 256
         --data-batch 24 --data-dir runs/distill-256 --draft-vocab 8192 --seed 0)
 mkdir -p runs/heads assets
 "$S4C" train-heads "${COMMON[@]}" --data-only
-# One sampled answer (T = 0.7) to each usable prompt (45 chunks, ≈ 1 h here): new contexts from
+# One sampled answer (T = 0.7) to each usable prompt (45 chunks, ≈ 75 min here): new contexts from
 # the same prompts. The greedy data folder's held-out split still decides which prompts are held
 # out.
 "$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
