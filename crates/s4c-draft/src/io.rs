@@ -123,13 +123,23 @@ pub fn load<B: Backend, M: CausalLm<B>>(path: &Path, target: &M) -> Result<Multi
             reason,
         });
     }
+    let (heads, vocab) = read_heads(path, &config, target.device())?;
+    MultiHeadDrafter::new(config, heads, vocab, target)
+}
+
+/// Reads the weights and the draft vocabulary of the heads at `path`, whose config is `config`,
+/// onto `device` of any backend (an autodiff one when training starts from them).
+pub(crate) fn read_heads<B: Backend>(
+    path: &Path,
+    config: &DrafterConfig,
+    device: &B::Device,
+) -> Result<(Heads<B>, Vec<u32>)> {
     let bad = |reason: String| DraftError::InvalidHeads {
         path: path.to_path_buf(),
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| DraftError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let device = target.device();
     let read = |name: &str, dims: &[usize]| -> Result<TensorData> {
         let t = st
             .tensor(name)
@@ -201,5 +211,5 @@ pub fn load<B: Backend, M: CausalLm<B>>(path: &Path, target: &M) -> Result<Multi
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    MultiHeadDrafter::new(config, heads, vocab, target)
+    Ok((heads, vocab))
 }

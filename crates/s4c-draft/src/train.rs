@@ -56,6 +56,10 @@ pub struct TrainOptions {
     /// Fraction of the blocks' inner activations zeroed at each training step (dropout, a
     /// regulariser against memorising the data); 0 disables it.
     pub dropout: f64,
+    /// Heads to start from instead of a seeded random initialisation (fine-tuning them on more
+    /// data). Their configuration (apart from the acceptance statistics) and draft vocabulary
+    /// must be the ones being trained; a checkpoint to resume from still takes precedence.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -73,6 +77,7 @@ impl Default for TrainOptions {
             stop_after: None,
             feature_noise: 0.0,
             dropout: 0.0,
+            init: None,
         }
     }
 }
@@ -343,7 +348,10 @@ where
     let (embed, lm_head) = frozen::<B, M>(target, &vocab);
     let embed_inner = embed.clone().inner();
 
-    let mut heads = Heads::<B>::init(&config, &device, options.seed);
+    let mut heads = match &options.init {
+        Some(path) => start_from::<B>(path, &config, &vocab, &device)?,
+        None => Heads::<B>::init(&config, &device, options.seed),
+    };
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
         .init::<B, Heads<B>>();
@@ -440,6 +448,48 @@ where
     let drafter = MultiHeadDrafter::new(config, trained, vocab, target)?;
     let eval = evaluate(&drafter, &held, &embed_inner, true)?;
     Ok((drafter, eval))
+}
+
+/// The heads at `path` as training's starting point, refused unless their configuration (all
+/// but the acceptance statistics) is `config` and their draft vocabulary `vocab`.
+fn start_from<B: Backend>(
+    path: &Path,
+    config: &DrafterConfig,
+    vocab: &[u32],
+    device: &B::Device,
+) -> Result<Heads<B>> {
+    let stored = crate::io::load_config(path)?;
+    if let Some(reason) = stored.target.mismatch(&config.target) {
+        return Err(DraftError::WrongTarget {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    // Compared without what may differ: the statistics, and the fingerprint's float rounding.
+    let stored = DrafterConfig {
+        acceptance: None,
+        target: config.target.clone(),
+        ..stored
+    };
+    let wanted = DrafterConfig {
+        acceptance: None,
+        ..config.clone()
+    };
+    let refuse = |what: &str| {
+        Err(DraftError::InvalidOption(format!(
+            "cannot start training from {}: its {what} differs from the heads being trained \
+             (train with the same shape options and data, or without an initialisation)",
+            path.display()
+        )))
+    };
+    if stored != wanted {
+        return refuse("configuration");
+    }
+    let (heads, stored_vocab) = crate::io::read_heads::<B>(path, config, device)?;
+    if stored_vocab != vocab {
+        return refuse("draft vocabulary");
+    }
+    Ok(heads)
 }
 
 /// An error unless `value` (named `what`) is finite and at least 0.

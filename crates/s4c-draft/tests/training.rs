@@ -725,3 +725,76 @@ fn training_is_deterministic_and_resumes() {
     assert_eq!(log.lines().count(), 1 + la.len());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn training_starts_from_saved_heads() {
+    let t = target();
+    let data = counting_data(&t, 24, 12);
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let path = std::env::temp_dir().join(format!("s4c-init-{}.safetensors", std::process::id()));
+    let run = |init: Option<std::path::PathBuf>,
+               cfg: DrafterConfig,
+               vocab: Vec<u32>,
+               epochs,
+               stop_after| {
+        let options = TrainOptions {
+            epochs,
+            lr: 1e-2,
+            batch_size: 32,
+            held_out_every: 6,
+            stop_after,
+            init,
+            ..Default::default()
+        };
+        let mut losses = vec![];
+        train::<AB, _>(&t, &data, cfg, vocab, &options, &mut |p| {
+            losses.push(p.head_loss[0])
+        })
+        .map(|(drafter, eval)| (drafter, eval, losses))
+    };
+    let cfg = config(&t, Coherence::Full);
+    let (trained, trained_eval, trained_losses) =
+        run(None, cfg.clone(), vocab.clone(), 6, None).unwrap();
+    s4c_draft::io::save(&trained, &path).unwrap();
+
+    // No steps from the saved heads: the same heads, scored the same; a random start scores lower.
+    let (_, same, _) = run(Some(path.clone()), cfg.clone(), vocab.clone(), 1, Some(0)).unwrap();
+    assert_eq!(same, trained_eval);
+    let (_, fresh, _) = run(None, cfg.clone(), vocab.clone(), 1, Some(0)).unwrap();
+    assert!(
+        fresh.top1[0] < trained_eval.top1[0],
+        "{fresh:?} vs {trained_eval:?}"
+    );
+
+    // Fine-tuning starts where the saved heads ended, not where a random start does, and moves.
+    let (_, _, tuned) = run(Some(path.clone()), cfg.clone(), vocab.clone(), 1, None).unwrap();
+    assert!(
+        tuned[0] < trained_losses[0] / 2.0,
+        "first loss {} from the saved heads vs {} from scratch",
+        tuned[0],
+        trained_losses[0]
+    );
+    assert_ne!(
+        tuned[0],
+        tuned[tuned.len() - 1],
+        "the saved heads get gradients"
+    );
+
+    // Heads of another shape or vocabulary are refused with a typed error.
+    let mut wider = cfg.clone();
+    wider.window = 2;
+    let mut reversed = vocab.clone();
+    reversed.reverse();
+    for (what, c, v) in [
+        ("shape", wider, vocab.clone()),
+        ("vocabulary", cfg, reversed),
+    ] {
+        let err = run(Some(path.clone()), c, v, 1, None).map(|_| ());
+        assert!(
+            matches!(err, Err(s4c_draft::DraftError::InvalidOption(_))),
+            "{what}: {err:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(s4c_draft::io::config_path(&path));
+}

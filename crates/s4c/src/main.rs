@@ -327,6 +327,11 @@ struct TrainArgs {
     /// Folder of resumable checkpoints and the loss log.
     #[arg(long, default_value = "runs/train-heads")]
     checkpoint_dir: PathBuf,
+    /// Start from these heads (`.safetensors` with its `.json`) instead of a random
+    /// initialisation: fine-tune them, e.g. on more data. Their shape and draft vocabulary are
+    /// kept (--heads, --window, --inner, --layers, --coherence and --draft-vocab are ignored).
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {

@@ -257,16 +257,26 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
     let t = &args.train;
     let vsize = m.model.config().vocab_size;
     let (train_part, _) = split(data, HELD_OUT_EVERY);
-    let vocab = frequency_vocab(&train_part, vsize, t.draft_vocab);
-    let mut config = DrafterConfig::new(fingerprint(&m.model)?);
-    config.heads = t.heads;
-    config.window = t.window;
-    if t.inner > 0 {
-        config.inner = t.inner;
-    }
-    config.layers = t.layers;
-    config.coherence = t.coherence;
-    config.draft_vocab = vocab.len();
+    let (config, vocab) = match &t.init {
+        // Fine-tuning keeps the heads' shape and vocabulary (and checks they fit the model).
+        Some(init) => {
+            let start = s4c_draft::io::load(init, &m.model)?;
+            (start.config().clone(), start.vocab().to_vec())
+        }
+        None => {
+            let vocab = frequency_vocab(&train_part, vsize, t.draft_vocab);
+            let mut config = DrafterConfig::new(fingerprint(&m.model)?);
+            config.heads = t.heads;
+            config.window = t.window;
+            if t.inner > 0 {
+                config.inner = t.inner;
+            }
+            config.layers = t.layers;
+            config.coherence = t.coherence;
+            config.draft_vocab = vocab.len();
+            (config, vocab)
+        }
+    };
     let options = TrainOptions {
         epochs: t.epochs,
         lr: t.lr,
@@ -277,15 +287,21 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         seed: t.seed,
         held_out_every: HELD_OUT_EVERY,
         checkpoint_dir: Some(t.checkpoint_dir.clone()),
+        init: t.init.clone(),
         ..Default::default()
     };
     eprintln!(
-        "training {} heads ({} coherence, window {}, draft vocabulary {}) on {} positions",
-        t.heads,
-        t.coherence,
-        t.window,
+        "training {} heads ({} coherence, window {}, {} layers, draft vocabulary {}) on {} positions{}",
+        config.heads,
+        config.coherence,
+        config.window,
+        config.layers,
         vocab.len(),
-        train_part.positions()
+        train_part.positions(),
+        t.init
+            .as_ref()
+            .map(|p| format!(", starting from {}", p.display()))
+            .unwrap_or_default()
     );
     let pb = bar(
         0,
@@ -309,7 +325,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
     s4c_draft::io::save(&drafter, &args.out)?;
     let report = json!({
         "heads": args.out.display().to_string(),
-        "coherence": t.coherence.to_string(),
+        "coherence": drafter.config().coherence.to_string(),
         "draft_vocab": drafter.config().draft_vocab,
         "train_positions": train_part.positions(),
         "sequences": data.sequences.len(),

@@ -578,3 +578,61 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
     assert!(!ok && err.contains("--eval-only"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn training_can_start_from_the_shipped_heads() {
+    let dir = std::env::temp_dir().join(format!("s4c-init-{}", std::process::id()));
+    let shipped = repo()
+        .join("assets")
+        .join("SmolLM2-135M-Instruct.heads.safetensors");
+    let out = dir.join("tuned.safetensors");
+    let train = |init: &str| {
+        s4c(&[
+            "train-heads",
+            "--prompts",
+            "../shared/data/train-prompts.jsonl",
+            "--limit-prompts",
+            "8",
+            "--answer-tokens",
+            "2",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--checkpoint-dir",
+            dir.join("ckpt").to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--init",
+            init,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = train(shipped.to_str().unwrap());
+    assert!(ok, "{err}");
+    assert!(err.contains("starting from"), "{err}");
+    // The shape and vocabulary are the shipped heads' (the defaults would be 1 layer, full vocabulary).
+    let tuned: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped.with_extension("json")).unwrap())
+            .unwrap();
+    for key in [
+        "heads",
+        "layers",
+        "inner",
+        "window",
+        "draft_vocab",
+        "coherence",
+    ] {
+        assert_eq!(tuned[key], base[key], "{key}");
+    }
+    assert_ne!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&shipped).unwrap(),
+        "fine-tuning changes the weights"
+    );
+    let (ok, _, err) = train(dir.join("missing.safetensors").to_str().unwrap());
+    assert!(!ok && err.contains("missing"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
