@@ -24,19 +24,28 @@ mkdir -p runs/heads assets
 "$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 2 \
   --data-dir runs/distill-256-t07-s2 --data-only
+# A third sampled answer to each usable prompt (seed 3; ≈ 75 min here).
+"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+  --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 3 \
+  --data-dir runs/distill-256-t07-s3 --data-only
 # Session 12's heads: greedy + the first sampled answers, 2 epochs (≈ 63 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --coherence full --epochs 2 --feature-loss 10 \
   --layers 2 --extra-data runs/distill-256-t07 --checkpoint-dir runs/train-s12 \
   --out runs/heads/s12-l2.safetensors 2> runs/train-s12.log
-# Session 13's (shipped): those heads fine-tuned on all three answers for one epoch at half the
+# Session 13's: those heads fine-tuned on the first three answers for one epoch at half the
 # learning rate (≈ 51 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
   --init runs/heads/s12-l2.safetensors \
   --extra-data runs/distill-256-t07 --extra-data runs/distill-256-t07-s2 \
   --checkpoint-dir runs/train-s13 --out runs/heads/s13-ft.safetensors 2> runs/train-s13.log
+# Session 14's (shipped): those fine-tuned again, on the greedy and the third sampled answers
+# (≈ 33 min here).
+/usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
+  --init runs/heads/s13-ft.safetensors --extra-data runs/distill-256-t07-s3 \
+  --checkpoint-dir runs/train-s14 --out runs/heads/s14-ft.safetensors 2> runs/train-s14.log
 # Held-out report (answers and all positions); records the answers' acceptance statistics in the
 # heads' JSON, which `--tree cost` reads.
-"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s13-ft.safetensors --eval-only \
-  > runs/eval-s13-ft.json 2>/dev/null
-cp runs/heads/s13-ft.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
-cp runs/heads/s13-ft.json assets/SmolLM2-135M-Instruct.heads.json
+"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s14-ft.safetensors --eval-only \
+  > runs/eval-s14-ft.json 2>/dev/null
+cp runs/heads/s14-ft.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
+cp runs/heads/s14-ft.json assets/SmolLM2-135M-Instruct.heads.json
