@@ -204,6 +204,39 @@ pub fn distill<B: Backend, M: CausalLm<B>>(
     Ok(out)
 }
 
+/// Self-generated prompts (Magpie-style prompt synthesis): `sampling.samples` continuations of
+/// `opening` — a conversation opened at a user turn, so the target writes the user's message —
+/// drawn at `sampling.temperature`, each from its own generator seeded by `(sampling.seed, 0, s)`.
+/// Returns, in draw order, the turns that ended with one of `options.stop_tokens` within
+/// `options.max_new_tokens` (without that token); turns cut off by the length limit are dropped.
+/// `options.sampling` is ignored. `progress(done_turns, new_tokens)`.
+pub fn sample_turns<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    opening: &[u32],
+    sampling: Sampling,
+    options: &DistillOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<u32>>> {
+    if options.stop_tokens.is_empty() {
+        return Err(DraftError::InvalidOption(
+            "sampling turns needs the tokens that end a turn (stop tokens)".into(),
+        ));
+    }
+    let options = DistillOptions {
+        sampling: Some(sampling),
+        ..options.clone()
+    };
+    let seqs = distill(model, &[opening.to_vec()], &options, progress)?;
+    Ok(seqs
+        .into_iter()
+        .filter_map(|s| {
+            let turn = &s.tokens[s.prompt_len..];
+            let (last, text) = turn.split_last()?;
+            options.stop_tokens.contains(last).then(|| text.to_vec())
+        })
+        .collect())
+}
+
 /// One batch of answers decoded together in one cache of `capacity` slots.
 fn distill_batch<B: Backend, M: CausalLm<B>>(
     model: &M,

@@ -142,12 +142,25 @@ pub fn frequency_vocab(data: &Dataset, vocab_size: usize, n: usize) -> Vec<u32> 
 /// another sampled answer) goes where its prompt's first sequence went, so no held-out prompt is
 /// ever trained on.
 pub fn held_out(data: &Dataset, every: usize) -> Vec<bool> {
+    held_out_prompts(
+        data.sequences
+            .iter()
+            .map(|s| &s.tokens[..s.prompt_len.min(s.tokens.len())]),
+        every,
+    )
+}
+
+/// [`held_out`] for a list of prompts (one sequence each): which of them a data set of their
+/// answers holds out.
+pub fn held_out_prompts<'a>(
+    prompts: impl IntoIterator<Item = &'a [u32]>,
+    every: usize,
+) -> Vec<bool> {
     let mut side: HashMap<&[u32], bool> = HashMap::new();
-    data.sequences
-        .iter()
+    prompts
+        .into_iter()
         .enumerate()
-        .map(|(i, s)| {
-            let prompt = &s.tokens[..s.prompt_len.min(s.tokens.len())];
+        .map(|(i, prompt)| {
             *side
                 .entry(prompt)
                 .or_insert(every > 0 && i % every == every - 1)

@@ -7,11 +7,14 @@ use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use half::f16;
 use s4c_draft::data::{
-    chunk_path, chunk_sampling, distill, distill_to_dir, load_chunk, sample_softmax, save_chunk,
-    Dataset, DistillOptions, Sampling, Sequence,
+    chunk_path, chunk_sampling, distill, distill_to_dir, load_chunk, sample_softmax, sample_turns,
+    save_chunk, Dataset, DistillOptions, Sampling, Sequence,
 };
 use s4c_draft::heads::{batch_loss, batch_states, Heads, LossWeights};
-use s4c_draft::train::{build_batch, draft_index, examples, frozen, split, train, TrainOptions};
+use s4c_draft::train::{
+    build_batch, draft_index, examples, frozen, held_out, held_out_prompts, split, train,
+    TrainOptions,
+};
 use s4c_draft::{fingerprint, Coherence, DrafterConfig};
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Input, Llama, Logits};
@@ -282,6 +285,76 @@ fn sampled_answers_follow_the_target_distribution() {
 }
 
 #[test]
+fn sampled_turns_are_the_continuations_that_end_with_a_stop_token() {
+    let t = target();
+    let opening = vec![5u32, 9, 13];
+    let temperature = 1.5;
+    // Stop on the most likely first tokens, ≈ 40% of the mass: a turn ends at once (empty),
+    // after one token, or is cut off by the two-token limit and dropped.
+    let first = next_token_probs(&t, &opening, temperature);
+    let mut ranked: Vec<u32> = (0..VOCAB as u32).collect();
+    ranked.sort_by(|&a, &b| first[b as usize].total_cmp(&first[a as usize]));
+    let mut stop = Vec::new();
+    while stop.iter().map(|&x| first[x as usize]).sum::<f64>() < 0.4 {
+        stop.push(ranked[stop.len()]);
+    }
+    let p_stop = |p: &[f64]| stop.iter().map(|&x| p[x as usize]).sum::<f64>();
+    let options = DistillOptions {
+        max_new_tokens: 2,
+        batch: 100,
+        top_k: 1,
+        stop_tokens: stop.clone(),
+        sampling: None,
+    };
+    let n = 3000;
+    let sampling = Sampling {
+        temperature,
+        samples: n,
+        seed: 4,
+    };
+    let turns = sample_turns(&t, &opening, sampling, &options, &mut |_, _| {}).unwrap();
+    assert!(turns
+        .iter()
+        .all(|x| x.len() <= 1 && x.iter().all(|t| !stop.contains(t))));
+    // Exact probabilities of an empty and of a one-token turn, from plain forwards.
+    let p_empty = p_stop(&first);
+    let p_one: f64 = (0..VOCAB as u32)
+        .filter(|x| !stop.contains(x))
+        .map(|x| {
+            let mut prefix = opening.clone();
+            prefix.push(x);
+            first[x as usize] * p_stop(&next_token_probs(&t, &prefix, temperature))
+        })
+        .sum();
+    for (observed, p) in [
+        (turns.iter().filter(|x| x.is_empty()).count(), p_empty),
+        (turns.iter().filter(|x| x.len() == 1).count(), p_one),
+    ] {
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            n as f64 * p > 10.0 && p < 0.95,
+            "the test needs both outcomes to occur ({p})"
+        );
+        assert!(
+            (observed as f64 - n as f64 * p).abs() < 4.0 * sd,
+            "{observed} turns vs {:.0} expected",
+            n as f64 * p
+        );
+    }
+    // The same seed draws the same turns; a turn needs its end.
+    let again = sample_turns(&t, &opening, sampling, &options, &mut |_, _| {}).unwrap();
+    assert_eq!(turns, again);
+    let endless = DistillOptions {
+        stop_tokens: vec![],
+        ..options
+    };
+    assert!(matches!(
+        sample_turns(&t, &opening, sampling, &endless, &mut |_, _| {}),
+        Err(s4c_draft::DraftError::InvalidOption(_))
+    ));
+}
+
+#[test]
 fn sampled_data_is_the_targets_view_of_its_own_answers_whatever_the_batch() {
     let t = target();
     let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5], vec![10, 11], vec![7]];
@@ -413,6 +486,13 @@ fn the_split_keeps_every_answer_to_a_prompt_on_one_side() {
     // every later answer follows its prompt.
     assert_eq!(prompts(&held), vec![20, 50, 20, 50]);
     assert_eq!(prompts(&train_part), vec![0, 10, 30, 40, 0, 10, 30, 40, 30]);
+    // The same choice from the prompt list alone; `every = 1` holds everything out.
+    let first: Vec<Vec<u32>> = (0..6).map(|p| vec![10 * p, 10 * p + 1]).collect();
+    assert_eq!(
+        held_out_prompts(first.iter().map(Vec::as_slice), 3),
+        held_out(&data, 3)[..6]
+    );
+    assert_eq!(split(&data, 1).1.sequences.len(), data.sequences.len());
 }
 
 /// Sequences that count up by one (mod vocab), with the tiny target's own features and a

@@ -117,6 +117,19 @@ impl ChatTemplate {
         }
     }
 
+    /// The text that opens a conversation's first user turn (after the default system prompt),
+    /// for templates whose user turn ends with a special token (ChatML, Llama 3): what a model
+    /// continues to write a user's message itself. `None` for formats whose user turn ends in
+    /// plain text (Vicuna, Llama 2).
+    pub fn user_turn_opening(&self) -> Option<String> {
+        if !matches!(self.kind, TemplateKind::ChatMl | TemplateKind::Llama3) {
+            return None;
+        }
+        const MARK: &str = "\u{1}";
+        let text = self.render(&[Message::new("user", MARK)]);
+        text.find(MARK).map(|i| text[..i].to_string())
+    }
+
     /// Renders a conversation, ending with the opening of the assistant's turn.
     pub fn render(&self, messages: &[Message]) -> String {
         let mut msgs: Vec<Message> = messages.to_vec();
@@ -221,5 +234,29 @@ mod tests {
         let l3 = ChatTemplate::new(TemplateKind::Llama3).render(&conv[..1]);
         assert_eq!(l3, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nQ1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         assert!("nope".parse::<TemplateKind>().is_err());
+    }
+
+    #[test]
+    fn user_turn_openings_prefix_the_rendered_turn() {
+        let mut chatml = ChatTemplate::new(TemplateKind::ChatMl);
+        chatml.default_system = Some("S".into());
+        assert_eq!(
+            chatml.user_turn_opening().as_deref(),
+            Some("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n")
+        );
+        let l3 = ChatTemplate::new(TemplateKind::Llama3);
+        assert_eq!(
+            l3.user_turn_opening().as_deref(),
+            Some("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+        );
+        for t in [chatml, l3] {
+            let opening = t.user_turn_opening().unwrap();
+            assert!(t
+                .render(&[Message::new("user", "Q")])
+                .starts_with(&(opening + "Q")));
+        }
+        for kind in [TemplateKind::Vicuna, TemplateKind::Llama2] {
+            assert_eq!(ChatTemplate::new(kind).user_turn_opening(), None);
+        }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 mod bench_cmd;
 mod spec_cmd;
+mod synth_cmd;
 mod train_cmd;
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -59,6 +60,9 @@ enum Command {
     Bench(BenchArgs),
     /// Train S4C draft heads for a model by self-distillation (data generation, then training).
     TrainHeads(TrainHeadsArgs),
+    /// Write training prompts with the model itself: it continues its chat template opened at a
+    /// user turn (Magpie-style prompt synthesis); JSON lines for `train-heads --prompts`.
+    SynthPrompts(SynthPromptsArgs),
     /// Show a model's configuration, storage types and parameter count.
     Info {
         /// A GGUF file or a Hugging Face folder.
@@ -261,8 +265,9 @@ struct TrainHeadsArgs {
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
     /// More data folders to train on, made by earlier `--data-only` runs (e.g. sampled answers
-    /// to the same prompts). The held-out split stays that of --data-dir: their sequences of
-    /// held-out prompts, and of prompts --data-dir lacks, are left out.
+    /// to the same prompts, or answers to `synth-prompts`' prompts). The held-out split stays
+    /// that of --data-dir: their sequences of its held-out prompts, and of those their own
+    /// folder's split holds out, are left out.
     #[arg(long)]
     extra_data: Vec<PathBuf>,
     /// Stop after generating the data.
@@ -272,12 +277,45 @@ struct TrainHeadsArgs {
     /// the acceptance statistics measured on the target's answers in the heads' JSON.
     #[arg(long)]
     eval_only: bool,
+    /// Keep only the held-out prompts (every 20th usable one, as the split of the full data
+    /// holds out): with --data-only, make their data alone (minutes, in a folder of its own);
+    /// with --eval-only, evaluate on such a folder as a whole — the held-out report without the
+    /// training data.
+    #[arg(long, conflicts_with = "eval_training")]
+    held_out_only: bool,
     /// With --eval-only: evaluate on as many training sequences as are held out (every 19th
     /// one) instead, to see how much the heads memorise; the heads' JSON is left as it is.
     #[arg(long, requires = "eval_only")]
     eval_training: bool,
     #[command(flatten)]
     train: TrainArgs,
+}
+
+#[derive(Args)]
+struct SynthPromptsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Where to write the prompts (JSON lines with a `prompt` field).
+    #[arg(long)]
+    out: PathBuf,
+    /// Distinct prompts to write.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Sampling temperature of the user messages (above 0).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Seed of the draws (message `s` of round `r` draws from its own generator).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Longest message in tokens; longer ones are dropped, not cut.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Shortest message kept, in words.
+    #[arg(long, default_value_t = 4)]
+    min_words: usize,
+    /// Messages decoded together.
+    #[arg(long, default_value_t = 24)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -378,6 +416,10 @@ fn run(cli: Cli) -> Result<()> {
             // Data generation decodes 24 sequences per forward: blocks the host kernel serves.
             dispatch(&m, true, |loaded| loaded.train_heads(&args))
         }
+        Command::SynthPrompts(args) => {
+            let m = args.model.clone();
+            dispatch(&m, true, |loaded| loaded.synth_prompts(&args))
+        }
     }
 }
 
@@ -470,6 +512,7 @@ trait Runner {
         spec: &SpecArgs,
     ) -> Result<serde_json::Value>;
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()>;
+    fn synth_prompts(&self, args: &SynthPromptsArgs) -> Result<()>;
     fn bench(&self, args: &BenchArgs) -> Result<()>;
 }
 
@@ -663,6 +706,10 @@ impl<B: Backend> Runner for Loaded<B> {
 
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()> {
         train_cmd::train_heads(&self.m, args)
+    }
+
+    fn synth_prompts(&self, args: &SynthPromptsArgs) -> Result<()> {
+        synth_cmd::synth_prompts(&self.m, args)
     }
 
     fn bench(&self, args: &BenchArgs) -> Result<()> {

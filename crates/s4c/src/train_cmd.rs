@@ -9,7 +9,9 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use s4c::{stop_tokens, EngineError, Result};
 use s4c_draft::data::{distill_to_dir, load_dir, Dataset, DistillOptions, Sampling};
-use s4c_draft::train::{evaluate, frequency_vocab, held_out, split, train, TrainOptions};
+use s4c_draft::train::{
+    evaluate, frequency_vocab, held_out, held_out_prompts, split, train, TrainOptions,
+};
 use s4c_draft::{fingerprint, DrafterConfig};
 use s4c_models::{CausalLm, LoadedModel, Message};
 use serde_json::json;
@@ -56,7 +58,8 @@ pub fn chat_ids<B: Backend>(m: &LoadedModel<B>, text: &str) -> Result<Vec<u32>> 
     Ok(ids)
 }
 
-fn bar(len: u64, template: &str) -> ProgressBar {
+/// A progress bar of `len` steps drawn with `template`.
+pub(crate) fn bar(len: u64, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(template) {
         pb.set_style(style);
@@ -86,10 +89,25 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
         .collect::<Result<Vec<_>>>()?;
     // Keep prompts that leave room for the answer.
     let limit = m.model.max_positions().saturating_sub(args.answer_tokens);
-    let ids: Vec<Vec<u32>> = ids
+    let mut ids: Vec<Vec<u32>> = ids
         .into_iter()
         .filter(|p| p.len() <= limit.min(512))
         .collect();
+    if args.held_out_only {
+        if !(args.data_only || args.eval_only) {
+            return Err(EngineError::InvalidOption(
+                "--held-out-only makes or evaluates data of the held-out prompts only; add \
+                 --data-only or --eval-only (training needs the training prompts)"
+                    .into(),
+            ));
+        }
+        let held = held_out_prompts(ids.iter().map(Vec::as_slice), HELD_OUT_EVERY);
+        ids = ids
+            .into_iter()
+            .zip(held)
+            .filter_map(|(p, out)| out.then_some(p))
+            .collect();
+    }
     eprintln!(
         "self-distillation data: {} prompts, up to {} answer tokens each, into {}",
         ids.len(),
@@ -159,16 +177,18 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
     train_on(m, &data, args)
 }
 
-/// `data` followed by the sequences of the `extra` folders whose prompts are training prompts of
-/// `data` (so the held-out split, and what it measures, stay those of `data`).
+/// `data` followed by the sequences of the `extra` folders whose prompts neither `data` nor their
+/// own folder holds out (so the held-out split, and what it measures, stay those of `data`, and no
+/// prompt any folder holds out is trained on; prompts `data` lacks, such as `synth-prompts`'
+/// own, are training prompts unless their folder holds them out).
 fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
-    // Training prompts of `data`, without copying its sequences.
-    let prompts: HashSet<&[u32]> = data
+    // Held-out prompts of `data`, without copying its sequences.
+    let held: HashSet<Vec<u32>> = data
         .sequences
         .iter()
         .zip(held_out(&data, HELD_OUT_EVERY))
-        .filter(|(_, out)| !out)
-        .map(|(s, _)| &s.tokens[..s.prompt_len])
+        .filter(|(_, out)| *out)
+        .map(|(s, _)| s.tokens[..s.prompt_len].to_vec())
         .collect();
     let mut kept = Vec::new();
     for dir in extra {
@@ -194,13 +214,13 @@ fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
         }
         let total = more.sequences.len();
         let before = kept.len();
-        kept.extend(
-            more.sequences
-                .into_iter()
-                .filter(|s| prompts.contains(&s.tokens[..s.prompt_len.min(s.tokens.len())])),
-        );
+        let own = held_out(&more, HELD_OUT_EVERY);
+        kept.extend(more.sequences.into_iter().zip(own).filter_map(|(s, out)| {
+            let prompt = &s.tokens[..s.prompt_len.min(s.tokens.len())];
+            (!out && !held.contains(prompt)).then_some(s)
+        }));
         eprintln!(
-            "extra data {}: {} of {} sequences (those of training prompts)",
+            "extra data {}: {} of {} sequences (those of no held-out prompt)",
             dir.display(),
             kept.len() - before,
             total
@@ -213,7 +233,13 @@ fn with_extra_data(mut data: Dataset, extra: &[PathBuf]) -> Result<Dataset> {
 /// Held-out evaluation of existing heads: on the target's answers and on all positions.
 fn eval_heads<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArgs) -> Result<()> {
     let drafter = s4c_draft::io::load::<B, _>(&args.out, &m.model)?;
-    let (train_part, held) = split(data, HELD_OUT_EVERY);
+    // Data of the held-out prompts alone (--held-out-only) is held out as a whole.
+    let every = if args.held_out_only {
+        1
+    } else {
+        HELD_OUT_EVERY
+    };
+    let (train_part, held) = split(data, every);
     // With --eval-training: as many training sequences as are held out, spread over the split.
     let (evaluated_on, held) = if args.eval_training {
         let sequences = train_part
@@ -350,3 +376,46 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
 
 /// Every 20th sequence is held out for evaluation.
 const HELD_OUT_EVERY: usize = 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+    use s4c_draft::data::{chunk_path, save_chunk, Sequence};
+
+    /// A one-position sequence of prompt `[p, p]` answered by `a`.
+    fn seq(p: u32, a: u32) -> Sequence {
+        Sequence {
+            tokens: vec![p, p, a],
+            prompt_len: 2,
+            features: vec![f16::ZERO; 2],
+            top_ids: vec![0; 2],
+            top_probs: vec![f16::ZERO; 2],
+        }
+    }
+
+    #[test]
+    fn extra_data_never_brings_in_a_held_out_prompt() {
+        // Main data: prompts 0..40, so prompts 19 and 39 are held out.
+        let data = Dataset {
+            hidden: 1,
+            top_k: 1,
+            sequences: (0..40).map(|p| seq(p, 1)).collect(),
+        };
+        // An extra folder: other answers to prompts 0..20 (its own split also holds out its
+        // 20th sequence: prompt 19 again), then new prompts 100..120 (it holds out prompt
+        // 119) and another answer to 39.
+        let mut extra: Vec<Sequence> = (0..20).map(|p| seq(p, 2)).collect();
+        extra.extend((100..120).map(|p| seq(p, 2)));
+        extra.push(seq(39, 2));
+        let dir = std::env::temp_dir().join(format!("s4c-extra-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        save_chunk(&chunk_path(&dir, 0), 1, 1, &extra, None).unwrap();
+        let all = with_extra_data(data, std::slice::from_ref(&dir)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let added: Vec<u32> = all.sequences[40..].iter().map(|s| s.tokens[0]).collect();
+        let mut expected: Vec<u32> = (0..19).collect();
+        expected.extend(100..119);
+        assert_eq!(added, expected);
+    }
+}

@@ -568,6 +568,37 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
         json_before,
         "the held-out evaluation records its acceptance statistics"
     );
+    // The held-out prompts' data alone (--held-out-only) gives the same held-out report.
+    let held_dir = dir.join("held");
+    let held_only = |mode: &str| {
+        s4c(&[
+            "train-heads",
+            "--prompts",
+            "../shared/data/train-prompts.jsonl",
+            "--limit-prompts",
+            "24",
+            "--answer-tokens",
+            "2",
+            "--data-dir",
+            held_dir.to_str().unwrap(),
+            "--out",
+            heads.to_str().unwrap(),
+            "--held-out-only",
+            mode,
+        ])
+    };
+    let (ok, _, err) = held_only("--data-only");
+    assert!(ok, "{err}");
+    let (ok, out, err) = held_only("--eval-only");
+    assert!(ok, "{err}");
+    let alone: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(alone["held_out_sequences"], held["held_out_sequences"]);
+    for key in ["examples", "top1", "tau_chain"] {
+        assert_eq!(alone["held_out"][key], held["held_out"][key], "{key}");
+    }
+    // Training on the held-out prompts alone is refused.
+    let (ok, _, err) = held_only("--lr=1e-3");
+    assert!(!ok && err.contains("--data-only or --eval-only"), "{err}");
     // --eval-training alone (no --eval-only) is refused.
     let (ok, _, err) = s4c(&[
         "train-heads",
@@ -634,5 +665,53 @@ fn training_can_start_from_the_shipped_heads() {
     );
     let (ok, _, err) = train(dir.join("missing.safetensors").to_str().unwrap());
     assert!(!ok && err.contains("missing"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_model_writes_distinct_training_prompts() {
+    let dir = std::env::temp_dir().join(format!("s4c-synth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("prompts.jsonl");
+    let synth = |extra: &[&str]| {
+        let mut args = vec![
+            "synth-prompts",
+            "--count",
+            "3",
+            "--max-tokens",
+            "48",
+            "--seed",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        s4c(&args)
+    };
+    let (ok, _, err) = synth(&[]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let prompts: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["prompt"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(prompts.len(), 3, "{text}");
+    for p in &prompts {
+        assert!(p.split_whitespace().count() >= 4 && p.trim() == p, "{p:?}");
+        assert!(!p.contains("<|im_"), "a special token in {p:?}");
+    }
+    assert!(prompts[0] != prompts[1] && prompts[1] != prompts[2] && prompts[0] != prompts[2]);
+    // Same seed, same prompts; they are train-heads' input.
+    let (ok, _, err) = synth(&[]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    let (ok, _, err) = synth(&["--temperature", "0"]);
+    assert!(
+        !ok && err.contains("--temperature must be above 0"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
