@@ -316,6 +316,9 @@ struct SynthPromptsArgs {
     /// Messages decoded together.
     #[arg(long, default_value_t = 24)]
     batch: usize,
+    /// Prompt files (JSON lines) whose prompts are not written again, e.g. an earlier run's.
+    #[arg(long)]
+    exclude: Vec<PathBuf>,
 }
 
 #[derive(Args)]

@@ -12,7 +12,7 @@ use s4c::{stop_tokens, EngineError, Result};
 use s4c_draft::data::{sample_turns, DistillOptions, Sampling};
 use s4c_models::{CausalLm, LoadedModel};
 
-use crate::train_cmd::bar;
+use crate::train_cmd::{bar, read_prompts};
 use crate::SynthPromptsArgs;
 
 /// Rounds of drawing before giving up on reaching `--count` distinct prompts.
@@ -82,7 +82,11 @@ pub fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) ->
     );
     let start = Instant::now();
     let (mut kept, mut drawn, mut cut) = (0usize, 0usize, 0usize);
+    // Prompts of the --exclude files count as written already.
     let mut seen = HashSet::new();
+    for path in &args.exclude {
+        seen.extend(read_prompts(path)?.iter().map(|p| dedup_key(p)));
+    }
     for round in 0..MAX_ROUNDS {
         if kept >= args.count {
             break;

@@ -708,6 +708,24 @@ fn the_model_writes_distinct_training_prompts() {
     let (ok, _, err) = synth(&[]);
     assert!(ok, "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    // --exclude: the same seed, but none of the first file's prompts again.
+    let (ok, _, err) = s4c(&[
+        "synth-prompts",
+        "--count",
+        "2",
+        "--max-tokens",
+        "48",
+        "--seed",
+        "1",
+        "--exclude",
+        out.to_str().unwrap(),
+        "--out",
+        dir.join("more.jsonl").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let more = std::fs::read_to_string(dir.join("more.jsonl")).unwrap();
+    assert_eq!(more.lines().count(), 2, "{more}");
+    assert!(more.lines().all(|l| !text.contains(l)), "{more}");
     let (ok, _, err) = synth(&["--temperature", "0"]);
     assert!(
         !ok && err.contains("--temperature must be above 0"),
