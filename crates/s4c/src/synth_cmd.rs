@@ -33,6 +33,8 @@ pub fn dedup_key(text: &str) -> String {
         .join(" ")
 }
 
+/// Writes `--count` distinct user messages the model writes itself to `--out`, drawing rounds of
+/// messages until it has them (or gives up after [`MAX_ROUNDS`] with a warning).
 pub fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) -> Result<()> {
     if args.count == 0 || args.max_tokens == 0 || args.batch == 0 {
         return Err(EngineError::InvalidOption(
