@@ -526,7 +526,7 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
     .unwrap();
     let json_before = std::fs::read(heads.with_extension("json")).unwrap();
     // Every 20th usable prompt's answer is held out (some of the first 24 are too long to use).
-    let eval = |extra: &[&str]| {
+    let heads_cmd = |data: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
             "train-heads",
             "--prompts",
@@ -536,13 +536,17 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
             "--answer-tokens",
             "2",
             "--data-dir",
-            dir.to_str().unwrap(),
+            data.to_str().unwrap(),
             "--out",
             heads.to_str().unwrap(),
-            "--eval-only",
         ];
         args.extend(extra);
-        let (ok, out, err) = s4c(&args);
+        s4c(&args)
+    };
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["--eval-only"];
+        args.extend(extra);
+        let (ok, out, err) = heads_cmd(&dir, &args);
         assert!(ok, "{err}");
         serde_json::from_str::<Value>(&out).unwrap()
     };
@@ -570,23 +574,7 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
     );
     // The held-out prompts' data alone (--held-out-only) gives the same held-out report.
     let held_dir = dir.join("held");
-    let held_only = |mode: &str| {
-        s4c(&[
-            "train-heads",
-            "--prompts",
-            "../shared/data/train-prompts.jsonl",
-            "--limit-prompts",
-            "24",
-            "--answer-tokens",
-            "2",
-            "--data-dir",
-            held_dir.to_str().unwrap(),
-            "--out",
-            heads.to_str().unwrap(),
-            "--held-out-only",
-            mode,
-        ])
-    };
+    let held_only = |mode: &str| heads_cmd(&held_dir, &["--held-out-only", mode]);
     let (ok, _, err) = held_only("--data-only");
     assert!(ok, "{err}");
     let (ok, out, err) = held_only("--eval-only");
