@@ -383,7 +383,7 @@ mod tests {
     use half::f16;
     use s4c_draft::data::{chunk_path, save_chunk, Sequence};
 
-    /// A one-position sequence of prompt `[p, p]` answered by `a`.
+    /// A sequence of prompt `[p, p]` answered by `a` (two positions, features of width 1).
     fn seq(p: u32, a: u32) -> Sequence {
         Sequence {
             tokens: vec![p, p, a],
@@ -408,7 +408,7 @@ mod tests {
         let mut extra: Vec<Sequence> = (0..20).map(|p| seq(p, 2)).collect();
         extra.extend((100..120).map(|p| seq(p, 2)));
         extra.push(seq(39, 2));
-        let dir = std::env::temp_dir().join(format!("s4c-extra-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("s4c-extra-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         save_chunk(&chunk_path(&dir, 0), 1, 1, &extra, None).unwrap();
         let all = with_extra_data(data, std::slice::from_ref(&dir)).unwrap();
