@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use s4c::plain::{generate_plain, GenerateOptions};
-use s4c::{EngineError, Result};
+use s4c::{template_ids, EngineError, Result};
 use s4c_models::{CausalLm, Message};
 use serde::Serialize;
 use serde_json::json;
@@ -151,12 +151,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         for turn in &q.turns {
             let ids = |hist: &mut Vec<Message>| -> Result<Vec<u32>> {
                 hist.push(Message::new("user", turn));
-                let mut ids = vec![];
-                if template.needs_bos() {
-                    ids.extend(m.model.config().bos_token_id);
-                }
-                ids.extend(m.tokenizer.encode(&template.render(hist))?);
-                Ok(ids)
+                template_ids(m, &template, &template.render(hist))
             };
             let p_ids = ids(&mut plain_hist)?;
             let s_ids = ids(&mut s4c_hist)?;

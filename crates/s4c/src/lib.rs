@@ -27,7 +27,22 @@ pub mod speculative;
 pub use error::{EngineError, Result};
 
 use burn::tensor::backend::Backend;
-use s4c_models::{CausalLm, LoadedModel};
+use s4c_models::{CausalLm, ChatTemplate, LoadedModel};
+
+/// The ids of `text` as `template` renders it, after the model's BOS where the template needs
+/// one (the rendered text holds none).
+pub fn template_ids<B: Backend>(
+    m: &LoadedModel<B>,
+    template: &ChatTemplate,
+    text: &str,
+) -> Result<Vec<u32>> {
+    let mut ids = vec![];
+    if template.needs_bos() {
+        ids.extend(m.model.config().bos_token_id);
+    }
+    ids.extend(m.tokenizer.encode(text)?);
+    Ok(ids)
+}
 
 /// The tokens that end an answer: the model's EOS ids and the chat template's end-of-turn tokens.
 pub fn stop_tokens<B: Backend>(m: &LoadedModel<B>) -> Vec<u32> {

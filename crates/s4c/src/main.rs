@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use burn::tensor::{backend::Backend, DType};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use s4c::plain::{generate_plain, GenerateOptions};
-use s4c::{stop_tokens, EngineError, Result};
+use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_models::{
     load, CausalLm, LoadOptions, LoadedModel, Message, ModelFiles, StreamDecoder, TemplateKind,
 };
@@ -608,15 +608,11 @@ impl<B: Backend> Runner for Loaded<B> {
                 )
             })?,
         };
-        let mut ids = vec![];
-        if template.needs_bos() {
-            ids.extend(m.model.config().bos_token_id);
-        }
-        ids.extend(
-            m.tokenizer
-                .encode(&template.render(&[Message::new("user", &text)]))?,
-        );
-        Ok(ids)
+        template_ids(
+            m,
+            &template,
+            &template.render(&[Message::new("user", &text)]),
+        )
     }
 
     fn stop_tokens(&self) -> Vec<u32> {

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use s4c::{stop_tokens, EngineError, Result};
+use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_draft::data::{sample_turns, DistillOptions, Sampling};
-use s4c_models::{CausalLm, LoadedModel};
+use s4c_models::LoadedModel;
 
 use crate::train_cmd::{bar, read_prompts};
 use crate::SynthPromptsArgs;
@@ -61,11 +61,7 @@ pub fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) ->
             template.kind
         ))
     })?;
-    let mut ids = Vec::new();
-    if template.needs_bos() {
-        ids.extend(m.model.config().bos_token_id);
-    }
-    ids.extend(m.tokenizer.encode(&opening)?);
+    let ids = template_ids(m, template, &opening)?;
     let options = DistillOptions {
         max_new_tokens: args.max_tokens,
         batch: args.batch,

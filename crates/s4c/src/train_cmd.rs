@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
-use s4c::{stop_tokens, EngineError, Result};
+use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_draft::data::{distill_to_dir, load_dir, Dataset, DistillOptions, Sampling};
 use s4c_draft::train::{
     evaluate, frequency_vocab, held_out, held_out_prompts, split, train, TrainOptions,
@@ -47,15 +47,7 @@ pub fn chat_ids<B: Backend>(m: &LoadedModel<B>, text: &str) -> Result<Vec<u32>> 
     let Some(t) = &m.template else {
         return Ok(m.tokenizer.encode(text)?);
     };
-    let mut ids = vec![];
-    if t.needs_bos() {
-        ids.extend(m.model.config().bos_token_id);
-    }
-    ids.extend(
-        m.tokenizer
-            .encode(&t.render(&[Message::new("user", text)]))?,
-    );
-    Ok(ids)
+    template_ids(m, t, &t.render(&[Message::new("user", text)]))
 }
 
 /// A progress bar of `len` steps drawn with `template`.
