@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use s4c::divergence::first_divergence;
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::{template_ids, EngineError, Result};
 use s4c_models::{CausalLm, Message};
@@ -168,6 +169,19 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             )?;
             let same = plain.new_ids == spec.new_ids;
             all_match &= same;
+            // Where a mismatch begins and how close the target's choice was there (after an
+            // earlier turn's mismatch the two prompts differ and there is nothing to compare).
+            let divergence = if same || p_ids != s_ids {
+                None
+            } else {
+                let capacity = (p_ids.len() + opts.max_new_tokens).min(context);
+                let d =
+                    first_divergence(&m.model, &p_ids, &plain.new_ids, &spec.new_ids, capacity)?;
+                if let Some(d) = &d {
+                    eprintln!("greedy mismatch in {} {}: {d}", q.task, q.id);
+                }
+                d
+            };
             let (pt, st) = (plain.tokens_per_second(), spec.tokens_per_second());
             // τ counts the prefill's token as a step of its own (see SpecStats::tau).
             let steps = spec.stats.steps + 1;
@@ -183,7 +197,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             turns.push(json!({
                 "plain_tok_s": pt, "s4c_tok_s": st, "tau": spec.stats.tau,
                 "plain_new_tokens": plain.new_ids.len(), "s4c_new_tokens": spec.new_ids.len(),
-                "same": same, "stats": spec.stats,
+                "same": same, "stats": spec.stats, "divergence": divergence,
             }));
             plain_hist.push(Message::new(
                 "assistant",

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod cost;
+pub mod divergence;
 pub mod error;
 pub mod plain;
 pub mod speculative;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use burn::tensor::{backend::Backend, DType};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use s4c::divergence::{first_divergence, Divergence};
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_models::{
@@ -514,6 +515,15 @@ trait Runner {
         mode: Mode,
         spec: &SpecArgs,
     ) -> Result<serde_json::Value>;
+    /// Where `other` first differs from `reference` (greedy outputs of `prompt`), with the
+    /// target's logits there (`s4c::divergence`).
+    fn divergence(
+        &self,
+        prompt: &[u32],
+        reference: &[u32],
+        other: &[u32],
+        max_new_tokens: usize,
+    ) -> Result<Option<Divergence>>;
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()>;
     fn synth_prompts(&self, args: &SynthPromptsArgs) -> Result<()>;
     fn bench(&self, args: &BenchArgs) -> Result<()>;
@@ -703,6 +713,18 @@ impl<B: Backend> Runner for Loaded<B> {
         Ok(result)
     }
 
+    fn divergence(
+        &self,
+        prompt: &[u32],
+        reference: &[u32],
+        other: &[u32],
+        max_new_tokens: usize,
+    ) -> Result<Option<Divergence>> {
+        let model = &self.m.model;
+        let capacity = (prompt.len() + max_new_tokens).min(model.max_positions());
+        first_divergence(model, prompt, reference, other, capacity)
+    }
+
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()> {
         train_cmd::train_heads(&self.m, args)
     }
@@ -755,11 +777,24 @@ fn cmd_generate(r: &dyn Runner, args: &GenerateArgs) -> Result<()> {
         let speedup = s4c["tok_per_s"].as_f64().unwrap_or(0.0)
             / plain["tok_per_s"].as_f64().unwrap_or(1.0).max(1e-9);
         let same = s4c["new_ids"] == plain["new_ids"];
+        // A greedy mismatch: where it begins and how close the target's choice was there.
+        let divergence = if same || !opts.sampling.is_greedy() {
+            None
+        } else {
+            let ids = |v: &serde_json::Value| -> Vec<u32> {
+                serde_json::from_value(v["new_ids"].clone()).unwrap_or_default()
+            };
+            r.divergence(&prompt, &ids(plain), &ids(s4c), opts.max_new_tokens)?
+        };
+        if let Some(d) = &divergence {
+            eprintln!("greedy mismatch at {d}");
+        }
         let cmp = json!({
             "plain_tok_per_s": plain["tok_per_s"],
             "s4c_tok_per_s": s4c["tok_per_s"],
             "speedup": speedup,
             "same_output": same,
+            "divergence": divergence,
         });
         result["compare"] = cmp;
     }

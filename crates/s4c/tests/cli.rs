@@ -259,6 +259,7 @@ fn s4c_is_the_default_mode_with_heads_and_compare_reports_the_speedup() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["mode"], "s4c");
     assert_eq!(v["compare"]["same_output"], true);
+    assert!(v["compare"]["divergence"].is_null());
     assert!(v["compare"]["speedup"].as_f64().unwrap() > 0.0);
 }
 
@@ -423,6 +424,10 @@ fn bench_writes_json_markdown_and_chart() {
         .iter()
         .flat_map(|q| q["turns"].as_array().unwrap())
         .collect();
+    // Every turn matched, so none records a divergence (it is filled only on a mismatch).
+    assert!(turns
+        .iter()
+        .all(|t| t["same"] == true && t["divergence"].is_null()));
     let copied: u64 = turns
         .iter()
         .map(|t| t["stats"]["lookup_accepted"].as_u64().unwrap())
