@@ -141,6 +141,33 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let context = m.model.max_positions();
+    if let Some(q) = questions.first().filter(|_| args.warmup > 0) {
+        let ids = template_ids(
+            m,
+            &template,
+            &template.render(&[Message::new("user", &q.turns[0])]),
+        )?;
+        let started = std::time::Instant::now();
+        for _ in 0..args.warmup {
+            generate_plain(&m.model, &ids, &opts, context, &mut |_| {})?;
+            let spec = lookup(&args.spec);
+            run_spec(
+                &m.model,
+                &drafter,
+                shape.clone(),
+                spec,
+                &ids,
+                &opts,
+                context,
+                &mut |_| {},
+            )?;
+        }
+        eprintln!(
+            "warm-up: {} × 2 runs in {:.1} s",
+            args.warmup,
+            started.elapsed().as_secs_f64()
+        );
+    }
     let mut tasks: BTreeMap<String, Summary> = BTreeMap::new();
     let mut overall = Summary::default();
     let mut records = vec![];
@@ -244,6 +271,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         "draft_vocab": c.map(|c| c.draft_vocab),
         "tree": tree,
         "max_new_tokens": args.max_new_tokens,
+        "warmup": args.warmup,
         "questions_file": args.questions.display().to_string(),
         "tasks": tasks,
         "overall": overall,

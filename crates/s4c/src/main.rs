@@ -230,6 +230,11 @@ struct BenchArgs {
     /// Where to write the JSON results (the Markdown table and SVG chart go next to it).
     #[arg(long, default_value = "runs/bench.json")]
     json: PathBuf,
+    /// Generate the first question's first turn this many times in both modes before measuring
+    /// (GPU backends compile and tune their kernels on first use; the latency curve of `--tree
+    /// cost` is measured before either way).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
 }
 
 #[derive(Args)]

@@ -398,11 +398,15 @@ fn bench_writes_json_markdown_and_chart() {
         "static",
         "--tree-nodes",
         "8",
+        "--warmup",
+        "1",
         "--json",
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("| **overall** |"));
+    // The warm-up runs before measuring and is not counted as a question.
+    assert!(err.contains("warm-up: 1 × 2 runs"), "{err}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for part in [
         &v["tasks"]["mt_bench"],
@@ -416,6 +420,7 @@ fn bench_writes_json_markdown_and_chart() {
     }
     assert_eq!(v["tasks"]["mt_bench"]["turns"], 2);
     assert_eq!(v["overall"]["questions"], 2);
+    assert_eq!(v["warmup"], 1);
     // Context lookup is on by default; `copied` is the share of new tokens it supplied.
     assert_eq!(v["tree"]["lookup"], 16);
     let turns: Vec<&Value> = v["questions"]
