@@ -97,17 +97,8 @@ impl Summary {
 }
 
 fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
     json!({
-        "cpu": cpu,
+        "cpu": s4c::cost::cpu_model(),
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "os": std::env::consts::OS,
     })

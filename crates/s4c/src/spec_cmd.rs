@@ -148,14 +148,16 @@ fn tree_shape<B: Backend>(
     }
 }
 
-/// Everything a latency curve depends on besides the drafter, the engine's version and the
-/// forward's revision included (either may change what a forward costs).
+/// Everything a latency curve depends on besides the drafter: the engine's version and the
+/// forward's revision (either may change what a forward costs), the machine, backend, dtypes and
+/// model shape.
 fn model_key<B: Backend>(loaded: &Loaded<B>) -> String {
     let model = &loaded.m.model;
     format!(
-        "{}r{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
+        "{}r{}-{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
         env!("CARGO_PKG_VERSION"),
         s4c_models::FORWARD_REVISION,
+        s4c::cost::machine_tag(),
         loaded.backend,
         loaded.dtype_name(),
         model.compute_dtype(),
