@@ -38,14 +38,23 @@ mkdir -p runs/heads assets
   --init runs/heads/s12-l2.safetensors \
   --extra-data runs/distill-256-t07 --extra-data runs/distill-256-t07-s2 \
   --checkpoint-dir runs/train-s13 --out runs/heads/s13-ft.safetensors 2> runs/train-s13.log
-# Session 14's (shipped): those fine-tuned again, on the greedy and the third sampled answers
+# Session 14's: those fine-tuned again, on the greedy and the third sampled answers
 # (≈ 33 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
   --init runs/heads/s13-ft.safetensors --extra-data runs/distill-256-t07-s3 \
   --checkpoint-dir runs/train-s14 --out runs/heads/s14-ft.safetensors 2> runs/train-s14.log
+# A fourth sampled answer to each usable prompt (seed 4; ≈ 50 min here).
+"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+  --answer-tokens 256 --data-batch 24 --temperature 0.7 --data-seed 4 \
+  --data-dir runs/distill-256-t07-s4 --data-only
+# Session 16's (shipped): those fine-tuned again, on the greedy and the fourth sampled answers
+# (≈ 16 min on session 16's machine).
+/usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
+  --init runs/heads/s14-ft.safetensors --extra-data runs/distill-256-t07-s4 \
+  --checkpoint-dir runs/train-s16 --out runs/heads/s16-ft.safetensors 2> runs/train-s16.log
 # Held-out report (answers and all positions); records the answers' acceptance statistics in the
 # heads' JSON, which `--tree cost` reads.
-"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s14-ft.safetensors --eval-only \
-  > runs/eval-s14-ft.json 2>/dev/null
-cp runs/heads/s14-ft.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
-cp runs/heads/s14-ft.json assets/SmolLM2-135M-Instruct.heads.json
+"$S4C" train-heads "${COMMON[@]}" --out runs/heads/s16-ft.safetensors --eval-only \
+  > runs/eval-s16-ft.json 2>/dev/null
+cp runs/heads/s16-ft.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
+cp runs/heads/s16-ft.json assets/SmolLM2-135M-Instruct.heads.json
