@@ -141,12 +141,11 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         let started = std::time::Instant::now();
         for _ in 0..args.warmup {
             generate_plain(&m.model, &ids, &opts, context, &mut |_| {})?;
-            let spec = lookup(&args.spec);
             run_spec(
                 &m.model,
                 &drafter,
                 shape.clone(),
-                spec,
+                lookup(&args.spec),
                 &ids,
                 &opts,
                 context,
