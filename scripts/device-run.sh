@@ -24,6 +24,11 @@ OUT=${OUT:-runs/device}
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 HEADS=assets/SmolLM2-135M-Instruct.heads.safetensors
 mkdir -p "$OUT" models
+# The binary may travel gzipped (`gzip -9k s4c`: a stripped CUDA build is 35 MB, the repository
+# 31 MB, and one call carries 64 MiB).
+if [ ! -f "$S4C" ] && [ -f "$S4C.gz" ]; then
+  gzip -dc "$S4C.gz" > /tmp/s4c-bin && S4C=/tmp/s4c-bin
+fi
 chmod +x "$S4C" 2>/dev/null
 # The model travels in parts (one call carries at most 64 MiB): reassemble it.
 if [ ! -f "$MODEL" ] && [ -d /tmp/mparts ]; then
