@@ -6,7 +6,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use s4c::divergence::first_divergence;
-use s4c::plain::{generate_plain, GenerateOptions};
+use s4c::plain::{generate_plain, GenerateOptions, Generation};
+use s4c::speculative::SpecGeneration;
 use s4c::{template_ids, EngineError, Result};
 use s4c_models::{CausalLm, Message};
 use serde::Serialize;
@@ -132,6 +133,21 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let context = m.model.max_positions();
+    // One turn in both modes: plain on its own history's ids, S4C on its own.
+    let run_both = |p_ids: &[u32], s_ids: &[u32]| -> Result<(Generation, SpecGeneration)> {
+        let plain = generate_plain(&m.model, p_ids, &opts, context, &mut |_| {})?;
+        let spec = run_spec(
+            &m.model,
+            &drafter,
+            shape.clone(),
+            lookup(&args.spec),
+            s_ids,
+            &opts,
+            context,
+            &mut |_| {},
+        )?;
+        Ok((plain, spec))
+    };
     if let Some(q) = questions.first().filter(|_| args.warmup > 0) {
         let ids = template_ids(
             m,
@@ -140,17 +156,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         )?;
         let started = std::time::Instant::now();
         for _ in 0..args.warmup {
-            generate_plain(&m.model, &ids, &opts, context, &mut |_| {})?;
-            run_spec(
-                &m.model,
-                &drafter,
-                shape.clone(),
-                lookup(&args.spec),
-                &ids,
-                &opts,
-                context,
-                &mut |_| {},
-            )?;
+            run_both(&ids, &ids)?;
         }
         eprintln!(
             "warm-up: {} × 2 runs in {:.1} s",
@@ -173,17 +179,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             };
             let p_ids = ids(&mut plain_hist)?;
             let s_ids = ids(&mut s4c_hist)?;
-            let plain = generate_plain(&m.model, &p_ids, &opts, context, &mut |_| {})?;
-            let spec = run_spec(
-                &m.model,
-                &drafter,
-                shape.clone(),
-                lookup(&args.spec),
-                &s_ids,
-                &opts,
-                context,
-                &mut |_| {},
-            )?;
+            let (plain, spec) = run_both(&p_ids, &s_ids)?;
             let same = plain.new_ids == spec.new_ids;
             all_match &= same;
             // Where a mismatch begins and how close the target's choice was there (after an
@@ -191,7 +187,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             let divergence = if same || p_ids != s_ids {
                 None
             } else {
-                let capacity = (p_ids.len() + opts.max_new_tokens).min(context);
+                let capacity = opts.cache_capacity(p_ids.len(), context);
                 let d =
                     first_divergence(&m.model, &p_ids, &plain.new_ids, &spec.new_ids, capacity)?;
                 if let Some(d) = &d {

@@ -18,6 +18,8 @@ use s4c_verify::acceptor::read_row;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+#[cfg(doc)]
+use crate::plain::GenerateOptions;
 
 /// The target's logits at one position, read from one forward path.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,8 +52,8 @@ pub struct Divergence {
 
 /// Compares `other` with `reference` (two outputs generated after `prompt`) and, where they first
 /// differ, reads the target's logits along both forward paths (see the module docs). `capacity`
-/// is the KV-cache capacity plain decoding used (prompt plus new tokens, within the context), so
-/// the replay runs exactly its computation. `None` when the outputs are equal.
+/// is the KV-cache capacity plain decoding used ([`GenerateOptions::cache_capacity`]), so the
+/// replay runs exactly its computation. `None` when the outputs are equal.
 pub fn first_divergence<B: Backend, M: CausalLm<B>>(
     model: &M,
     prompt: &[u32],

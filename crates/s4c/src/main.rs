@@ -527,7 +527,7 @@ trait Runner {
         prompt: &[u32],
         reference: &[u32],
         other: &[u32],
-        max_new_tokens: usize,
+        opts: &GenerateOptions,
     ) -> Result<Option<Divergence>>;
     fn train_heads(&self, args: &TrainHeadsArgs) -> Result<()>;
     fn synth_prompts(&self, args: &SynthPromptsArgs) -> Result<()>;
@@ -723,10 +723,10 @@ impl<B: Backend> Runner for Loaded<B> {
         prompt: &[u32],
         reference: &[u32],
         other: &[u32],
-        max_new_tokens: usize,
+        opts: &GenerateOptions,
     ) -> Result<Option<Divergence>> {
         let model = &self.m.model;
-        let capacity = (prompt.len() + max_new_tokens).min(model.max_positions());
+        let capacity = opts.cache_capacity(prompt.len(), model.max_positions());
         first_divergence(model, prompt, reference, other, capacity)
     }
 
@@ -789,7 +789,7 @@ fn cmd_generate(r: &dyn Runner, args: &GenerateArgs) -> Result<()> {
             let ids = |v: &serde_json::Value| -> Vec<u32> {
                 serde_json::from_value(v["new_ids"].clone()).unwrap_or_default()
             };
-            r.divergence(&prompt, &ids(plain), &ids(s4c), opts.max_new_tokens)?
+            r.divergence(&prompt, &ids(plain), &ids(s4c), &opts)?
         };
         if let Some(d) = &divergence {
             eprintln!("greedy mismatch at {d}");

@@ -36,6 +36,12 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// The KV-cache capacity plain decoding uses for a prompt of `prompt_len` tokens: room for
+    /// every new token, within the model's `context`.
+    pub fn cache_capacity(&self, prompt_len: usize, context: usize) -> usize {
+        (prompt_len + self.max_new_tokens).min(context)
+    }
+
     /// Checks the options against a model's context and a prompt.
     pub fn validate(&self, prompt_len: usize, context: usize) -> Result<()> {
         if self.max_new_tokens == 0 {
@@ -114,8 +120,7 @@ pub fn generate_plain<B: Backend, M: CausalLm<B>>(
 ) -> Result<Generation> {
     options.validate(prompt.len(), context)?;
     let start = Instant::now();
-    let capacity = (prompt.len() + options.max_new_tokens).min(context);
-    let mut cache = model.new_cache(capacity);
+    let mut cache = model.new_cache(options.cache_capacity(prompt.len(), context));
     let mut sampler = Sampler::new(options.sampling, options.seed);
     let out = model.forward(&Input::causal(prompt, 0, Logits::Last), &mut cache)?;
     let mut token = next_token(out.logits, &mut sampler)?;

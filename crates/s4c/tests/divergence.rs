@@ -20,7 +20,7 @@ fn setup() -> (Llama<B>, Vec<u32>, usize) {
         max_new_tokens: 12,
         ..Default::default()
     };
-    let capacity = PROMPT.len() + opts.max_new_tokens;
+    let capacity = opts.cache_capacity(PROMPT.len(), 64);
     let out = generate_plain(&model, &PROMPT, &opts, 64, &mut |_| {}).unwrap();
     assert_eq!(out.new_ids.len(), 12);
     (model, out.new_ids, capacity)
