@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("drafter head level, {m} node(s), top-4"), |b| {
             b.iter(|| {
                 drafter
-                    .expand(0, parents.clone(), &tokens, 4)
+                    .expand(0, parents.clone(), &tokens, &[], 4)
                     .expect("depth 0")
             })
         });

@@ -108,6 +108,9 @@ pub fn probe_positions(vocab: usize, hidden: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The longest suffix [`DrafterConfig::copy`] may match.
+pub const MAX_COPY: usize = 8;
+
 fn one() -> usize {
     1
 }
@@ -131,6 +134,11 @@ pub struct DrafterConfig {
     pub attn_dim: usize,
     /// Which coherence components are on.
     pub coherence: Coherence,
+    /// Context copy: each head adds a learned bonus to the token that followed the most recent
+    /// earlier occurrence of its branch's last `copy` tokens (or fewer) in the text, read from
+    /// its state ([`crate::copy`]); 0 (heads made before the option existed) = off.
+    #[serde(default)]
+    pub copy: usize,
     /// Number of draft-vocabulary tokens (the first `draft_vocab` of the frequency ranking);
     /// equal to the target's vocabulary when the full LM head is used.
     pub draft_vocab: usize,
@@ -154,6 +162,7 @@ impl DrafterConfig {
             window: 8,
             attn_dim: 64,
             coherence: Coherence::Full,
+            copy: 0,
             draft_vocab: target.vocab_size,
             target,
             acceptance: None,
@@ -164,6 +173,12 @@ impl DrafterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.heads == 0 || self.inner == 0 || self.layers == 0 || self.attn_dim == 0 {
             return Err("heads, inner, layers and attn_dim must be at least 1".into());
+        }
+        if self.copy > MAX_COPY {
+            return Err(format!(
+                "copy {} is longer than the {MAX_COPY} tokens a match is compared over",
+                self.copy
+            ));
         }
         if self.hidden != self.target.hidden_size {
             return Err(format!(

@@ -12,6 +12,7 @@ use s4c_models::CausalLm;
 use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
 
 use crate::config::{probe_positions, Coherence, DrafterConfig, Fingerprint};
+use crate::copy::{copy_candidate, CopyCandidate};
 use crate::data::{to_host, top_k_softmax};
 use crate::error::{DraftError, Result};
 use crate::heads::Heads;
@@ -40,13 +41,21 @@ pub trait Drafter<B: Backend> {
         window: Tensor<B, 3>,
         valid: Tensor<B, 2>,
     ) -> Tensor<B, 2>;
+    /// The longest suffix its context copy matches ([`crate::copy`]); 0 (the default): it does
+    /// not copy, and [`Drafter::expand`] gets no candidates.
+    fn copy(&self) -> usize {
+        0
+    }
     /// Head `depth` (0-based) on nodes whose parents' states are `parents` `[m, hidden]` and
     /// whose tokens are `tokens`: their states and each one's `k` best children, best first.
+    /// `copies` holds each node's copy candidate when [`Drafter::copy`] > 0 (empty otherwise:
+    /// no candidates).
     fn expand(
         &self,
         depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
+        copies: &[Option<CopyCandidate>],
         k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)>;
 }
@@ -76,6 +85,7 @@ impl<B: Backend> Drafter<B> for NoDrafter {
         _depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
+        _copies: &[Option<CopyCandidate>],
         _k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
         Ok((parents, vec![Vec::new(); tokens.len()]))
@@ -93,6 +103,9 @@ impl<B: Backend, D: Drafter<B>> Drafter<B> for Option<D> {
     fn chains(&self) -> bool {
         self.as_ref().is_none_or(D::chains)
     }
+    fn copy(&self) -> usize {
+        self.as_ref().map_or(0, D::copy)
+    }
     fn initial_states(
         &self,
         features: Tensor<B, 2>,
@@ -109,11 +122,12 @@ impl<B: Backend, D: Drafter<B>> Drafter<B> for Option<D> {
         depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
+        copies: &[Option<CopyCandidate>],
         k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
         match self {
-            Some(d) => d.expand(depth, parents, tokens, k),
-            None => Drafter::<B>::expand(&NoDrafter, depth, parents, tokens, k),
+            Some(d) => d.expand(depth, parents, tokens, copies, k),
+            None => Drafter::<B>::expand(&NoDrafter, depth, parents, tokens, copies, k),
         }
     }
 }
@@ -128,6 +142,8 @@ pub struct MultiHeadDrafter<B: Backend> {
     head_t: Tensor<B, 2>,
     /// Draft-vocabulary index → token id.
     vocab: Vec<u32>,
+    /// Token id → draft-vocabulary index (−1: outside it).
+    index: Vec<i32>,
     /// A host copy of the LM head `[draft_vocab, hidden]` (see
     /// [`MultiHeadDrafter::with_host_head`]).
     host_head: Option<HostLinear>,
@@ -166,6 +182,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
             head.select(0, ids_tensor::<B>(&vocab, &device))
         };
         Ok(MultiHeadDrafter {
+            index: crate::train::draft_index(&vocab, v),
             config,
             heads,
             embed,
@@ -209,6 +226,9 @@ impl<B: Backend> MultiHeadDrafter<B> {
         heads.ctx_out.weight = noise(heads.ctx_out.weight.val());
         for b in heads.blocks.iter_mut() {
             b.out.weight = noise(b.out.weight.val());
+            if let Some(c) = b.copy.as_mut() {
+                c.weight = noise(c.weight.val());
+            }
             for r in b.more.iter_mut() {
                 r.out.weight = noise(r.out.weight.val());
             }
@@ -266,6 +286,10 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         self.config.coherence.chains_tokens()
     }
 
+    fn copy(&self) -> usize {
+        self.config.copy
+    }
+
     fn initial_states(
         &self,
         features: Tensor<B, 2>,
@@ -281,6 +305,7 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
+        copies: &[Option<CopyCandidate>],
         k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>)> {
         let [m, _] = parents.dims();
@@ -295,11 +320,27 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                 .select(0, ids_tensor::<B>(tokens, &parents.device()))
         };
         let states = self.heads.step(depth, parents, emb);
-        let host = match &self.host_head {
+        let mut host = match &self.host_head {
             Some(h) => h.matmul(&to_host(states.clone())?, m),
             None => to_host(states.clone().matmul(self.head_t.clone()))?,
         };
         let dv = self.vocab.len();
+        if let (Some(bonus), false) = (
+            self.heads.copy_bonus(depth, states.clone()),
+            copies.is_empty(),
+        ) {
+            // The copy bonus, on the host like the logits it joins (see `add_copy_bonus`).
+            let c = self.config.copy;
+            let bonus = to_host(bonus)?;
+            for (i, cand) in copies.iter().enumerate().take(m) {
+                let Some(cand) = cand.filter(|x| (1..=c).contains(&x.matched)) else {
+                    continue;
+                };
+                if let Some(&di) = self.index.get(cand.token as usize).filter(|&&d| d >= 0) {
+                    host[i * dv + di as usize] += bonus[i * c + cand.matched - 1];
+                }
+            }
+        }
         let cands = host
             .chunks(dv)
             .map(|row| {
@@ -347,6 +388,8 @@ pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
     drafter: &'a D,
     /// `[1, hidden]` the state before the root.
     initial: Tensor<B, 2>,
+    /// The committed text, the root's token last (what context copy searches).
+    context: &'a [u32],
     /// Per tree node: (batch, row) of its state once expanded.
     state_of: Vec<Option<(usize, usize)>>,
     /// States computed by each `expand` call.
@@ -356,11 +399,14 @@ pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
 }
 
 impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
-    /// A session from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`]).
-    pub fn new(drafter: &'a D, initial: Tensor<B, 2>) -> Self {
+    /// A session from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`])
+    /// and the committed `context` — prompt and answer so far, the root's token last — in which
+    /// a copying drafter ([`Drafter::copy`]) looks up each node's branch.
+    pub fn new(drafter: &'a D, initial: Tensor<B, 2>, context: &'a [u32]) -> Self {
         DraftSession {
             drafter,
             initial,
+            context,
             state_of: Vec::new(),
             batches: Vec::new(),
             error: None,
@@ -376,6 +422,26 @@ impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
     /// Time spent in the drafter.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
+    }
+
+    /// Each node's copy candidate: its text is the context then its branch below the root (none
+    /// when the drafter does not copy).
+    fn copies(
+        &self,
+        tree: &TokenTree,
+        nodes: impl Iterator<Item = usize>,
+    ) -> Vec<Option<CopyCandidate>> {
+        let copy = self.drafter.copy();
+        if copy == 0 {
+            return Vec::new();
+        }
+        nodes
+            .map(|n| {
+                let mut text = self.context.to_vec();
+                text.extend(tree.tokens_to(n).into_iter().skip(1));
+                copy_candidate(&text, copy)
+            })
+            .collect()
     }
 
     fn parent_state(&self, tree: &TokenTree, n: usize) -> Option<Tensor<B, 2>> {
@@ -414,7 +480,11 @@ impl<B: Backend, D: Drafter<B>> CandidateProvider for DraftSession<'_, B, D> {
                 .collect();
             let Some(parents) = parents else { continue };
             let tokens: Vec<u32> = group.iter().map(|&i| tree.node(nodes[i]).token).collect();
-            match self.drafter.expand(d, Tensor::cat(parents, 0), &tokens, k) {
+            let copies = self.copies(tree, group.iter().map(|&i| nodes[i]));
+            match self
+                .drafter
+                .expand(d, Tensor::cat(parents, 0), &tokens, &copies, k)
+            {
                 Ok((states, cands)) => {
                     let b = self.batches.len();
                     self.batches.push(states);

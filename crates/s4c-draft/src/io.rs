@@ -32,6 +32,9 @@ fn linears<B: Backend>(heads: &Heads<B>) -> Vec<(String, &Linear<B>)> {
             v.push((format!("blocks.{i}.more.{j}.inp"), &r.inp));
             v.push((format!("blocks.{i}.more.{j}.out"), &r.out));
         }
+        if let Some(c) = &b.copy {
+            v.push((format!("blocks.{i}.copy"), c));
+        }
     }
     v
 }
@@ -191,6 +194,10 @@ pub(crate) fn read_heads<B: Backend>(
                             })
                         })
                         .collect::<Result<Vec<_>>>()?,
+                    copy: match config.copy {
+                        0 => None,
+                        c => Some(linear(&format!("blocks.{k}.copy"), h, c, true)?),
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?,

@@ -5,6 +5,7 @@
 //! Also its self-distillation training data ([`data`]) and training ([`train`]).
 
 pub mod config;
+pub mod copy;
 pub mod data;
 pub mod error;
 pub mod heads;

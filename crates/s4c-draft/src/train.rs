@@ -20,6 +20,7 @@ use s4c_tree::{AcceptanceStats, Template};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DrafterConfig;
+use crate::copy::{copy_candidate, push_copy_inputs};
 use crate::data::Dataset;
 use crate::drafter::MultiHeadDrafter;
 use crate::error::{DraftError, Result};
@@ -221,6 +222,8 @@ pub fn build_batch<B: Backend>(
     let mut tw = vec![0f32; n * k * tk];
     let mut tfeat = vec![0f32; n * k * h];
     let mut labelled = vec![0f32; n * k];
+    let copy = config.copy;
+    let (mut copy_column, mut copy_matched) = (Vec::with_capacity(n * k), Vec::new());
     let mut rows = vec![0usize; k];
     for (r, &(s, t)) in ex.iter().enumerate() {
         let seq = &data.sequences[s];
@@ -240,8 +243,13 @@ pub fn build_batch<B: Backend>(
         }
         for j in 0..k {
             let row = t + j + 1;
+            // Head j's text ends with the token it reads (t + j + 1): its copy candidate.
+            let cand = (row < seq.positions())
+                .then(|| copy_candidate(&seq.tokens[..row + 1], copy))
+                .flatten();
+            push_copy_inputs(cand, draft_index, copy, &mut copy_column, &mut copy_matched);
             if row >= seq.positions() {
-                break;
+                continue;
             }
             rows[j] += 1;
             labelled[r * k + j] = 1.0;
@@ -270,6 +278,8 @@ pub fn build_batch<B: Backend>(
         target_w: Tensor::from_data(TensorData::new(tw, [n, k, tk]), device),
         target_features: Tensor::from_data(TensorData::new(tfeat, [n, k, h]), device),
         labelled: Tensor::from_data(TensorData::new(labelled, [n, k]), device),
+        copy_column: Tensor::from_data(TensorData::new(copy_column, [n, k, 1]), device),
+        copy_matched: Tensor::from_data(TensorData::new(copy_matched, [n, k, copy]), device),
         rows_per_head: rows,
     }
 }
@@ -484,8 +494,11 @@ fn start_from<B: Backend>(
         target: config.target.clone(),
         ..stored
     };
+    // Heads made without context copy may gain it: their copy layers start at zero.
+    let add_copy = stored.copy == 0 && config.copy > 0;
     let wanted = DrafterConfig {
         acceptance: None,
+        copy: if add_copy { 0 } else { config.copy },
         ..config.clone()
     };
     let refuse = |what: &str| {
@@ -498,11 +511,11 @@ fn start_from<B: Backend>(
     if stored != wanted {
         return refuse("configuration");
     }
-    let (heads, stored_vocab) = crate::io::read_heads::<B>(path, config, device)?;
+    let (heads, stored_vocab) = crate::io::read_heads::<B>(path, &stored, device)?;
     if stored_vocab != vocab {
         return refuse("draft vocabulary");
     }
-    Ok(heads)
+    Ok(heads.with_copy(config.copy, device))
 }
 
 /// An error unless `value` (named `what`) is finite and at least 0.

@@ -2,9 +2,12 @@
 //! drafting against one-node-at-a-time drafting, save/load, mismatched heads.
 
 use burn::backend::Flex;
+use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
+use s4c_draft::copy::copy_candidate;
 use s4c_draft::{
-    fingerprint, io, Coherence, DraftError, DraftSession, Drafter, DrafterConfig, MultiHeadDrafter,
+    fingerprint, io, Coherence, DraftError, DraftSession, Drafter, DrafterConfig, Heads,
+    MultiHeadDrafter,
 };
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Llama};
@@ -45,7 +48,7 @@ fn shapes_and_candidates() {
     let valid = Tensor::<B, 2>::ones([5, 3], &Default::default());
     let s = d.initial_states(f, win, valid);
     assert_eq!(s.dims(), [5, h]);
-    let (states, cands) = d.expand(0, s, &[1, 2, 3, 4, 5], 4).unwrap();
+    let (states, cands) = d.expand(0, s, &[1, 2, 3, 4, 5], &[], 4).unwrap();
     assert_eq!(states.dims(), [5, h]);
     assert_eq!(cands.len(), 5);
     for c in &cands {
@@ -56,7 +59,7 @@ fn shapes_and_candidates() {
             .all(|x| (x.token as usize) < VOCAB && x.logprob <= 0.0));
     }
     // Beyond the last head there is nothing to draft.
-    let (_, none) = d.expand(4, features(2, h, 3), &[1, 2], 4).unwrap();
+    let (_, none) = d.expand(4, features(2, h, 3), &[1, 2], &[], 4).unwrap();
     assert!(none.iter().all(Vec::is_empty));
 }
 
@@ -73,8 +76,8 @@ fn the_host_head_drafts_what_the_backend_head_drafts() {
     for n in [1usize, 3, 7] {
         let s = features(n, h, n as u64);
         let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
-        let (sa, ca) = d.expand(1, s.clone(), &toks, 5).unwrap();
-        let (sb, cb) = dh.expand(1, s, &toks, 5).unwrap();
+        let (sa, ca) = d.expand(1, s.clone(), &toks, &[], 5).unwrap();
+        let (sb, cb) = dh.expand(1, s, &toks, &[], 5).unwrap();
         assert_eq!(host(sa), host(sb));
         for (a, b) in ca.iter().zip(&cb) {
             assert_eq!(a.len(), 5);
@@ -130,7 +133,7 @@ fn same_seed_same_drafts() {
     let draft = |seed| {
         let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, seed).unwrap();
         let s = features(1, 32, 5);
-        d.expand(0, s, &[7], 6).unwrap().1
+        d.expand(0, s, &[7], &[], 6).unwrap().1
     };
     assert_eq!(draft(11), draft(11));
     assert_ne!(draft(11), draft(12));
@@ -147,7 +150,7 @@ fn branch_candidates(
     let mut cands = vec![];
     for (depth, &tok) in path.iter().enumerate() {
         let parent = if d.chains() { state } else { s0.clone() };
-        let (s, c) = d.expand(depth, parent, &[tok], k).unwrap();
+        let (s, c) = d.expand(depth, parent, &[tok], &[], k).unwrap();
         state = s;
         cands = c[0].iter().map(|c| c.token).collect();
     }
@@ -160,7 +163,7 @@ fn session_drafts_each_branch_from_its_own_parent() {
     for coherence in Coherence::ALL {
         let d = MultiHeadDrafter::random(config(&t, coherence), &t, 4).unwrap();
         let s0 = features(1, 32, 9);
-        let mut session = DraftSession::new(&d, s0.clone());
+        let mut session = DraftSession::new(&d, s0.clone(), &[]);
         let tree = Template::mc_sim_7b_63().build(5, &mut session).unwrap();
         assert!(session.take_error().is_none());
         assert_eq!(tree.len(), 64);
@@ -187,7 +190,7 @@ fn session_drafts_each_branch_from_its_own_parent() {
 fn dynamic_trees_respect_the_heads_depth() {
     let t = target(2);
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 4).unwrap();
-    let mut session = DraftSession::new(&d, features(1, 32, 9));
+    let mut session = DraftSession::new(&d, features(1, 32, 9), &[]);
     let tree = build_dynamic(
         5,
         &DynamicConfig {
@@ -209,6 +212,7 @@ fn save_load_round_trip_and_mismatch() {
     let mut c = config(&t, Coherence::Full);
     c.draft_vocab = 40;
     c.layers = 2;
+    c.copy = 3;
     let d = MultiHeadDrafter::random(c, &t, 3).unwrap();
     let dir = std::env::temp_dir().join(format!("s4c-draft-io-{}", std::process::id()));
     let path = dir.join("heads.safetensors");
@@ -217,8 +221,10 @@ fn save_load_round_trip_and_mismatch() {
     assert_eq!(back.config(), d.config());
     assert_eq!(back.vocab(), d.vocab());
     let s0 = features(1, 32, 4);
-    let mut s1 = DraftSession::new(&d, s0.clone());
-    let mut s2 = DraftSession::new(&back, s0);
+    // A context with repeats: the copy layers are read too.
+    let context = [3, 7, 9, 3, 30, 7, 9, 12, 3];
+    let mut s1 = DraftSession::new(&d, s0.clone(), &context);
+    let mut s2 = DraftSession::new(&back, s0, &context);
     let t1 = Template::mc_sim_7b_63().build(3, &mut s1).unwrap();
     let t2 = Template::mc_sim_7b_63().build(3, &mut s2).unwrap();
     assert_eq!(t1.flatten().tokens, t2.flatten().tokens);
@@ -269,10 +275,10 @@ fn heads_saved_before_the_layers_option_load_with_one_layer() {
     let one = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();
     let s0 = features(1, 32, 4);
     let deep = Template::mc_sim_7b_63()
-        .build(3, &mut DraftSession::new(&d, s0.clone()))
+        .build(3, &mut DraftSession::new(&d, s0.clone(), &[]))
         .unwrap();
     let shallow = Template::mc_sim_7b_63()
-        .build(3, &mut DraftSession::new(&one, s0))
+        .build(3, &mut DraftSession::new(&one, s0, &[]))
         .unwrap();
     assert_ne!(deep.flatten().tokens, shallow.flatten().tokens);
 }
@@ -283,7 +289,7 @@ fn templates_deeper_than_the_heads() {
     let mut c = config(&t, Coherence::Full);
     c.heads = 1;
     let d = MultiHeadDrafter::random(c, &t, 1).unwrap();
-    let mut s = DraftSession::new(&d, features(1, 32, 1));
+    let mut s = DraftSession::new(&d, features(1, 32, 1), &[]);
     let tree = TokenTree::new(3);
     let out = s.expand(&tree, &[0], 3);
     assert_eq!(out[0].len(), 3);
@@ -297,4 +303,56 @@ fn templates_deeper_than_the_heads() {
         .unwrap();
     assert_eq!(tree.len(), 2, "one head drafts one level");
     let _ = t.config();
+}
+
+#[test]
+fn context_copy_follows_each_branch_through_the_text() {
+    let t = target(1);
+    let mut c = config(&t, Coherence::Full);
+    c.copy = 2;
+    let device = Default::default();
+    let mut heads = Heads::<B>::init(&c, &device, 5);
+    // An overwhelming bonus: every head drafts the copy candidate first, whatever its state.
+    for b in heads.blocks.iter_mut() {
+        let copy = b.copy.as_mut().unwrap();
+        copy.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![1e4f32, 2e4], [2]),
+            &device,
+        )));
+    }
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let d = MultiHeadDrafter::new(c.clone(), heads, vocab, &t).unwrap();
+    // "1 5 9 11 20 3 5": the root 5 occurred before, followed by 9 11 20.
+    let context = [1, 5, 9, 11, 20, 3, 5];
+    let s0 = features(1, 32, 4);
+    let mut session = DraftSession::new(&d, s0.clone(), &context);
+    let chain = Template::chain(3).unwrap().build(5, &mut session).unwrap();
+    assert_eq!(chain.flatten().tokens, vec![5, 9, 11, 20]);
+    // Each node's own branch decides: after 11 comes 20 (the one-token match "11"), after 3
+    // comes 5; a token the text never shows has no candidate, and the heads draft as they would
+    // without copy (same parameters otherwise: the copy layer draws no random numbers).
+    let mut plain_config = c;
+    plain_config.copy = 0;
+    let plain_heads = Heads::<B>::init(&plain_config, &device, 5);
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let plain = MultiHeadDrafter::new(plain_config, plain_heads, vocab, &t).unwrap();
+    let mut tree = TokenTree::new(5);
+    let nodes: Vec<usize> = [11, 3, 40]
+        .iter()
+        .map(|&tok| tree.push(0, tok, 0.0).unwrap())
+        .collect();
+    let mut session = DraftSession::new(&d, s0.clone(), &context);
+    let mut reference = DraftSession::new(&plain, s0, &context);
+    session.expand(&tree, &[0], 1);
+    reference.expand(&tree, &[0], 1);
+    let copied = session.expand(&tree, &nodes, 1);
+    let own = reference.expand(&tree, &nodes, 1);
+    for (i, &tok) in [11u32, 3, 40].iter().enumerate() {
+        let mut text = context.to_vec();
+        text.push(tok);
+        let want = copy_candidate(&text, 2).map_or(own[i][0].token, |c| c.token);
+        assert_eq!(copied[i][0].token, want, "below {tok}");
+    }
+    assert_eq!(copied[0][0].token, 20);
+    assert_eq!(copied[1][0].token, 5);
 }

@@ -860,6 +860,31 @@ fn training_starts_from_saved_heads() {
         "the saved heads get gradients"
     );
 
+    // Heads made without context copy gain it (fresh copy layers, the rest as saved); the
+    // other way round is refused below like any other change of shape.
+    let mut copying = cfg.clone();
+    copying.copy = 2;
+    let (gained, _, _) = run(Some(path.clone()), copying, vocab.clone(), 1, Some(0)).unwrap();
+    assert_eq!(gained.config().copy, 2);
+    assert!(gained.heads().blocks.iter().all(|b| b.copy.is_some()));
+    s4c_draft::io::save(&gained, &path).unwrap();
+    let (kept, _, _) = run(
+        Some(path.clone()),
+        gained.config().clone(),
+        vocab.clone(),
+        1,
+        Some(0),
+    )
+    .unwrap();
+    assert_eq!(kept.config().copy, 2);
+    let mut dropped = cfg.clone();
+    dropped.copy = 0;
+    assert!(matches!(
+        run(Some(path.clone()), dropped, vocab.clone(), 1, None).map(|_| ()),
+        Err(s4c_draft::DraftError::InvalidOption(_))
+    ));
+    s4c_draft::io::save(&trained, &path).unwrap();
+
     // Heads of another shape or vocabulary are refused with a typed error.
     let mut wider = cfg.clone();
     wider.window = 2;
@@ -877,4 +902,117 @@ fn training_starts_from_saved_heads() {
     }
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(s4c_draft::io::config_path(&path));
+}
+
+/// `n` sequences, each a random phrase of `len` tokens said `times` times: after its first
+/// saying, every next token is a copy of what followed the same place before, and nothing else
+/// predicts it (each sequence's phrase is its own).
+fn repeating_data(t: &Llama<B>, n: usize, len: usize, times: usize) -> Dataset {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut seqs = Vec::new();
+    for _ in 0..n {
+        let phrase: Vec<u32> = (0..len)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let tokens: Vec<u32> = phrase.iter().copied().cycle().take(len * times).collect();
+        let total = tokens.len();
+        let mut cache = t.new_cache(total);
+        let out = t
+            .forward(
+                &Input::causal(&tokens[..total - 1], 0, Logits::Last),
+                &mut cache,
+            )
+            .unwrap();
+        let feats = out.features.into_data().to_vec::<f32>().unwrap();
+        seqs.push(Sequence {
+            features: feats.iter().map(|&x| f16::from_f32(x)).collect(),
+            top_ids: tokens[1..].to_vec(),
+            top_probs: vec![f16::ONE; total - 1],
+            prompt_len: 1,
+            tokens,
+        });
+    }
+    Dataset {
+        hidden: t.config().hidden_size,
+        top_k: 1,
+        sequences: seqs,
+    }
+}
+
+#[test]
+fn heads_with_context_copy_learn_to_copy() {
+    let t = target();
+    // Phrases of 7 said 4 times: 21 of 27 labels per head are copies (fewer for deeper heads).
+    let data = repeating_data(&t, 48, 7, 4);
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let options = TrainOptions {
+        epochs: 6,
+        lr: 1e-2,
+        batch_size: 64,
+        held_out_every: 6,
+        ..Default::default()
+    };
+    let run = |copy| {
+        let mut cfg = config(&t, Coherence::Full);
+        cfg.copy = copy;
+        train::<AB, _>(&t, &data, cfg, vocab.clone(), &options, &mut |_| {})
+            .unwrap()
+            .1
+    };
+    let (without, with) = (run(0), run(3));
+    for k in 0..4 {
+        // Held-out phrases are new: only copying predicts them (about 3/4 of the labels).
+        assert!(
+            with.top1[k] > 0.6 && with.top1[k] > without.top1[k] + 0.3,
+            "head {}: with copy {with:?}, without {without:?}",
+            k + 1
+        );
+    }
+}
+
+#[test]
+fn the_copy_bonus_lands_on_each_rows_candidate() {
+    use s4c_draft::copy::copy_candidate;
+    use s4c_draft::heads::batch_logits;
+    let t = target();
+    let data = repeating_data(&t, 3, 5, 3);
+    let mut with = config(&t, Coherence::Full);
+    with.copy = 3;
+    let mut without = with.clone();
+    without.copy = 0;
+    // Fresh copy layers: zero weights, bias COPY_PRIOR × matched length; otherwise the same
+    // parameters (the copy layer draws no random numbers).
+    let device = Default::default();
+    let hw = Heads::<AB>::init(&with, &device, 2);
+    let ho = Heads::<AB>::init(&without, &device, 2);
+    let (_, head, batch) = whole_batch(&t, &data, &with);
+    let (_, _, plain) = whole_batch(&t, &data, &without);
+    let lw = batch_logits(&hw, Coherence::Full, &head, &batch);
+    let lo = batch_logits(&ho, Coherence::Full, &head, &plain);
+    let ex = examples(&data);
+    for j in 0..4 {
+        let a = lw[j].clone().into_data().to_vec::<f32>().unwrap();
+        let b = lo[j].clone().into_data().to_vec::<f32>().unwrap();
+        for (r, &(s, pos)) in ex.iter().enumerate() {
+            let seq = &data.sequences[s];
+            let row = pos + j + 1;
+            let cand = (row < seq.positions())
+                .then(|| copy_candidate(&seq.tokens[..row + 1], 3))
+                .flatten();
+            for v in 0..VOCAB {
+                let want = match cand {
+                    Some(c) if c.token as usize == v => {
+                        s4c_draft::heads::COPY_PRIOR * c.matched as f32
+                    }
+                    _ => 0.0,
+                };
+                let got = a[r * VOCAB + v] - b[r * VOCAB + v];
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "head {j} row {r} token {v}: {got} vs {want}"
+                );
+            }
+        }
+    }
 }

@@ -92,7 +92,7 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
         }
         for (i, m) in [1, 16].into_iter().enumerate() {
             let t = Instant::now();
-            drafter.expand(0, repeat_rows(&feature, m), &vec![1u32; m], 4)?;
+            drafter.expand(0, repeat_rows(&feature, m), &vec![1u32; m], &[], 4)?;
             if round > 0 {
                 draft[i].push(t.elapsed().as_secs_f64());
             }

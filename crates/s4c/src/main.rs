@@ -348,6 +348,11 @@ struct TrainArgs {
     /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
     #[arg(long, default_value_t = 0)]
     draft_vocab: usize,
+    /// Context copy: each head adds a learned bonus to the token that followed the most recent
+    /// earlier occurrence of its branch's last N tokens (or fewer) in the text; 0 = off. With
+    /// --init, heads made without it gain it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=8))]
+    copy: u64,
     /// Coherence components: independent (Medusa), tokens, full (S4C).
     #[arg(long, default_value = "full")]
     coherence: s4c_draft::Coherence,
@@ -376,7 +381,8 @@ struct TrainArgs {
     checkpoint_dir: PathBuf,
     /// Start from these heads (`.safetensors` with its `.json`) instead of a random
     /// initialisation: fine-tune them, e.g. on more data. Their shape and draft vocabulary are
-    /// kept (--heads, --window, --inner, --layers, --coherence and --draft-vocab are ignored).
+    /// kept (--heads, --window, --inner, --layers, --coherence and --draft-vocab are ignored;
+    /// --copy only adds context copy to heads without it).
     #[arg(long)]
     init: Option<PathBuf>,
 }

@@ -244,12 +244,16 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             let t = Instant::now();
             let mut heads_tree = match &plan.heads {
                 Heads::None => TokenTree::new(root),
-                Heads::Template(tpl) => self.draft(state.take(), &history, &device, |session| {
-                    tpl.build(root, session)
-                })?,
-                Heads::Dynamic(cfg) => self.draft(state.take(), &history, &device, |session| {
-                    build_dynamic(root, cfg, session)
-                })?,
+                Heads::Template(tpl) => {
+                    self.draft(state.take(), &history, &text, &device, |session| {
+                        tpl.build(root, session)
+                    })?
+                }
+                Heads::Dynamic(cfg) => {
+                    self.draft(state.take(), &history, &text, &device, |session| {
+                        build_dynamic(root, cfg, session)
+                    })?
+                }
             };
             let chain = plan.lookup.as_ref().map_or(&[][..], |c| &c.tokens[..]);
             let (mut tree, mut heads_map) = heads_tree.graft(chain);
@@ -374,11 +378,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     }
 
     /// Grows a tree with `build` from `state` — the initial state feature reuse prepared — or,
-    /// after plain steps, from one computed for the newest feature of `history`.
+    /// after plain steps, from one computed for the newest feature of `history`; `text` is the
+    /// prompt and answer so far, the root last.
     fn draft(
         &self,
         state: Option<Tensor<B, 2>>,
         history: &Tensor<B, 2>,
+        text: &[u32],
         device: &B::Device,
         build: impl FnOnce(&mut DraftSession<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
     ) -> Result<TokenTree> {
@@ -386,7 +392,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             Some(s) => s,
             None => self.initial_for_last(history, device)?,
         };
-        let mut session = DraftSession::new(self.drafter, state);
+        let mut session = DraftSession::new(self.drafter, state, text);
         let tree = build(&mut session)?;
         if let Some(e) = session.take_error() {
             return Err(e.into());

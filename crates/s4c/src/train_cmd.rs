@@ -279,7 +279,12 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         // Fine-tuning keeps the heads' shape and vocabulary (and checks they fit the model).
         Some(init) => {
             let start = s4c_draft::io::load(init, &m.model)?;
-            (start.config().clone(), start.vocab().to_vec())
+            let mut config = start.config().clone();
+            if config.copy == 0 {
+                // Heads made without context copy may gain it (its layers start at zero).
+                config.copy = t.copy as usize;
+            }
+            (config, start.vocab().to_vec())
         }
         None => {
             let vocab = frequency_vocab(&train_part, vsize, t.draft_vocab);
@@ -291,6 +296,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
             }
             config.layers = t.layers;
             config.coherence = t.coherence;
+            config.copy = t.copy as usize;
             config.draft_vocab = vocab.len();
             (config, vocab)
         }
@@ -309,11 +315,12 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         ..Default::default()
     };
     eprintln!(
-        "training {} heads ({} coherence, window {}, {} layers, draft vocabulary {}) on {} positions{}",
+        "training {} heads ({} coherence, window {}, {} layers, copy {}, draft vocabulary {}) on {} positions{}",
         config.heads,
         config.coherence,
         config.window,
         config.layers,
+        config.copy,
         vocab.len(),
         train_part.positions(),
         t.init

@@ -25,6 +25,8 @@ fn drafter(t: &Llama<B>, coherence: Coherence, heads: usize, seed: u64) -> Multi
     c.coherence = coherence;
     c.heads = heads;
     c.window = 3;
+    // Four heads copy from the context too (random copy layers), one head does not.
+    c.copy = if heads >= 4 { 3 } else { 0 };
     MultiHeadDrafter::random(c, t, seed).unwrap()
 }
 
@@ -173,6 +175,7 @@ impl Drafter<B> for Oracle {
         depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
+        _copies: &[Option<s4c_draft::copy::CopyCandidate>],
         k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>), DraftError> {
         if depth >= self.depth {
