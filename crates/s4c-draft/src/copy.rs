@@ -43,32 +43,39 @@ pub fn copy_candidate(text: &[u32], max_match: usize) -> Option<CopyCandidate> {
     })
 }
 
-/// The host inputs of [`crate::heads::add_copy_bonus`] for rows with candidates `cands`: each
-/// row's draft-vocabulary column of its candidate (0 without one) and a one-hot `[copy]` of
-/// its matched length (all zeros without a candidate, or when the token is outside the draft
-/// vocabulary, whose `draft_index` is −1), appended to `column` and `matched`.
+/// The host inputs of [`crate::heads::add_copy_bonus`] for a row with candidate `cand`: the
+/// logit column of its candidate — its draft-vocabulary index, or `draft_vocab` (the column
+/// after the draft vocabulary) for a token outside it (`draft_index` −1) — or 0 without one,
+/// and a one-hot `[copy]` of its matched length (zeros without one), appended to `column` and
+/// `matched`. Returns the candidate's token when it is outside the draft vocabulary.
 pub fn push_copy_inputs(
     cand: Option<CopyCandidate>,
     draft_index: &[i32],
+    draft_vocab: usize,
     copy: usize,
     column: &mut Vec<i64>,
     matched: &mut Vec<f32>,
-) {
+) -> Option<u32> {
     let start = matched.len();
     matched.extend(std::iter::repeat_n(0.0, copy));
-    let col = cand.and_then(|c| {
-        let di = draft_index
-            .get(c.token as usize)
-            .copied()
-            .filter(|&i| i >= 0)?;
-        (1..=copy).contains(&c.matched).then_some((c.matched, di))
-    });
-    match col {
-        Some((m, di)) => {
-            matched[start + m - 1] = 1.0;
+    let Some(c) = cand.filter(|c| (1..=copy).contains(&c.matched)) else {
+        column.push(0);
+        return None;
+    };
+    matched[start + c.matched - 1] = 1.0;
+    match draft_index
+        .get(c.token as usize)
+        .copied()
+        .filter(|&i| i >= 0)
+    {
+        Some(di) => {
             column.push(di as i64);
+            None
         }
-        None => column.push(0),
+        None => {
+            column.push(draft_vocab as i64);
+            Some(c.token)
+        }
     }
 }
 
@@ -99,13 +106,20 @@ mod tests {
 
     #[test]
     fn inputs_mark_length_and_column() {
+        // Tokens 1..=3 are draft indices 0..=2; token 0 is outside (its column is 3).
         let index = vec![-1, 0, 1, 2];
         let (mut col, mut m) = (Vec::new(), Vec::new());
         let c = |matched, token| Some(CopyCandidate { matched, token });
-        push_copy_inputs(c(2, 3), &index, 3, &mut col, &mut m);
-        push_copy_inputs(c(1, 0), &index, 3, &mut col, &mut m); // outside the vocabulary
-        push_copy_inputs(None, &index, 3, &mut col, &mut m);
-        assert_eq!(col, vec![2, 0, 0]);
-        assert_eq!(m, vec![0., 1., 0., 0., 0., 0., 0., 0., 0.]);
+        assert_eq!(
+            push_copy_inputs(c(2, 3), &index, 3, 3, &mut col, &mut m),
+            None
+        );
+        assert_eq!(
+            push_copy_inputs(c(1, 0), &index, 3, 3, &mut col, &mut m),
+            Some(0)
+        );
+        assert_eq!(push_copy_inputs(None, &index, 3, 3, &mut col, &mut m), None);
+        assert_eq!(col, vec![2, 3, 0]);
+        assert_eq!(m, vec![0., 1., 0., 1., 0., 0., 0., 0., 0.]);
     }
 }

@@ -144,6 +144,9 @@ pub struct MultiHeadDrafter<B: Backend> {
     vocab: Vec<u32>,
     /// Token id → draft-vocabulary index (−1: outside it).
     index: Vec<i32>,
+    /// `[vocab, hidden]` the target's whole LM head (context copy scores candidates outside the
+    /// draft vocabulary with it).
+    full_head: Tensor<B, 2>,
     /// A host copy of the LM head `[draft_vocab, hidden]` (see
     /// [`MultiHeadDrafter::with_host_head`]).
     host_head: Option<HostLinear>,
@@ -176,6 +179,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
         let device = target.device().clone();
         let embed = target.embed(Tensor::arange(0..v as i64, &device));
         let head = target.lm_head_weight();
+        let full_head = head.clone();
         let head = if vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize) {
             head
         } else {
@@ -189,6 +193,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
             head_t: head.transpose(),
             vocab,
             host_head: None,
+            full_head,
         })
     }
 
@@ -262,6 +267,74 @@ impl<B: Backend> MultiHeadDrafter<B> {
     pub fn vocab(&self) -> &[u32] {
         &self.vocab
     }
+
+    /// The target's tensors the heads read (training and evaluation build batches from them).
+    pub fn frozen(&self) -> crate::train::Frozen<B> {
+        crate::train::Frozen {
+            embed: self.embed.clone(),
+            head: self.head(),
+            full_head: self.full_head.clone(),
+        }
+    }
+
+    /// Host logits `host` `[m, draft_vocab]` of `states` with the copy bonus `bonus` `[m, copy]`
+    /// of each row's candidate in `copies` added, widened by one column that scores a candidate
+    /// outside the draft vocabulary (its LM-head row · state; −1e4 where there is none) — what
+    /// training's `add_copy_bonus` computes. Returns the scores, their width and each row's
+    /// outside candidate.
+    #[allow(clippy::type_complexity)]
+    fn with_copy(
+        &self,
+        states: &Tensor<B, 2>,
+        host: Vec<f32>,
+        bonus: Vec<f32>,
+        copies: &[Option<CopyCandidate>],
+    ) -> Result<(Vec<f32>, usize, Vec<Option<u32>>)> {
+        let (dv, c) = (self.vocab.len(), self.config.copy);
+        let m = host.len() / dv;
+        let width = dv + 1;
+        let cands: Vec<Option<CopyCandidate>> = (0..m)
+            .map(|i| {
+                copies
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .filter(|x| (1..=c).contains(&x.matched))
+            })
+            .collect();
+        let column = |tok: u32| self.index.get(tok as usize).copied().filter(|&d| d >= 0);
+        let outside: Vec<Option<u32>> = cands
+            .iter()
+            .map(|x| x.map(|x| x.token).filter(|&t| column(t).is_none()))
+            .collect();
+        let rows: Vec<usize> = (0..m).filter(|&i| outside[i].is_some()).collect();
+        let outside_logits = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let device = states.device();
+            let toks: Vec<u32> = rows.iter().filter_map(|&i| outside[i]).collect();
+            let row_ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+            let w = self
+                .full_head
+                .clone()
+                .select(0, ids_tensor::<B>(&toks, &device));
+            let s = states.clone().select(0, ids_tensor::<B>(&row_ids, &device));
+            to_host((s * w).sum_dim(1))?
+        };
+        let mut scores = vec![-1e4f32; m * width];
+        for i in 0..m {
+            scores[i * width..i * width + dv].copy_from_slice(&host[i * dv..(i + 1) * dv]);
+        }
+        for (&i, &x) in rows.iter().zip(&outside_logits) {
+            scores[i * width + dv] = x;
+        }
+        for (i, cand) in cands.iter().enumerate() {
+            let Some(cand) = cand else { continue };
+            let col = column(cand.token).map_or(dv, |d| d as usize);
+            scores[i * width + col] += bonus[i * c + cand.matched - 1];
+        }
+        Ok((scores, width, outside))
+    }
 }
 
 fn ids_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
@@ -320,36 +393,38 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                 .select(0, ids_tensor::<B>(tokens, &parents.device()))
         };
         let states = self.heads.step(depth, parents, emb);
-        let mut host = match &self.host_head {
+        let host = match &self.host_head {
             Some(h) => h.matmul(&to_host(states.clone())?, m),
             None => to_host(states.clone().matmul(self.head_t.clone()))?,
         };
         let dv = self.vocab.len();
-        if let (Some(bonus), false) = (
-            self.heads.copy_bonus(depth, states.clone()),
-            copies.is_empty(),
-        ) {
-            // The copy bonus, on the host like the logits it joins (see `add_copy_bonus`).
-            let c = self.config.copy;
-            let bonus = to_host(bonus)?;
-            for (i, cand) in copies.iter().enumerate().take(m) {
-                let Some(cand) = cand.filter(|x| (1..=c).contains(&x.matched)) else {
-                    continue;
-                };
-                if let Some(&di) = self.index.get(cand.token as usize).filter(|&&d| d >= 0) {
-                    host[i * dv + di as usize] += bonus[i * c + cand.matched - 1];
-                }
-            }
-        }
-        let cands = host
-            .chunks(dv)
-            .map(|row| {
+        // Per row: the scores, and the copy candidate outside the draft vocabulary, if any,
+        // that the extra column after it stands for.
+        let (scores, width, outside) = match self.heads.copy_bonus(depth, states.clone()) {
+            Some(bonus) if !copies.is_empty() => self.with_copy(
+                &states,
+                host,
+                to_host(bonus)?,
+                &copies[..m.min(copies.len())],
+            )?,
+            _ => (host, dv, Vec::new()),
+        };
+        let cands = scores
+            .chunks(width)
+            .enumerate()
+            .map(|(r, row)| {
                 let (ids, probs) = top_k_softmax(row, k);
                 ids.into_iter()
                     .zip(probs)
-                    .map(|(i, p)| Candidate {
-                        token: self.vocab[i as usize],
-                        logprob: p.max(f32::MIN_POSITIVE).ln(),
+                    .filter_map(|(i, p)| {
+                        let token = match self.vocab.get(i as usize) {
+                            Some(&t) => t,
+                            None => outside.get(r).copied().flatten()?,
+                        };
+                        Some(Candidate {
+                            token,
+                            logprob: p.max(f32::MIN_POSITIVE).ln(),
+                        })
                     })
                     .collect()
             })

@@ -234,6 +234,12 @@ pub struct Batch<B: Backend> {
     pub copy_column: Tensor<B, 3, Int>,
     /// `[n, K, copy]` one-hot of the candidate's matched suffix length (zeros without one).
     pub copy_matched: Tensor<B, 3>,
+    /// `[n, K, hidden]` the LM head's row of a candidate outside the draft vocabulary (zeros
+    /// otherwise; `[n, K, 0]` without context copy): its logit, in a column after the draft
+    /// vocabulary.
+    pub copy_rows: Tensor<B, 3>,
+    /// `[n, K, 1]` 0 where that column holds a candidate, −1e4 where it is empty.
+    pub copy_offset: Tensor<B, 3>,
     /// `[K]` how many rows have a label per head.
     pub rows_per_head: Vec<usize>,
 }
@@ -268,8 +274,9 @@ pub fn batch_states<B: Backend>(
         .collect()
 }
 
-/// Draft logits of every head for a batch: `K` tensors `[n, draft_vocab]`. `lm_head` is the
-/// frozen `[draft_vocab, hidden]` LM head.
+/// Draft logits of every head for a batch: `K` tensors `[n, draft_vocab]` (one more column with
+/// context copy: a candidate outside the draft vocabulary). `lm_head` is the frozen
+/// `[draft_vocab, hidden]` LM head.
 pub fn batch_logits<B: Backend>(
     heads: &Heads<B>,
     coherence: Coherence,
@@ -284,7 +291,9 @@ pub fn batch_logits<B: Backend>(
         .collect()
 }
 
-/// Head `j`'s logits `[n, draft_vocab]` of its `state` for a batch, with its copy bonus.
+/// Head `j`'s logits of its `state` for a batch: `[n, draft_vocab]`, and with context copy
+/// `[n, draft_vocab + 1]` — the last column scores a candidate outside the draft vocabulary —
+/// with the copy bonus added.
 fn head_logits<B: Backend>(
     heads: &Heads<B>,
     j: usize,
@@ -293,13 +302,17 @@ fn head_logits<B: Backend>(
     batch: &Batch<B>,
 ) -> Tensor<B, 2> {
     let logits = state.clone().matmul(head_t.clone());
-    match heads.copy_bonus(j, state) {
-        Some(bonus) => add_copy_bonus(
-            logits,
-            bonus,
-            head_rows(&batch.copy_matched, j),
-            head_rows(&batch.copy_column, j),
-        ),
+    match heads.copy_bonus(j, state.clone()) {
+        Some(bonus) => {
+            let outside = (state * head_rows(&batch.copy_rows, j)).sum_dim(1)
+                + head_rows(&batch.copy_offset, j);
+            add_copy_bonus(
+                Tensor::cat(vec![logits, outside], 1),
+                bonus,
+                head_rows(&batch.copy_matched, j),
+                head_rows(&batch.copy_column, j),
+            )
+        }
         None => logits,
     }
 }

@@ -198,15 +198,16 @@ pub fn examples(data: &Dataset) -> Vec<(usize, usize)> {
 
 /// Builds a batch of `ex` = `(sequence, position)` examples on `device` (host work, then one
 /// upload per tensor). `draft_index` maps token ids to draft-vocabulary indices (−1: outside);
-/// `embed` is the target's `[vocab, hidden]` embedding.
+/// `frozen` holds the target's tensors the heads read.
 pub fn build_batch<B: Backend>(
     data: &Dataset,
     ex: &[(usize, usize)],
     config: &DrafterConfig,
     draft_index: &[i32],
-    embed: &Tensor<B, 2>,
+    frozen: &Frozen<B>,
     device: &B::Device,
 ) -> Batch<B> {
+    let dv = frozen.head.dims()[0];
     let (n, h, w, k, tk) = (
         ex.len(),
         data.hidden,
@@ -224,6 +225,8 @@ pub fn build_batch<B: Backend>(
     let mut labelled = vec![0f32; n * k];
     let copy = config.copy;
     let (mut copy_column, mut copy_matched) = (Vec::with_capacity(n * k), Vec::new());
+    // Out-of-vocabulary candidates: their token (0 without one) and 1 where there is one.
+    let (mut oov_token, mut oov) = (vec![0i64; n * k], vec![0f32; n * k]);
     let mut rows = vec![0usize; k];
     for (r, &(s, t)) in ex.iter().enumerate() {
         let seq = &data.sequences[s];
@@ -247,7 +250,18 @@ pub fn build_batch<B: Backend>(
             let cand = (row < seq.positions())
                 .then(|| copy_candidate(&seq.tokens[..row + 1], copy))
                 .flatten();
-            push_copy_inputs(cand, draft_index, copy, &mut copy_column, &mut copy_matched);
+            let outside = push_copy_inputs(
+                cand,
+                draft_index,
+                dv,
+                copy,
+                &mut copy_column,
+                &mut copy_matched,
+            );
+            if let Some(tok) = outside {
+                oov_token[r * k + j] = tok as i64;
+                oov[r * k + j] = 1.0;
+            }
             if row >= seq.positions() {
                 continue;
             }
@@ -260,7 +274,11 @@ pub fn build_batch<B: Backend>(
             }
             for q in 0..tk {
                 let id = seq.top_ids[row * tk + q] as usize;
-                let di = draft_index.get(id).copied().unwrap_or(-1);
+                let mut di = draft_index.get(id).copied().unwrap_or(-1);
+                if di < 0 && outside == Some(id as u32) {
+                    // The copy candidate's own column, after the draft vocabulary.
+                    di = dv as i32;
+                }
                 if di >= 0 {
                     tidx[(r * k + j) * tk + q] = di as i64;
                     tw[(r * k + j) * tk + q] = seq.top_probs[row * tk + q].to_f32();
@@ -269,17 +287,31 @@ pub fn build_batch<B: Backend>(
         }
     }
     let cond_ids = Tensor::<B, 1, Int>::from_data(TensorData::new(cond, [n * k]), device);
+    let (copy_rows, copy_offset) = if copy > 0 {
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(oov_token, [n * k]), device);
+        let mask = Tensor::<B, 3>::from_data(TensorData::new(oov, [n, k, 1]), device);
+        let rows = frozen.full_head.clone().select(0, ids).reshape([n, k, h]) * mask.clone();
+        // The extra column is −1e4 (no weight) unless it holds a candidate.
+        (rows, (mask - 1.0) * 1e4)
+    } else {
+        (
+            Tensor::zeros([n, k, 0], device),
+            Tensor::zeros([n, k, 0], device),
+        )
+    };
     Batch {
         features: Tensor::from_data(TensorData::new(feats, [n, h]), device),
         window: Tensor::from_data(TensorData::new(win, [n, w, h]), device),
         valid: Tensor::from_data(TensorData::new(valid, [n, w]), device),
-        cond: embed.clone().select(0, cond_ids).reshape([n, k, h]),
+        cond: frozen.embed.clone().select(0, cond_ids).reshape([n, k, h]),
         target_idx: Tensor::from_data(TensorData::new(tidx, [n, k, tk]), device),
         target_w: Tensor::from_data(TensorData::new(tw, [n, k, tk]), device),
         target_features: Tensor::from_data(TensorData::new(tfeat, [n, k, h]), device),
         labelled: Tensor::from_data(TensorData::new(labelled, [n, k]), device),
         copy_column: Tensor::from_data(TensorData::new(copy_column, [n, k, 1]), device),
         copy_matched: Tensor::from_data(TensorData::new(copy_matched, [n, k, copy]), device),
+        copy_rows,
+        copy_offset,
         rows_per_head: rows,
     }
 }
@@ -293,9 +325,21 @@ pub fn draft_index(vocab: &[u32], vocab_size: usize) -> Vec<i32> {
     m
 }
 
-/// The target's embedding `[vocab, hidden]` and LM head rows of the draft vocabulary
-/// `[draft_vocab, hidden]`, as constants of the autodiff backend: no gradient reaches them.
-pub fn frozen<B, M>(target: &M, vocab: &[u32]) -> (Tensor<B, 2>, Tensor<B, 2>)
+/// The target's tensors the heads read, frozen.
+#[derive(Debug, Clone)]
+pub struct Frozen<B: Backend> {
+    /// The input embedding `[vocab, hidden]`.
+    pub embed: Tensor<B, 2>,
+    /// The LM head's rows of the draft vocabulary `[draft_vocab, hidden]`.
+    pub head: Tensor<B, 2>,
+    /// The whole LM head `[vocab, hidden]`: context copy scores candidates outside the draft
+    /// vocabulary with it.
+    pub full_head: Tensor<B, 2>,
+}
+
+/// The target's [`Frozen`] tensors for the draft vocabulary `vocab`, as constants of the
+/// autodiff backend: no gradient reaches them.
+pub fn frozen<B, M>(target: &M, vocab: &[u32]) -> Frozen<B>
 where
     B: AutodiffBackend,
     M: CausalLm<B::InnerBackend>,
@@ -304,11 +348,16 @@ where
     let v = target.config().vocab_size;
     let embed = target.embed(Tensor::arange(0..v as i64, device));
     let ids: Vec<i64> = vocab.iter().map(|&t| t as i64).collect();
-    let head = target.lm_head_weight().select(
+    let full_head = target.lm_head_weight();
+    let head = full_head.clone().select(
         0,
         Tensor::from_data(TensorData::new(ids, [vocab.len()]), device),
     );
-    (Tensor::from_inner(embed), Tensor::from_inner(head))
+    Frozen {
+        embed: Tensor::from_inner(embed),
+        head: Tensor::from_inner(head),
+        full_head: Tensor::from_inner(full_head),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -368,8 +417,7 @@ where
     let steps_per_epoch = ex.len().div_ceil(options.batch_size);
     let total_steps = steps_per_epoch * options.epochs;
 
-    let (embed, lm_head) = frozen::<B, M>(target, &vocab);
-    let embed_inner = embed.clone().inner();
+    let frozen = frozen::<B, M>(target, &vocab);
 
     let mut heads = match &options.init {
         Some(path) => start_from::<B>(path, &config, &vocab, &device)?,
@@ -426,7 +474,7 @@ where
         ));
         let i = step % steps_per_epoch;
         let part = &order[i * options.batch_size..((i + 1) * options.batch_size).min(order.len())];
-        let mut batch = build_batch(&train_set, part, &config, &index, &embed, &device);
+        let mut batch = build_batch(&train_set, part, &config, &index, &frozen, &device);
         if options.feature_noise > 0.0 {
             let mut rng = StdRng::seed_from_u64(options.seed ^ (step as u64).rotate_left(17));
             batch.features = add_noise(batch.features, options.feature_noise, &mut rng);
@@ -437,7 +485,7 @@ where
             feature: options.feature_loss,
             dropout: options.dropout,
         };
-        let (loss, per_head) = batch_loss(&heads, config.coherence, &lm_head, &batch, weights);
+        let (loss, per_head) = batch_loss(&heads, config.coherence, &frozen.head, &batch, weights);
         let grads = GradientsParams::from_grads(loss.backward(), &heads);
         let progress_frac = step as f64 / total_steps as f64;
         let lr =
@@ -469,7 +517,7 @@ where
 
     let trained = heads.valid();
     let drafter = MultiHeadDrafter::new(config, trained, vocab, target)?;
-    let eval = evaluate(&drafter, &held, &embed_inner, true)?;
+    let eval = evaluate(&drafter, &held, true)?;
     Ok((drafter, eval))
 }
 
@@ -615,27 +663,26 @@ impl LossLog {
 }
 
 /// Held-out evaluation of `drafter` on `data` (teacher-forced branches; see [`Evaluation`]).
-/// `embed` is the target's `[vocab, hidden]` embedding.
 ///
 /// With `answers_only`, only positions whose next token the target generated itself count (what
 /// drafting meets at run time); otherwise teacher-forced prompt text counts too.
 pub fn evaluate<B: Backend>(
     drafter: &MultiHeadDrafter<B>,
     data: &Dataset,
-    embed: &Tensor<B, 2>,
     answers_only: bool,
 ) -> Result<Evaluation> {
+    let frozen = drafter.frozen();
     let config = drafter.config();
     let k = config.heads;
     let vocab = drafter.vocab();
-    let vsize = embed.dims()[0];
+    let vsize = frozen.embed.dims()[0];
     let index = draft_index(vocab, vsize);
     let mut ex = examples(data);
     if answers_only {
         // Position t predicts token t + 1: generated when t + 1 ≥ prompt_len.
         ex.retain(|&(s, t)| t + 1 >= data.sequences[s].prompt_len);
     }
-    let device = embed.device();
+    let device = frozen.embed.device();
     let template = Template::mc_sim_7b_63();
     let mut top1 = vec![0usize; k];
     let mut top5 = vec![0usize; k];
@@ -645,9 +692,10 @@ pub fn evaluate<B: Backend>(
     const RANKS: usize = 10;
     let mut acceptance = AcceptanceStats::new(k, RANKS);
     for part in ex.chunks(256) {
-        let batch = build_batch(data, part, config, &index, embed, &device);
-        let logits = batch_logits(drafter.heads(), config.coherence, &drafter.head(), &batch);
-        let dv = vocab.len();
+        let batch = build_batch(data, part, config, &index, &frozen, &device);
+        let logits = batch_logits(drafter.heads(), config.coherence, &frozen.head, &batch);
+        // The draft vocabulary, and with context copy one column for a candidate outside it.
+        let dv = vocab.len() + usize::from(config.copy > 0);
         let mut ranks: Vec<Vec<Option<usize>>> = vec![vec![None; k]; part.len()];
         for (j, l) in logits.into_iter().enumerate() {
             let host = l
@@ -664,7 +712,13 @@ pub fn evaluate<B: Backend>(
                 let label = seq.top_ids[row * data.top_k];
                 labelled[j] += 1;
                 labels += 1;
-                let Some(li) = index.get(label as usize).copied().filter(|&i| i >= 0) else {
+                let li = index.get(label as usize).copied().filter(|&i| i >= 0);
+                // Outside the draft vocabulary, the copy candidate's column may hold the label.
+                let li = li.or_else(|| {
+                    let c = copy_candidate(&seq.tokens[..row + 1], config.copy)?;
+                    (c.token == label).then_some(vocab.len() as i32)
+                });
+                let Some(li) = li else {
                     continue;
                 };
                 covered += 1;

@@ -356,3 +356,46 @@ fn context_copy_follows_each_branch_through_the_text() {
     assert_eq!(copied[0][0].token, 20);
     assert_eq!(copied[1][0].token, 5);
 }
+
+#[test]
+fn copied_tokens_outside_the_draft_vocabulary_are_scored_with_the_lm_head() {
+    let t = target(1);
+    let mut c = config(&t, Coherence::Full);
+    c.copy = 2;
+    c.draft_vocab = 32;
+    let d = MultiHeadDrafter::random(c, &t, 4).unwrap();
+    // Root 7 followed 50 before: 50 is outside the 32-token draft vocabulary.
+    let context = [3, 7, 50, 9, 7];
+    let s0 = features(1, 32, 6);
+    let copies = [copy_candidate(&context, 2)];
+    assert_eq!(copies[0].unwrap().token, 50);
+    let (states, cands) = d.expand(0, s0, &[7], &copies, 33).unwrap();
+    // Brute force: softmax over the draft vocabulary's logits and the candidate's own column,
+    // LM-head row · state + its bonus.
+    let s = host(states.clone());
+    let head = host(d.head());
+    let full = host(t.lm_head_weight());
+    let h = s.len();
+    let dot = |w: &[f32]| -> f32 { s.iter().zip(w).map(|(a, b)| a * b).sum() };
+    let bonus = host(d.heads().copy_bonus(0, states).unwrap());
+    let m = copies[0].unwrap().matched;
+    let mut logits: Vec<f32> = (0..32).map(|i| dot(&head[i * h..(i + 1) * h])).collect();
+    logits.push(dot(&full[50 * h..51 * h]) + bonus[m - 1]);
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let z: f32 = logits.iter().map(|x| (x - max).exp()).sum();
+    let want = logits[32] - max - z.ln();
+    let got = cands[0]
+        .iter()
+        .find(|x| x.token == 50)
+        .expect("50 is proposed");
+    assert!(
+        (got.logprob - want).abs() < 1e-4,
+        "{} vs {want}",
+        got.logprob
+    );
+    assert_eq!(
+        cands[0].len(),
+        33,
+        "the draft vocabulary and the copied token"
+    );
+}

@@ -12,7 +12,7 @@ use s4c_draft::data::{
 };
 use s4c_draft::heads::{batch_loss, batch_states, Heads, LossWeights};
 use s4c_draft::train::{
-    build_batch, draft_index, examples, frozen, held_out, held_out_prompts, split, train,
+    build_batch, draft_index, examples, frozen, held_out, held_out_prompts, split, train, Frozen,
     TrainOptions,
 };
 use s4c_draft::{fingerprint, Coherence, DrafterConfig};
@@ -533,8 +533,28 @@ fn config(t: &Llama<B>, coherence: Coherence) -> DrafterConfig {
     c
 }
 
-/// The target's frozen embedding and LM head (full vocabulary) and one batch of every example
+/// The target's frozen tensors for the draft vocabulary `vocab` and one batch of every example
 /// of `data`, in [`examples`] order.
+fn batch_over(
+    t: &Llama<B>,
+    data: &Dataset,
+    cfg: &DrafterConfig,
+    vocab: &[u32],
+) -> (Frozen<AB>, s4c_draft::heads::Batch<AB>) {
+    let frozen = frozen::<AB, _>(t, vocab);
+    let index = draft_index(vocab, VOCAB);
+    let batch = build_batch(
+        data,
+        &examples(data),
+        cfg,
+        &index,
+        &frozen,
+        &Default::default(),
+    );
+    (frozen, batch)
+}
+
+/// [`batch_over`] the full vocabulary: `(embedding, LM head, batch)`.
 fn whole_batch(
     t: &Llama<B>,
     data: &Dataset,
@@ -545,17 +565,8 @@ fn whole_batch(
     s4c_draft::heads::Batch<AB>,
 ) {
     let vocab: Vec<u32> = (0..VOCAB as u32).collect();
-    let (embed, head) = frozen::<AB, _>(t, &vocab);
-    let index = draft_index(&vocab, VOCAB);
-    let batch = build_batch(
-        data,
-        &examples(data),
-        cfg,
-        &index,
-        &embed,
-        &Default::default(),
-    );
-    (embed, head, batch)
+    let (frozen, batch) = batch_over(t, data, cfg, &vocab);
+    (frozen.embed, frozen.head, batch)
 }
 
 #[test]
@@ -594,7 +605,8 @@ fn dropout_acts_only_while_training() {
     let data = counting_data(&t, 4, 10);
     let mut cfg = config(&t, Coherence::Full);
     cfg.layers = 2;
-    let (embed, _, batch) = whole_batch(&t, &data, &cfg);
+    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let (frozen, batch) = batch_over(&t, &data, &cfg, &vocab);
     let mut heads = Heads::<AB>::init(&cfg, &Default::default(), 3);
     // Non-zero output layers, so the inner activations reach the state.
     for b in heads.blocks.iter_mut() {
@@ -619,13 +631,17 @@ fn dropout_acts_only_while_training() {
     }
     // Without autodiff (drafting, evaluation) dropout does nothing.
     let inner = heads.valid();
-    let vocab: Vec<u32> = (0..VOCAB as u32).collect();
+    let frozen = Frozen::<B> {
+        embed: frozen.embed.inner(),
+        head: frozen.head.inner(),
+        full_head: frozen.full_head.inner(),
+    };
     let batch = build_batch::<B>(
         &data,
         &examples(&data),
         &cfg,
         &draft_index(&vocab, VOCAB),
-        &embed.inner(),
+        &frozen,
         &Default::default(),
     );
     let a = batch_states(&inner, cfg.coherence, &batch, 0.0);
@@ -974,45 +990,62 @@ fn heads_with_context_copy_learn_to_copy() {
 #[test]
 fn the_copy_bonus_lands_on_each_rows_candidate() {
     use s4c_draft::copy::copy_candidate;
-    use s4c_draft::heads::batch_logits;
+    use s4c_draft::heads::{batch_logits, COPY_PRIOR};
     let t = target();
     let data = repeating_data(&t, 3, 5, 3);
-    let mut with = config(&t, Coherence::Full);
-    with.copy = 3;
-    let mut without = with.clone();
-    without.copy = 0;
-    // Fresh copy layers: zero weights, bias COPY_PRIOR × matched length; otherwise the same
-    // parameters (the copy layer draws no random numbers).
-    let device = Default::default();
-    let hw = Heads::<AB>::init(&with, &device, 2);
-    let ho = Heads::<AB>::init(&without, &device, 2);
-    let (_, head, batch) = whole_batch(&t, &data, &with);
-    let (_, _, plain) = whole_batch(&t, &data, &without);
-    let lw = batch_logits(&hw, Coherence::Full, &head, &batch);
-    let lo = batch_logits(&ho, Coherence::Full, &head, &plain);
+    let mut cfg = config(&t, Coherence::Full);
+    cfg.copy = 3;
+    // Tokens 40.. are outside the draft vocabulary: their candidates take the extra column.
+    let dv = 40;
+    let vocab: Vec<u32> = (0..dv as u32).collect();
+    cfg.draft_vocab = dv;
+    // Fresh copy layers: zero weights, bias COPY_PRIOR × matched length.
+    let heads = Heads::<AB>::init(&cfg, &Default::default(), 2);
+    let (frozen, batch) = batch_over(&t, &data, &cfg, &vocab);
+    let logits = batch_logits(&heads, Coherence::Full, &frozen.head, &batch);
+    let states = batch_states(&heads, Coherence::Full, &batch, 0.0);
+    let full = frozen.full_head.into_data().to_vec::<f32>().unwrap();
+    let h = t.config().hidden_size;
+    let dot = |s: &[f32], tok: usize| -> f32 {
+        s.iter()
+            .zip(&full[tok * h..(tok + 1) * h])
+            .map(|(a, b)| a * b)
+            .sum()
+    };
     let ex = examples(&data);
+    let mut outside = 0;
     for j in 0..4 {
-        let a = lw[j].clone().into_data().to_vec::<f32>().unwrap();
-        let b = lo[j].clone().into_data().to_vec::<f32>().unwrap();
-        for (r, &(s, pos)) in ex.iter().enumerate() {
-            let seq = &data.sequences[s];
+        let l = logits[j].clone().into_data().to_vec::<f32>().unwrap();
+        let st = states[j].clone().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(l.len(), ex.len() * (dv + 1));
+        for (r, &(seq_i, pos)) in ex.iter().enumerate() {
+            let seq = &data.sequences[seq_i];
             let row = pos + j + 1;
             let cand = (row < seq.positions())
                 .then(|| copy_candidate(&seq.tokens[..row + 1], 3))
                 .flatten();
-            for v in 0..VOCAB {
-                let want = match cand {
-                    Some(c) if c.token as usize == v => {
-                        s4c_draft::heads::COPY_PRIOR * c.matched as f32
+            let s = &st[r * h..(r + 1) * h];
+            for col in 0..=dv {
+                let mut want = if col < dv { dot(s, col) } else { -1e4 };
+                if let Some(c) = cand {
+                    let bonus = COPY_PRIOR * c.matched as f32;
+                    if col < dv && c.token as usize == col {
+                        want += bonus;
+                    } else if col == dv && c.token as usize >= dv {
+                        want = dot(s, c.token as usize) + bonus;
                     }
-                    _ => 0.0,
-                };
-                let got = a[r * VOCAB + v] - b[r * VOCAB + v];
+                }
+                let got = l[r * (dv + 1) + col];
                 assert!(
-                    (got - want).abs() < 1e-4,
-                    "head {j} row {r} token {v}: {got} vs {want}"
+                    (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "head {j} row {r} column {col}: {got} vs {want}"
                 );
             }
+            outside += usize::from(cand.is_some_and(|c| c.token as usize >= dv));
         }
     }
+    assert!(
+        outside > 0,
+        "some candidates fall outside the draft vocabulary"
+    );
 }

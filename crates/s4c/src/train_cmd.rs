@@ -244,12 +244,8 @@ fn eval_heads<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsA
     } else {
         ("held_out", held)
     };
-    let v = m.model.config().vocab_size;
-    let embed = m
-        .model
-        .embed(burn::tensor::Tensor::arange(0..v as i64, m.model.device()));
-    let answers = evaluate(&drafter, &held, &embed, true)?;
-    let all = evaluate(&drafter, &held, &embed, false)?;
+    let answers = evaluate(&drafter, &held, true)?;
+    let all = evaluate(&drafter, &held, false)?;
     let report = json!({
         "heads": args.out.display().to_string(),
         "evaluated_on": evaluated_on,
