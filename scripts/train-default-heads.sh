@@ -56,5 +56,11 @@ mkdir -p runs/heads assets
 # heads' JSON, which `--tree cost` reads.
 "$S4C" train-heads "${COMMON[@]}" --out runs/heads/s16-ft.safetensors --eval-only \
   > runs/eval-s16-ft.json 2>/dev/null
-cp runs/heads/s16-ft.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
-cp runs/heads/s16-ft.json assets/SmolLM2-135M-Instruct.heads.json
+# Session 17's (shipped): session 16's heads with context copy added (matches of up to 8 tokens,
+# the copy layers as initialised: no training step; seconds). `--epochs 0` also writes the
+# held-out acceptance statistics into the heads' JSON.
+"$S4C" train-heads "${COMMON[@]}" --epochs 0 --init runs/heads/s16-ft.safetensors --copy 8 \
+  --checkpoint-dir runs/train-s17-prior --out runs/heads/s17-prior.safetensors \
+  > runs/train-s17-prior.json 2> runs/train-s17-prior.log
+cp runs/heads/s17-prior.safetensors assets/SmolLM2-135M-Instruct.heads.safetensors
+cp runs/heads/s17-prior.json assets/SmolLM2-135M-Instruct.heads.json

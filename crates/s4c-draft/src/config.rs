@@ -136,7 +136,8 @@ pub struct DrafterConfig {
     pub coherence: Coherence,
     /// Context copy: each head adds a learned bonus to the token that followed the most recent
     /// earlier occurrence of its branch's last `copy` tokens (or fewer) in the text, read from
-    /// its state ([`crate::copy`]); 0 (heads made before the option existed) = off.
+    /// its state ([`crate::copy`]); 0 = off (heads made before the option existed, and
+    /// [`DrafterConfig::new`]; `s4c train-heads` uses 8).
     #[serde(default)]
     pub copy: usize,
     /// Number of draft-vocabulary tokens (the first `draft_vocab` of the frequency ranking);

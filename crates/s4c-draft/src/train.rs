@@ -29,7 +29,8 @@ use crate::heads::{batch_logits, batch_loss, Batch, Heads, LossWeights};
 /// Options of [`train`].
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// Passes over the training examples.
+    /// Passes over the training examples; 0 with [`TrainOptions::init`] takes no step: the
+    /// initial heads (with context copy added, if asked) are evaluated and returned.
     pub epochs: usize,
     /// Peak AdamW learning rate (cosine decay to 10% of it).
     pub lr: f64,
@@ -61,6 +62,11 @@ pub struct TrainOptions {
     /// data). Their configuration (apart from the acceptance statistics) and draft vocabulary
     /// must be the ones being trained; a checkpoint to resume from still takes precedence.
     pub init: Option<PathBuf>,
+    /// Train only the copy layers ([`DrafterConfig::copy`]), the rest of the heads frozen as
+    /// initialised: fitting context copy to heads already trained, on text they have not
+    /// memorised (on their own training data they are right more often than anywhere else,
+    /// and the copy bonus learns to defer to them).
+    pub only_copy: bool,
 }
 
 impl Default for TrainOptions {
@@ -79,6 +85,7 @@ impl Default for TrainOptions {
             feature_noise: 0.0,
             dropout: 0.0,
             init: None,
+            only_copy: false,
         }
     }
 }
@@ -385,9 +392,10 @@ where
     M: CausalLm<B::InnerBackend>,
 {
     config.validate().map_err(DraftError::InvalidOption)?;
-    if options.batch_size == 0 || options.epochs == 0 {
+    if options.batch_size == 0 || (options.epochs == 0 && options.init.is_none()) {
         return Err(DraftError::InvalidOption(
-            "batch size and epochs must be at least 1".into(),
+            "batch size and epochs must be at least 1 (0 epochs only with heads to start from)"
+                .into(),
         ));
     }
     finite_non_negative("the feature-loss weight", options.feature_loss)?;
@@ -397,6 +405,11 @@ where
             "dropout {} must be in [0, 1)",
             options.dropout
         )));
+    }
+    if options.only_copy && config.copy == 0 {
+        return Err(DraftError::InvalidOption(
+            "training only the copy layers needs heads with context copy (--copy N)".into(),
+        ));
     }
     if data.hidden != config.hidden {
         return Err(DraftError::InvalidOption(format!(
@@ -486,7 +499,14 @@ where
             dropout: options.dropout,
         };
         let (loss, per_head) = batch_loss(&heads, config.coherence, &frozen.head, &batch, weights);
-        let grads = GradientsParams::from_grads(loss.backward(), &heads);
+        let mut raw = loss.backward();
+        let grads = if options.only_copy {
+            // The copy layers' gradients alone: the optimiser leaves the rest as it is.
+            let copy: Vec<_> = heads.blocks.iter().filter_map(|b| b.copy.clone()).collect();
+            GradientsParams::from_module(&mut raw, &copy)
+        } else {
+            GradientsParams::from_grads(raw, &heads)
+        };
         let progress_frac = step as f64 / total_steps as f64;
         let lr =
             options.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress_frac).cos()));

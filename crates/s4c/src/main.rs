@@ -348,15 +348,20 @@ struct TrainArgs {
     /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
     #[arg(long, default_value_t = 0)]
     draft_vocab: usize,
-    /// Context copy: each head adds a learned bonus to the token that followed the most recent
-    /// earlier occurrence of its branch's last N tokens (or fewer) in the text; 0 = off. With
-    /// --init, heads made without it gain it.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=8))]
+    /// Context copy: each head adds a bonus, read from its state, to the token that followed the
+    /// most recent earlier occurrence of its branch's last N tokens (or fewer) in the text; 0 =
+    /// off. With --init, heads made without it gain it.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=8))]
     copy: u64,
+    /// Train only the copy layers (with --init: the heads stay as they are), on text the heads
+    /// have not memorised — answers to prompts they were not trained on.
+    #[arg(long)]
+    only_copy: bool,
     /// Coherence components: independent (Medusa), tokens, full (S4C).
     #[arg(long, default_value = "full")]
     coherence: s4c_draft::Coherence,
-    /// Passes over the training data.
+    /// Passes over the training data; 0 (with --init) takes no step: the heads are written to
+    /// --out as they start — with context copy added by --copy — and evaluated.
     #[arg(long, default_value_t = 2)]
     epochs: usize,
     /// AdamW learning rate (cosine decay to 10%).

@@ -308,6 +308,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
         held_out_every: HELD_OUT_EVERY,
         checkpoint_dir: Some(t.checkpoint_dir.clone()),
         init: t.init.clone(),
+        only_copy: t.only_copy,
         ..Default::default()
     };
     eprintln!(

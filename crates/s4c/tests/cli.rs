@@ -653,6 +653,7 @@ fn training_can_start_from_the_shipped_heads() {
         "window",
         "draft_vocab",
         "coherence",
+        "copy",
     ] {
         assert_eq!(tuned[key], base[key], "{key}");
     }
@@ -663,6 +664,88 @@ fn training_can_start_from_the_shipped_heads() {
     );
     let (ok, _, err) = train(dir.join("missing.safetensors").to_str().unwrap());
     assert!(!ok && err.contains("missing"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn context_copy_is_added_to_heads_made_without_it() {
+    let dir = std::env::temp_dir().join(format!("s4c-copy-{}", std::process::id()));
+    let heads = |name: &str| dir.join(format!("{name}.safetensors"));
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train-heads",
+            "--prompts",
+            "../shared/data/train-prompts.jsonl",
+            "--limit-prompts",
+            "8",
+            "--answer-tokens",
+            "2",
+            "--heads",
+            "1",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        s4c(&args)
+    };
+    let config = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(heads(name).with_extension("json")).unwrap())
+            .unwrap()
+    };
+    let ckpt = dir.join("ckpt");
+    let (ok, _, err) = train(&[
+        "--copy",
+        "0",
+        "--epochs",
+        "1",
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
+        "--out",
+        heads("plain").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(config("plain")["copy"], 0);
+    // No step: the same heads with fresh copy layers, evaluated.
+    let (ok, out, err) = train(&[
+        "--epochs",
+        "0",
+        "--init",
+        heads("plain").to_str().unwrap(),
+        "--copy",
+        "3",
+        "--checkpoint-dir",
+        dir.join("ckpt0").to_str().unwrap(),
+        "--out",
+        heads("copying").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(config("copying")["copy"], 3);
+    // The report of the run (8 prompts hold none out, so its evaluation is empty).
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(report["train_positions"].as_u64().unwrap() > 0, "{out}");
+    assert!(report["held_out"].is_object(), "{out}");
+    // The copy layer [hidden, 3] and its bias, f32, are the only new tensors.
+    let size = |name: &str| std::fs::metadata(heads(name)).unwrap().len();
+    let hidden = config("plain")["hidden"].as_u64().unwrap();
+    assert!(size("copying") >= size("plain") + (hidden + 1) * 3 * 4);
+    // 0 epochs without heads to start from, and copy layers alone without copy, are refused.
+    let (ok, _, err) = train(&["--epochs", "0", "--out", heads("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("0 epochs only with heads"), "{err}");
+    let (ok, _, err) = train(&[
+        "--copy",
+        "0",
+        "--only-copy",
+        "--checkpoint-dir",
+        dir.join("ckpt1").to_str().unwrap(),
+        "--out",
+        heads("x").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("needs heads with context copy"),
+        "{err}"
+    );
+    let (ok, _, err) = train(&["--copy", "9", "--out", heads("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("copy"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
