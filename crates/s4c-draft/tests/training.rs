@@ -495,34 +495,46 @@ fn the_split_keeps_every_answer_to_a_prompt_on_one_side() {
     assert_eq!(split(&data, 1).1.sequences.len(), data.sequences.len());
 }
 
-/// Sequences that count up by one (mod vocab), with the tiny target's own features and a
-/// distribution that puts all mass on the next token: the synthetic rule heads must learn.
-fn counting_data(t: &Llama<B>, n: usize, len: usize) -> Dataset {
-    let mut seqs = Vec::new();
-    for s in 0..n {
-        let start = (s * 7 + 3) % VOCAB;
-        let tokens: Vec<u32> = (0..len).map(|i| ((start + i) % VOCAB) as u32).collect();
-        let mut cache = t.new_cache(len);
-        let out = t
-            .forward(
-                &Input::causal(&tokens[..len - 1], 0, Logits::Last),
-                &mut cache,
-            )
-            .unwrap();
-        let feats = out.features.into_data().to_vec::<f32>().unwrap();
-        seqs.push(Sequence {
-            features: feats.iter().map(|&x| f16::from_f32(x)).collect(),
-            top_ids: tokens[1..].to_vec(),
-            top_probs: vec![f16::ONE; len - 1],
-            prompt_len: 1,
-            tokens,
-        });
-    }
+/// A dataset of `texts` with the tiny target's own features, each position's distribution all
+/// on the text's next token (the rule heads must learn), the first token the prompt.
+fn dataset_of(t: &Llama<B>, texts: Vec<Vec<u32>>) -> Dataset {
+    let sequences = texts
+        .into_iter()
+        .map(|tokens| {
+            let len = tokens.len();
+            let mut cache = t.new_cache(len);
+            let out = t
+                .forward(
+                    &Input::causal(&tokens[..len - 1], 0, Logits::Last),
+                    &mut cache,
+                )
+                .unwrap();
+            let feats = out.features.into_data().to_vec::<f32>().unwrap();
+            Sequence {
+                features: feats.iter().map(|&x| f16::from_f32(x)).collect(),
+                top_ids: tokens[1..].to_vec(),
+                top_probs: vec![f16::ONE; len - 1],
+                prompt_len: 1,
+                tokens,
+            }
+        })
+        .collect();
     Dataset {
         hidden: t.config().hidden_size,
         top_k: 1,
-        sequences: seqs,
+        sequences,
     }
+}
+
+/// Sequences that count up by one (mod vocab): the synthetic rule heads must learn.
+fn counting_data(t: &Llama<B>, n: usize, len: usize) -> Dataset {
+    let texts = (0..n)
+        .map(|s| {
+            let start = (s * 7 + 3) % VOCAB;
+            (0..len).map(|i| ((start + i) % VOCAB) as u32).collect()
+        })
+        .collect();
+    dataset_of(t, texts)
 }
 
 fn config(t: &Llama<B>, coherence: Coherence) -> DrafterConfig {
@@ -926,34 +938,15 @@ fn training_starts_from_saved_heads() {
 fn repeating_data(t: &Llama<B>, n: usize, len: usize, times: usize) -> Dataset {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut seqs = Vec::new();
-    for _ in 0..n {
-        let phrase: Vec<u32> = (0..len)
-            .map(|_| rng.random_range(0..VOCAB as u32))
-            .collect();
-        let tokens: Vec<u32> = phrase.iter().copied().cycle().take(len * times).collect();
-        let total = tokens.len();
-        let mut cache = t.new_cache(total);
-        let out = t
-            .forward(
-                &Input::causal(&tokens[..total - 1], 0, Logits::Last),
-                &mut cache,
-            )
-            .unwrap();
-        let feats = out.features.into_data().to_vec::<f32>().unwrap();
-        seqs.push(Sequence {
-            features: feats.iter().map(|&x| f16::from_f32(x)).collect(),
-            top_ids: tokens[1..].to_vec(),
-            top_probs: vec![f16::ONE; total - 1],
-            prompt_len: 1,
-            tokens,
-        });
-    }
-    Dataset {
-        hidden: t.config().hidden_size,
-        top_k: 1,
-        sequences: seqs,
-    }
+    let texts = (0..n)
+        .map(|_| {
+            let phrase: Vec<u32> = (0..len)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect();
+            phrase.iter().copied().cycle().take(len * times).collect()
+        })
+        .collect();
+    dataset_of(t, texts)
 }
 
 #[test]
