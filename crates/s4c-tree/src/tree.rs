@@ -200,6 +200,38 @@ impl TokenTree {
             .collect()
     }
 
+    /// How many leading `tokens` a branch from the root already holds (what
+    /// [`TokenTree::graft`] would share instead of adding).
+    ///
+    /// ```
+    /// use s4c_tree::TokenTree;
+    ///
+    /// let mut t = TokenTree::new(0);
+    /// let a = t.push(0, 1, -0.1).unwrap();
+    /// t.push(a, 3, -0.2).unwrap();
+    /// assert_eq!(t.follow(&[1, 3, 5]), 2);
+    /// assert_eq!(t.follow(&[2, 3]), 0);
+    /// ```
+    pub fn follow(&self, tokens: &[u32]) -> usize {
+        self.follow_from_root(tokens).1
+    }
+
+    /// The deepest node a branch from the root holds `tokens` down to, and how many it holds.
+    fn follow_from_root(&self, tokens: &[u32]) -> (usize, usize) {
+        let mut attach = ROOT;
+        let mut followed = 0;
+        for &token in tokens {
+            match self
+                .children(attach)
+                .find(|&c| self.nodes[c].token == token)
+            {
+                Some(c) => (attach, followed) = (c, followed + 1),
+                None => break,
+            }
+        }
+        (attach, followed)
+    }
+
     /// Nodes without children, in index order.
     pub fn leaves(&self) -> Vec<usize> {
         (0..self.len())
@@ -304,18 +336,7 @@ impl TokenTree {
     /// assert_eq!(g.node(map[3]).token, 3);
     /// ```
     pub fn graft(&self, tokens: &[u32]) -> (TokenTree, Vec<usize>) {
-        // Follow the chain down existing nodes while their tokens agree.
-        let mut attach = ROOT;
-        let mut followed = 0;
-        for &token in tokens {
-            match self
-                .children(attach)
-                .find(|&c| self.nodes[c].token == token)
-            {
-                Some(c) => (attach, followed) = (c, followed + 1),
-                None => break,
-            }
-        }
+        let (attach, followed) = self.follow_from_root(tokens);
         let fresh = &tokens[followed..];
         // Index `len + e` stands for `fresh[e]`, a chain below `attach`.
         let len = self.len();

@@ -255,6 +255,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
                     })?
                 }
             };
+            if let Some(c) = plan.lookup.as_mut() {
+                // Chain tokens the heads' tree already holds cost no node: spend them on the
+                // chain's next tokens instead, so the tree has the size the sizer chose.
+                let shared = heads_tree.follow(&c.tokens);
+                let more = shared.min(plan.spare.len());
+                c.tokens.extend(plan.spare.drain(..more));
+            }
             let chain = plan.lookup.as_ref().map_or(&[][..], |c| &c.tokens[..]);
             let (mut tree, mut heads_map) = heads_tree.graft(chain);
             if tree.len() > room {
@@ -460,6 +467,9 @@ struct Plan<'s> {
     heads: Heads<'s>,
     /// A chain copied from the context, cut to the tokens this step verifies.
     lookup: Option<LookupDraft>,
+    /// The chain's tokens after the cut (adaptive sizing), which may stand in for chain tokens
+    /// the heads' tree turns out to share.
+    spare: Vec<u32>,
 }
 
 /// The heads' part of a step's tree.
@@ -484,16 +494,21 @@ fn plan_step<'s>(
     match (sizer.as_mut(), shape) {
         (Some(s), _) => {
             let choice = s.choose_step(chain.as_ref());
+            let mut spare = Vec::new();
             let lookup = chain
                 .map(|mut c| {
-                    c.tokens.truncate(choice.lookup);
+                    spare = c.tokens.split_off(choice.lookup.min(c.tokens.len()));
                     c
                 })
                 .filter(|c| !c.tokens.is_empty());
             let heads = choice
                 .template
                 .map_or(Heads::None, |t| Heads::Template(Cow::Owned(t)));
-            Plan { heads, lookup }
+            Plan {
+                heads,
+                lookup,
+                spare,
+            }
         }
         (None, shape) => {
             let heads = match shape {
@@ -504,6 +519,7 @@ fn plan_step<'s>(
             Plan {
                 heads,
                 lookup: chain,
+                spare: Vec::new(),
             }
         }
     }
