@@ -134,9 +134,9 @@ pub struct DrafterConfig {
     pub attn_dim: usize,
     /// Which coherence components are on.
     pub coherence: Coherence,
-    /// Context copy: each head adds a learned bonus to the token that followed the most recent
-    /// earlier occurrence of its branch's last `copy` tokens (or fewer) in the text, read from
-    /// its state ([`crate::copy`]); 0 = off (heads made before the option existed, and
+    /// Context copy: each head adds a bonus, read from its state, to the token that followed the
+    /// most recent earlier occurrence of its branch's last `copy` tokens (or fewer) in the text
+    /// ([`crate::copy`]); 0 = off (heads made before the option existed, and
     /// [`DrafterConfig::new`]; `s4c train-heads` uses 8).
     #[serde(default)]
     pub copy: usize,

@@ -2,10 +2,10 @@
 //!
 //! The target's answers repeat what came before them — its own sentences, names from the prompt —
 //! so the token that followed an earlier occurrence of a branch's last few tokens is often the
-//! next one again (on the held-out answers, a two-token match exists at 67% of positions and
-//! predicts the target's next token 85% of the time there). With [`DrafterConfig::copy`] > 0
+//! next one again (on the held-out answers, the latest match of up to 8 tokens is the target's
+//! next token at 62% of positions: `scripts/copy-oracle.py`). With [`DrafterConfig::copy`] > 0
 //! each head reads, from its state, one bonus per matched suffix length and adds it to that
-//! token's logit: the head learns when to trust the copy and when its own guess.
+//! token's logit, so its own guess and the copy compete in one distribution.
 //!
 //! [`DrafterConfig::copy`]: crate::DrafterConfig::copy
 //!

@@ -12,7 +12,7 @@ use s4c_models::CausalLm;
 use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
 
 use crate::config::{probe_positions, Coherence, DrafterConfig, Fingerprint};
-use crate::copy::{copy_candidate, CopyCandidate};
+use crate::copy::{copy_candidate, push_copy_inputs, CopyCandidate};
 use crate::data::{to_host, top_k_softmax};
 use crate::error::{DraftError, Result};
 use crate::heads::Heads;
@@ -293,19 +293,13 @@ impl<B: Backend> MultiHeadDrafter<B> {
         let (dv, c) = (self.vocab.len(), self.config.copy);
         let m = host.len() / dv;
         let width = dv + 1;
-        let cands: Vec<Option<CopyCandidate>> = (0..m)
+        // Each row's logit column and one-hot matched length, as training's batches hold them.
+        let (mut columns, mut matched) = (Vec::with_capacity(m), Vec::with_capacity(m * c));
+        let outside: Vec<Option<u32>> = (0..m)
             .map(|i| {
-                copies
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .filter(|x| (1..=c).contains(&x.matched))
+                let cand = copies.get(i).copied().flatten();
+                push_copy_inputs(cand, &self.index, dv, c, &mut columns, &mut matched)
             })
-            .collect();
-        let column = |tok: u32| self.index.get(tok as usize).copied().filter(|&d| d >= 0);
-        let outside: Vec<Option<u32>> = cands
-            .iter()
-            .map(|x| x.map(|x| x.token).filter(|&t| column(t).is_none()))
             .collect();
         let rows: Vec<usize> = (0..m).filter(|&i| outside[i].is_some()).collect();
         let outside_logits = if rows.is_empty() {
@@ -328,10 +322,10 @@ impl<B: Backend> MultiHeadDrafter<B> {
         for (&i, &x) in rows.iter().zip(&outside_logits) {
             scores[i * width + dv] = x;
         }
-        for (i, cand) in cands.iter().enumerate() {
-            let Some(cand) = cand else { continue };
-            let col = column(cand.token).map_or(dv, |d| d as usize);
-            scores[i * width + col] += bonus[i * c + cand.matched - 1];
+        for (i, &col) in columns.iter().enumerate() {
+            // The bonus the one-hot picks (nothing without a candidate), as `add_copy_bonus`.
+            let picked: f32 = (0..c).map(|j| bonus[i * c + j] * matched[i * c + j]).sum();
+            scores[i * width + col as usize] += picked;
         }
         Ok((scores, width, outside))
     }

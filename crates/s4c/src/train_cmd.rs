@@ -277,7 +277,7 @@ fn train_on<B: Backend>(m: &LoadedModel<B>, data: &Dataset, args: &TrainHeadsArg
             let start = s4c_draft::io::load(init, &m.model)?;
             let mut config = start.config().clone();
             if config.copy == 0 {
-                // Heads made without context copy may gain it (its layers start at zero).
+                // Heads made without context copy may gain it (fresh copy layers: the prior bonus).
                 config.copy = t.copy as usize;
             }
             (config, start.vocab().to_vec())
