@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use s4c_models::host_matmul::{HostLinear, HostWeights};
+use s4c_models::gguf::GgmlType;
+use s4c_models::quant::{Linear, QMatrix, Threads};
 use s4c_models::CausalLm;
 use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
 
@@ -149,7 +150,7 @@ pub struct MultiHeadDrafter<B: Backend> {
     full_head: Tensor<B, 2>,
     /// A host copy of the LM head `[draft_vocab, hidden]` (see
     /// [`MultiHeadDrafter::with_host_head`]).
-    host_head: Option<HostLinear>,
+    host_head: Option<(Linear, Threads)>,
 }
 
 impl<B: Backend> MultiHeadDrafter<B> {
@@ -197,16 +198,18 @@ impl<B: Backend> MultiHeadDrafter<B> {
         })
     }
 
-    /// The same drafter with a host copy of its LM head, multiplied by s4c's CPU kernel
-    /// ([`s4c_models::host_matmul`]) on all cores: for a target that runs the host path on a
-    /// CPU backend, where the backend's product of a few rows by the `[hidden, draft_vocab]`
-    /// head (a drafting level's largest) runs on one thread. The logits are read on the host
-    /// anyway, so nothing else moves.
-    pub fn with_host_head(mut self) -> Result<Self> {
+    /// The same drafter with a host copy of its LM head, multiplied by s4c's CPU kernels
+    /// ([`s4c_models::quant`]) on `threads`: for a target on the CPU engine, where the backend's
+    /// product of a few rows by the `[hidden, draft_vocab]` head (a drafting level's largest)
+    /// runs on one thread. The logits are read on the host anyway, so nothing else moves.
+    pub fn with_host_head(mut self, threads: Threads) -> Result<Self> {
         let head = self.head();
         let [dv, hidden] = head.dims();
         let w = to_host(head)?;
-        self.host_head = Some(HostLinear::new(dv, hidden, HostWeights::F32(w)));
+        let m = QMatrix::from_f32(dv, hidden, &w, GgmlType::F32)
+            .and_then(|m| Linear::new(vec![m]))
+            .map_err(|e| DraftError::InvalidOption(e.to_string()))?;
+        self.host_head = Some((m, threads));
         Ok(self)
     }
 
@@ -388,7 +391,7 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         };
         let states = self.heads.step(depth, parents, emb);
         let host = match &self.host_head {
-            Some(h) => h.matmul(&to_host(states.clone())?, m),
+            Some((h, threads)) => h.forward(&to_host(states.clone())?, m, threads),
             None => to_host(states.clone().matmul(self.head_t.clone()))?,
         };
         let dv = self.vocab.len();

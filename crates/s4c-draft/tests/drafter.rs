@@ -9,6 +9,7 @@ use s4c_draft::{
     fingerprint, io, Coherence, DraftError, DraftSession, Drafter, DrafterConfig, Heads,
     MultiHeadDrafter,
 };
+use s4c_models::quant::{Isa, Threads};
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Llama};
 use s4c_tree::{build_dynamic, CandidateProvider, DynamicConfig, Template, TokenTree};
@@ -69,7 +70,7 @@ fn the_host_head_drafts_what_the_backend_head_drafts() {
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5).unwrap();
     let dh = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5)
         .unwrap()
-        .with_host_head()
+        .with_host_head(Threads::new(2, Isa::detect()).unwrap())
         .unwrap();
     assert!(dh.host_head() && !d.host_head());
     let h = 32;

@@ -1,7 +1,8 @@
 //! KV-cache commit after a verification pass: the accepted nodes of a 64-node tree block are
 //! gathered into contiguous slots, for every layer. The cache has the default model's shape
 //! (30 layers, 3 KV heads of 64) behind 384 cached tokens; the weights are tiny and random, since
-//! only the cache matters here (each sample's tree forward is not timed).
+//! only the cache matters here (each sample's tree forward is not timed). The CPU engine's host
+//! cache (the default on flex) and the tensor engine's device cache.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,10 @@ use burn::backend::Flex;
 use burn::tensor::DType;
 use criterion::{criterion_group, criterion_main, Criterion};
 use s4c_models::testing::random_weights;
-use s4c_models::{AttentionMask, CausalLm, Input, Llama, LlamaConfig, Logits};
+use s4c_models::{
+    build_model, AttentionMask, CausalLm, EngineKind, Input, Llama, LlamaConfig, LoadOptions,
+    Logits,
+};
 
 type B = Flex;
 
@@ -18,14 +22,24 @@ fn bench(c: &mut Criterion) {
     (config.num_layers, config.num_heads, config.num_kv_heads) = (30, 3, 3);
     (config.head_dim, config.hidden_size) = (64, 192);
     config.max_position_embeddings = 2048;
-    let model = Llama::<B>::from_weights(
-        &config,
-        &random_weights(&config, 7),
-        &Default::default(),
-        DType::F32,
-        2048,
-    )
-    .expect("random weights match their config");
+    for engine in [EngineKind::Cpu, EngineKind::Tensors] {
+        let options = LoadOptions {
+            engine,
+            dtype: Some(DType::F32),
+            ..LoadOptions::default()
+        };
+        let model = build_model::<B>(
+            &config,
+            &random_weights(&config, 7),
+            &Default::default(),
+            &options,
+        )
+        .expect("random weights match their config");
+        bench_engine(c, &model, &format!("{engine:?}").to_lowercase());
+    }
+}
+
+fn bench_engine(c: &mut Criterion, model: &Llama<B>, engine: &str) {
     let cached = 384;
     let mut cache = model.new_cache(1024);
     let prefix: Vec<u32> = (0..cached as u32).map(|i| i % 64).collect();
@@ -40,7 +54,7 @@ fn bench(c: &mut Criterion) {
         ("branch path (4 nodes gathered)", vec![0, 3, 17, 40]),
     ] {
         c.bench_function(
-            &format!("kv commit, 64-node block, {name}, 30 layers"),
+            &format!("kv commit ({engine} engine), 64-node block, {name}, 30 layers"),
             |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;

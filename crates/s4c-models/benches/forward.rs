@@ -1,13 +1,14 @@
 //! Forward-pass cost of the default model on flex: one decode step and verification blocks of
-//! 1–256 tokens (the verify-latency curve), with Burn's matmul and with s4c's host kernel (the
-//! CLI's default on flex). Needs `scripts/fetch-default-model.sh`.
+//! 1–256 tokens (the verify-latency curve), on the CPU engine with the file's own Q4_1/Q8_0
+//! weights (the default) and dequantized to f32, and on the tensor engine (Burn's operations) in
+//! f32. Needs `scripts/fetch-default-model.sh`.
 
 use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::tensor::DType;
 use criterion::{criterion_group, criterion_main, Criterion};
-use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
+use s4c_models::{load, AttentionMask, CausalLm, EngineKind, Input, LoadOptions, Logits};
 
 type B = Flex;
 
@@ -21,13 +22,20 @@ fn bench(c: &mut Criterion) {
         );
         return;
     }
-    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (dtype, host_matmul) in [(DType::F32, false), (DType::F32, true), (DType::F16, true)] {
+    let configs = [
+        ("cpu engine, native weights", EngineKind::Cpu, None),
+        ("cpu engine, f32 weights", EngineKind::Cpu, Some(DType::F32)),
+        (
+            "tensor engine, f32 weights",
+            EngineKind::Tensors,
+            Some(DType::F32),
+        ),
+    ];
+    for (name, engine, dtype) in configs {
         let opts = LoadOptions {
+            engine,
             dtype,
-            compute_dtype: DType::F32,
-            shards,
-            host_matmul,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..Default::default()
         };
         let m = load::<B>(&path, &Default::default(), &opts).unwrap();
@@ -36,12 +44,6 @@ fn bench(c: &mut Criterion) {
         m.model
             .forward(&Input::causal(&prefix, 0, Logits::Last), &mut cache)
             .unwrap();
-        let matmul = if host_matmul {
-            "host kernel"
-        } else {
-            "burn matmul"
-        };
-        let name = format!("{dtype:?} weights, {matmul}").to_lowercase();
         for n in [1usize, 2, 4, 16, 64, 256] {
             // A chain-shaped tree of n nodes after 128 cached tokens (same cost as any tree of n).
             let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();

@@ -1,7 +1,7 @@
 //! What a step costs as the context grows: a 1-token decode step (last logits) and
 //! verification blocks of 2, 4, 8 and 16 chain-masked tokens (all logits) after 32…1,536 cached
 //! tokens, argmax read back, medians of 15 with the sizes interleaved (so drift hits them
-//! alike); default model on flex, f32 weights with the host kernel (the CLI's default).
+//! alike); default model on flex, the CPU engine with the file's own weights (the CLI's default).
 //!
 //! ```sh
 //! cargo run --release -p s4c-models --example context_latency
@@ -10,7 +10,6 @@
 use std::time::Instant;
 
 use burn::backend::Flex;
-use burn::tensor::DType;
 use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
 
 /// Tokens per step: a plain decode step, then verification blocks.
@@ -18,12 +17,7 @@ const SIZES: [usize; 5] = [1, 2, 4, 8, 16];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let opts = LoadOptions {
-        dtype: DType::F32,
-        shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        host_matmul: true,
-        ..Default::default()
-    };
+    let opts = LoadOptions::default();
     let m = load::<Flex>(path.as_ref(), &Default::default(), &opts)?;
     println!("| cached tokens | decode step | 2 tokens | 4 tokens | 8 tokens | 16 tokens |");
     println!("|---:|---:|---:|---:|---:|---:|");

@@ -1,6 +1,6 @@
-//! Prefill time of the default model on flex for prompts of 256 and 1,024 tokens: one backend
-//! pass over the whole prompt, against the host kernel's path (`LoadOptions::host_matmul`),
-//! which runs a long prompt in blocks of 64 tokens. Median of 3, the two loads alternating.
+//! Prefill time of the default model on flex for prompts of 256 and 1,024 tokens: the tensor
+//! engine (one pass of Burn's operations over the whole prompt, f32 weights) against the CPU
+//! engine (the file's own weights, blocks of 64 tokens). Median of 3, the two alternating.
 //!
 //! ```sh
 //! cargo run --release -p s4c-models --example prefill_latency
@@ -9,22 +9,22 @@
 use std::time::Instant;
 
 use burn::backend::Flex;
-use s4c_models::{load, CausalLm, Input, LoadOptions, Logits};
+use s4c_models::{load, CausalLm, EngineKind, Input, LoadOptions, Logits};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let models = [false, true].map(|host_matmul| {
+    let models = [EngineKind::Tensors, EngineKind::Cpu].map(|engine| {
         let opts = LoadOptions {
+            engine,
             shards,
-            host_matmul,
             ..Default::default()
         };
         load::<Flex>(path.as_ref(), &Default::default(), &opts)
     });
     let [backend, host] = models;
     let (backend, host) = (backend?, host?);
-    println!("| prompt tokens | backend, one pass | host kernel, blocks of 64 |");
+    println!("| prompt tokens | tensor engine f32, one pass | cpu engine native, blocks of 64 |");
     println!("|---:|---:|---:|");
     for len in [256usize, 1024] {
         let prompt: Vec<u32> = (0..len as u32).map(|i| 100 + (i * 7) % 5000).collect();

@@ -1,6 +1,7 @@
 //! The verify-latency curve of the default model on flex: one forward of a chain-masked block
-//! of `n` tokens after 128 cached ones (all logits, argmax read back), median of 7, for the
-//! backend's matmul and for s4c's host kernel (`LoadOptions::host_matmul`), f32 and f16 weights.
+//! of `n` tokens after 128 cached ones (all logits, argmax read back), median of 7, on the CPU
+//! engine with the file's own weights (Q4_1/Q8_0), f16 and f32 weights, and on the tensor engine
+//! (Burn's operations) with f32 weights. `S4C_THREADS` sets the CPU engine's threads.
 //!
 //! ```sh
 //! cargo run --release -p s4c-models --example verify_latency
@@ -10,25 +11,29 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::DType;
-use s4c_models::{load, AttentionMask, CausalLm, Input, LoadOptions, Logits};
+use s4c_models::{load, AttentionMask, CausalLm, EngineKind, Input, LoadOptions, Logits};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("| n | backend f32 | host kernel f32 | backend f16 | host kernel f16 |");
+    let threads = std::env::var("S4C_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    println!("| n | cpu native | cpu f16 | cpu f32 | tensors f32 |");
     println!("|---:|---:|---:|---:|---:|");
     let sizes = [1usize, 2, 4, 8, 12, 16, 24, 32, 48, 64];
     let mut table = vec![Vec::new(); sizes.len()];
-    for (dtype, host) in [
-        (DType::F32, false),
-        (DType::F32, true),
-        (DType::F16, false),
-        (DType::F16, true),
+    for (engine, dtype) in [
+        (EngineKind::Cpu, None),
+        (EngineKind::Cpu, Some(DType::F16)),
+        (EngineKind::Cpu, Some(DType::F32)),
+        (EngineKind::Tensors, Some(DType::F32)),
     ] {
         let opts = LoadOptions {
+            engine,
             dtype,
-            shards,
-            host_matmul: host,
+            threads,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..Default::default()
         };
         let m = load::<Flex>(path.as_ref(), &Default::default(), &opts)?;
@@ -54,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for (n, t) in sizes.iter().zip(table) {
-        let cells: Vec<String> = t.iter().map(|ms| format!("{ms:.0} ms")).collect();
+        let cells: Vec<String> = t.iter().map(|ms| format!("{ms:.1} ms")).collect();
         println!("| {n} | {} |", cells.join(" | "));
     }
     Ok(())

@@ -1,35 +1,71 @@
-//! The key/value cache: preallocated per layer, compacted on device after tree verification.
+//! The key/value cache: preallocated per layer, compacted after tree verification; on the
+//! backend's device (tensor engine) or in host memory (CPU engine).
 
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
+use crate::cpu::HostKv;
 use crate::error::{ModelError, Result};
 
-/// Keys and values of every layer, `[1, kv_heads, capacity, head_dim]` each, of which the first
-/// `len` slots are valid.
+/// Keys and values of every layer, of which the first `len` slots are valid.
 ///
 /// A forward pass appends its new tokens at `len..len + n` (remembering where the block started);
 /// after verification, [`KvCache::commit`] keeps only the accepted entries of that block, moved into
-/// contiguous slots, and [`KvCache::truncate`] rolls back.
+/// contiguous slots, and [`KvCache::truncate`] rolls back. Each model makes its own with
+/// [`crate::CausalLm::new_cache`].
 pub struct KvCache<B: Backend> {
-    keys: Vec<Option<Tensor<B, 4>>>,
-    values: Vec<Option<Tensor<B, 4>>>,
+    store: Store<B>,
     len: usize,
     block_start: usize,
     capacity: usize,
 }
 
+enum Store<B: Backend> {
+    /// `[1, kv_heads, capacity, head_dim]` per layer on the device.
+    Device {
+        keys: Vec<Option<Tensor<B, 4>>>,
+        values: Vec<Option<Tensor<B, 4>>>,
+    },
+    /// Host memory, for the CPU engine.
+    Host(HostKv),
+}
+
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `capacity` tokens of a model with `config`, stored in `dtype`.
-    pub fn new(config: &LlamaConfig, capacity: usize, device: &B::Device, dtype: DType) -> Self {
+    /// An empty device cache for `capacity` tokens of a model with `config`, stored in `dtype`.
+    pub(crate) fn new(
+        config: &LlamaConfig,
+        capacity: usize,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         let shape = [1, config.num_kv_heads, capacity, config.head_dim];
         let mk = || Some(Tensor::<B, 4>::zeros(shape, (device, dtype)));
         KvCache {
-            keys: (0..config.num_layers).map(|_| mk()).collect(),
-            values: (0..config.num_layers).map(|_| mk()).collect(),
+            store: Store::Device {
+                keys: (0..config.num_layers).map(|_| mk()).collect(),
+                values: (0..config.num_layers).map(|_| mk()).collect(),
+            },
             len: 0,
             block_start: 0,
             capacity,
+        }
+    }
+
+    /// An empty host cache.
+    pub(crate) fn host(kv: HostKv) -> Self {
+        KvCache {
+            capacity: kv.capacity(),
+            store: Store::Host(kv),
+            len: 0,
+            block_start: 0,
+        }
+    }
+
+    /// The host store, for the CPU engine.
+    pub(crate) fn host_mut(&mut self) -> Option<&mut HostKv> {
+        match &mut self.store {
+            Store::Host(kv) => Some(kv),
+            Store::Device { .. } => None,
         }
     }
 
@@ -68,7 +104,7 @@ impl<B: Backend> KvCache<B> {
     /// (in that order), moved to the slots right after the block's start; drops the rest.
     ///
     /// `keep` are offsets into the block (tree node indices when the block was a verification
-    /// tree). One gather and one slice-assign per layer, on device; nothing is read back.
+    /// tree). On a device: one gather and one slice-assign per layer; nothing is read back.
     pub fn commit(&mut self, keep: &[usize]) -> Result<()> {
         let start = self.block_start;
         let block = self.len - start;
@@ -79,10 +115,21 @@ impl<B: Backend> KvCache<B> {
         }
         let is_prefix = keep.iter().enumerate().all(|(i, &k)| i == k);
         if !is_prefix {
-            let device = self.device();
+            let (keys, values) = match &mut self.store {
+                Store::Host(kv) => {
+                    kv.compact(start, block, keep)?;
+                    self.len = start + keep.len();
+                    return Ok(());
+                }
+                Store::Device { keys, values } => (keys, values),
+            };
+            let device = keys[0]
+                .as_ref()
+                .expect("cache tensor present between calls")
+                .device();
             let idx: Vec<i64> = keep.iter().map(|&k| (start + k) as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [keep.len()]), &device);
-            for slot in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            for slot in keys.iter_mut().chain(values.iter_mut()) {
                 let t = slot.take().expect("cache tensor present between calls");
                 let kept = t.clone().select(2, idx.clone());
                 let dims = t.dims();
@@ -97,13 +144,6 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
-    fn device(&self) -> B::Device {
-        self.keys[0]
-            .as_ref()
-            .expect("cache tensor present")
-            .device()
-    }
-
     /// Writes the keys and values of `n` new tokens of `layer` at `len..len + n` and returns the
     /// valid prefix `[.., 0..len + n, ..]` of both. Call [`KvCache::advance`] after the last layer.
     pub(crate) fn append(
@@ -111,12 +151,17 @@ impl<B: Backend> KvCache<B> {
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let [_, heads, n, hd] = k.dims();
         let (start, end) = (self.len, self.len + n);
+        let Store::Device { keys, values } = &mut self.store else {
+            return Err(ModelError::InvalidInput(
+                "a host cache was given to a tensor model; use the model's own new_cache".into(),
+            ));
+        };
         let mut out = [k, v]
             .into_iter()
-            .zip([&mut self.keys[layer], &mut self.values[layer]])
+            .zip([&mut keys[layer], &mut values[layer]])
             .map(|(new, slot)| {
                 let t = slot.take().expect("cache tensor present between calls");
                 let t = t.slice_assign([0..1, 0..heads, start..end, 0..hd], new);
@@ -124,7 +169,8 @@ impl<B: Backend> KvCache<B> {
                 *slot = Some(t);
                 valid
             });
-        (out.next().unwrap(), out.next().unwrap())
+        let (k, v) = (out.next(), out.next());
+        Ok((k.expect("two tensors"), v.expect("two tensors")))
     }
 
     /// Marks `n` appended tokens as valid (end of a forward pass).

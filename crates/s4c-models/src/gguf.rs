@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
 
 use crate::error::{ModelError, Result};
 use crate::host::HostTensor;
+use crate::quant::{QMatrix, WeightBytes};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// Storage types this reader dequantizes.
@@ -124,7 +126,7 @@ pub struct TensorInfo {
 /// A memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     metadata: HashMap<String, MetaValue>,
     tensors: HashMap<String, TensorInfo>,
     data_start: usize,
@@ -266,7 +268,7 @@ impl GgufFile {
         let data_start = r.pos.div_ceil(align) * align;
         let gguf = GgufFile {
             path,
-            mmap,
+            mmap: Arc::new(mmap),
             metadata,
             tensors,
             data_start,
@@ -412,6 +414,39 @@ impl GgufFile {
         let data = dequantize(info.ty, bytes, n)?;
         Ok(HostTensor::new(info.shape.clone(), data))
     }
+
+    /// One 2-D tensor as stored, without a copy: its bytes stay in the mapped file.
+    pub fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let [rows, cols] = info.shape[..] else {
+            return Err(ModelError::InvalidGguf {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor {name} has shape {:?}, expected a matrix",
+                    info.shape
+                ),
+            });
+        };
+        let len = self
+            .byte_len(info)
+            .ok_or_else(|| ModelError::UnsupportedTensorType {
+                tensor: name.to_string(),
+                dtype: info.ty.name(),
+                supported: SUPPORTED_TYPES,
+            })?;
+        let bytes = WeightBytes::Mapped {
+            map: self.mmap.clone(),
+            offset: self.data_start + info.offset,
+            len,
+        };
+        QMatrix::new(info.ty, rows, cols, bytes).map_err(|e| ModelError::InvalidGguf {
+            path: self.path.clone(),
+            reason: format!("tensor {name}: {e}"),
+        })
+    }
 }
 
 /// Dequantizes `n` elements of type `ty` from `bytes` (exactly the tensor's bytes).
@@ -516,7 +551,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K super-block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

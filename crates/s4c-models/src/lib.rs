@@ -20,22 +20,22 @@
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod gguf;
 pub mod host;
-pub mod host_matmul;
-pub mod host_ops;
 pub mod llama;
 pub mod lm;
 pub mod loader;
 pub mod mask;
+pub mod quant;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
 /// Revision of the forward's implementation, bumped whenever a change makes forwards cost
 /// differently (so cost-aware trees re-measure latency curves they cached for an older one).
-pub const FORWARD_REVISION: u32 = 4;
+pub const FORWARD_REVISION: u32 = 5;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};
@@ -44,7 +44,9 @@ pub use error::{ModelError, Result};
 pub use host::HostTensor;
 pub use llama::Llama;
 pub use lm::{CausalLm, Input, LmOutput, Logits};
-pub use loader::{convert_to_hf, load, LoadOptions, LoadedModel, ModelFiles};
+pub use loader::{
+    build_model, convert_to_hf, load, EngineKind, LoadOptions, LoadedModel, ModelFiles,
+};
 pub use mask::AttentionMask;
 pub use tokenizer::{StreamDecoder, Tokenizer};
 pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};

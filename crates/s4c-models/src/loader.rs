@@ -8,39 +8,114 @@ use serde_json::Value;
 
 use crate::chat::ChatTemplate;
 use crate::config::LlamaConfig;
+use crate::cpu::WeightFormat;
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile};
 use crate::host::HostTensor;
 use crate::llama::Llama;
+use crate::quant::{Isa, Threads};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{write_safetensors, GgufWeights, SafetensorsWeights, WeightSource};
+
+/// Which engine runs a model's forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The CPU engine on CPU backends (`flex`), the tensor engine elsewhere.
+    Auto,
+    /// s4c's CPU kernels ([`crate::quant`]), weights in their file's storage type.
+    Cpu,
+    /// Burn tensor operations on the backend's device.
+    Tensors,
+}
+
+impl EngineKind {
+    /// The engine `Auto` stands for on backend `B`.
+    pub fn resolve<B: Backend>(self, device: &B::Device) -> EngineKind {
+        match self {
+            EngineKind::Auto if is_cpu_backend::<B>(device) => EngineKind::Cpu,
+            EngineKind::Auto => EngineKind::Tensors,
+            e => e,
+        }
+    }
+}
+
+/// Whether `B` computes on the host CPU.
+fn is_cpu_backend<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device).to_lowercase();
+    name.starts_with("flex") || name.starts_with("ndarray")
+}
 
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Storage type of the weight matrices.
-    pub dtype: DType,
-    /// Type of activations, KV cache and outputs (`f32` keeps half-precision weights accurate).
+    /// Which engine runs the forward.
+    pub engine: EngineKind,
+    /// Storage type of the weight matrices: `None` keeps the file's own types (GGUF
+    /// quantizations stay quantized) on the CPU engine and means `f32` on the tensor engine;
+    /// `Some(F32 | F16 | BF16)` converts.
+    pub dtype: Option<DType>,
+    /// Tensor engine: type of activations, KV cache and outputs (`f32` keeps half-precision
+    /// weights accurate). The CPU engine computes in `f32`.
     pub compute_dtype: DType,
-    /// Row shards per weight matrix multiplied concurrently when decoding (CPU cores on
-    /// `flex`; 1 on GPUs).
+    /// Tensor engine: row shards per weight matrix multiplied concurrently when decoding.
     pub shards: usize,
-    /// Longest context to support (bounded by the model's own); sizes the rotary table.
+    /// CPU engine: threads (0 = one per physical core).
+    pub threads: usize,
+    /// Longest context to support (bounded by the model's own).
     pub max_context: usize,
-    /// Multiply weight matrices with the host CPU kernel ([`Llama::with_host_matmul`]); for
-    /// CPU backends only.
-    pub host_matmul: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            dtype: DType::F32,
+            engine: EngineKind::Auto,
+            dtype: None,
             compute_dtype: DType::F32,
             shards: 1,
+            threads: 0,
             max_context: 4096,
-            host_matmul: false,
         }
+    }
+}
+
+/// Builds `B`'s model from `weights` as `options` say.
+pub fn build_model<B: Backend>(
+    config: &LlamaConfig,
+    weights: &dyn WeightSource,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<Llama<B>> {
+    let max_positions = options
+        .max_context
+        .min(config.max_position_embeddings)
+        .max(1);
+    match options.engine.resolve::<B>(device) {
+        EngineKind::Cpu => {
+            let format = match options.dtype {
+                None => WeightFormat::Native,
+                Some(DType::F32) => WeightFormat::Dense(GgmlType::F32),
+                Some(DType::F16) => WeightFormat::Dense(GgmlType::F16),
+                Some(DType::BF16) => WeightFormat::Dense(GgmlType::BF16),
+                Some(other) => {
+                    return Err(ModelError::UnsupportedDtype {
+                        dtype: format!("{other:?}"),
+                        backend: "cpu".into(),
+                        supported: "the file's own types, f32, f16 or bf16",
+                    })
+                }
+            };
+            let threads = Threads::new(options.threads, Isa::detect())?;
+            Llama::cpu(config, weights, format, threads, device, max_positions)
+        }
+        _ => Llama::tensors(
+            config,
+            weights,
+            device,
+            options.dtype.unwrap_or(DType::F32),
+            options.compute_dtype,
+            max_positions,
+            options.shards,
+        ),
     }
 }
 
@@ -173,24 +248,7 @@ pub fn load<B: Backend>(
     options: &LoadOptions,
 ) -> Result<LoadedModel<B>> {
     let files = ModelFiles::open(path)?;
-    let max_positions = options
-        .max_context
-        .min(files.config.max_position_embeddings)
-        .max(1);
-    let model = Llama::build(
-        &files.config,
-        files.weights.as_ref(),
-        device,
-        options.dtype,
-        options.compute_dtype,
-        max_positions,
-        options.shards,
-    )?;
-    let model = if options.host_matmul {
-        model.with_host_matmul()?
-    } else {
-        model
-    };
+    let model = build_model(&files.config, files.weights.as_ref(), device, options)?;
     Ok(LoadedModel {
         model,
         tokenizer: files.tokenizer,

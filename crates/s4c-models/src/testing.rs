@@ -1,13 +1,17 @@
 //! Tiny random models for tests and examples (no download needed).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, DType};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgmlType;
 use crate::host::HostTensor;
 use crate::llama::Llama;
+use crate::loader::{build_model, EngineKind, LoadOptions};
+use crate::quant::{QMatrix, WeightBytes};
 use crate::weights::WeightSource;
 
 /// Weights held in memory, by Hugging Face name.
@@ -97,18 +101,113 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemoryWeights {
     MemoryWeights(m)
 }
 
-/// A tiny random Llama (see [`LlamaConfig::tiny`]) in `f32`.
+/// A random `[rows, cols]` weight matrix of type `ty`: for block types random quantized values
+/// (every bit pattern occurs) with scales of a trained model's size, for dense types uniform
+/// values in `[-0.1, 0.1)`.
+pub fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Result<QMatrix> {
+    let mut rng = SplitMix(seed);
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric() * 0.1).collect();
+        return QMatrix::from_f32(rows, cols, &v, ty);
+    }
+    let (per, bytes) = ty
+        .block()
+        .ok_or_else(|| ModelError::UnsupportedTensorType {
+            tensor: "random matrix".into(),
+            dtype: ty.name(),
+            supported: crate::quant::KERNEL_TYPES,
+        })?;
+    let f16_bytes = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    let mut out = Vec::with_capacity(rows * cols / per * bytes);
+    for _ in 0..rows * cols / per {
+        let mut b: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
+        let mut scale = || f16_bytes(rng.symmetric().abs() * 0.01 + 1e-4);
+        // Where each type keeps its f16 scales (and minimums).
+        let (d, m): (usize, Option<usize>) = match ty {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => (0, None),
+            GgmlType::Q4_1 | GgmlType::Q4K => (0, Some(2)),
+            _ => (208, None),
+        };
+        b[d..d + 2].copy_from_slice(&scale());
+        if let Some(m) = m {
+            b[m..m + 2].copy_from_slice(&scale());
+        }
+        out.extend(b);
+    }
+    QMatrix::new(ty, rows, cols, WeightBytes::Owned(Arc::new(out)))
+}
+
+/// `f32` weights, the engine `B` runs by default ([`EngineKind::Auto`]), two threads.
+fn f32_options(engine: EngineKind) -> LoadOptions {
+    LoadOptions {
+        engine,
+        dtype: Some(DType::F32),
+        threads: 2,
+        ..LoadOptions::default()
+    }
+}
+
+/// Weights whose matrices are random block-quantized ones of one type (seeded by name), for the
+/// CPU engine ([`WeightSource::matrix`]); vectors (norms) come from the inner source.
+pub struct QuantizedWeights {
+    /// Norms and shapes.
+    pub inner: MemoryWeights,
+    /// The matrices' storage type.
+    pub ty: GgmlType,
+}
+
+impl WeightSource for QuantizedWeights {
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        self.inner.tensor(name)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name)
+    }
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let t = self.inner.tensor(name)?;
+        let seed = name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        random_matrix(self.ty, t.shape[0], t.shape[1], seed)
+    }
+}
+
+/// A tiny random model on the CPU engine whose weight matrices are random blocks of type `ty`.
+pub fn tiny_quantized_model<B: Backend>(
+    vocab_size: usize,
+    seed: u64,
+    ty: GgmlType,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let config = LlamaConfig::tiny(vocab_size);
+    let w = QuantizedWeights {
+        inner: random_weights(&config, seed),
+        ty,
+    };
+    let options = LoadOptions {
+        engine: EngineKind::Cpu,
+        threads: 2,
+        ..LoadOptions::default()
+    };
+    build_model(&config, &w, device, &options)
+}
+
+/// A tiny random Llama (see [`LlamaConfig::tiny`]) in `f32`, on `B`'s default engine.
 pub fn tiny_model<B: Backend>(vocab_size: usize, seed: u64, device: &B::Device) -> Llama<B> {
+    tiny_model_on(vocab_size, seed, device, EngineKind::Auto)
+}
+
+/// [`tiny_model`] on a given engine.
+pub fn tiny_model_on<B: Backend>(
+    vocab_size: usize,
+    seed: u64,
+    device: &B::Device,
+    engine: EngineKind,
+) -> Llama<B> {
     let config = LlamaConfig::tiny(vocab_size);
     let w = random_weights(&config, seed);
-    Llama::from_weights(
-        &config,
-        &w,
-        device,
-        DType::F32,
-        config.max_position_embeddings,
-    )
-    .expect("random weights match their own config")
+    build_model(&config, &w, device, &f32_options(engine))
+        .expect("random weights match their own config")
 }
 
 /// A tiny model whose greedy next token is always `token + 1` (mod the vocabulary): its layers
@@ -135,12 +234,6 @@ pub fn counting_model<B: Backend>(vocab_size: usize, seed: u64, device: &B::Devi
             t.data.iter_mut().for_each(|x| *x = 0.0);
         }
     }
-    Llama::from_weights(
-        &config,
-        &w,
-        device,
-        DType::F32,
-        config.max_position_embeddings,
-    )
-    .expect("counting weights match their own config")
+    build_model(&config, &w, device, &f32_options(EngineKind::Auto))
+        .expect("counting weights match their own config")
 }

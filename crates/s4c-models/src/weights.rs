@@ -4,28 +4,48 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::LlamaConfig;
+use crate::cpu::RotaryLayout;
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile};
 use crate::host::HostTensor;
+use crate::quant::{QMatrix, WeightBytes};
 
-/// Anything that yields weights by Hugging Face name, dequantized to `f32`, in the rotate-half
-/// rotary layout.
+/// Anything that yields weights by Hugging Face name.
 pub trait WeightSource {
-    /// Reads one tensor.
+    /// Reads one tensor, dequantized to `f32`, query and key projections in the rotate-half
+    /// rotary layout.
     fn tensor(&self, name: &str) -> Result<HostTensor>;
     /// Whether a tensor of that name exists.
     fn has(&self, name: &str) -> bool;
+    /// One 2-D tensor as stored (block-quantized or dense, mapped from the file where it can
+    /// be), query and key projections in [`WeightSource::rotary_layout`]. By default: the `f32`
+    /// values of [`WeightSource::tensor`].
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let t = self.tensor(name)?;
+        let [rows, cols] = t.shape[..] else {
+            return Err(ModelError::InvalidInput(format!(
+                "tensor {name} has shape {:?}, expected a matrix",
+                t.shape
+            )));
+        };
+        QMatrix::from_f32(rows, cols, &t.data, GgmlType::F32)
+    }
+    /// The rotary layout of the query and key rows [`WeightSource::matrix`] returns.
+    fn rotary_layout(&self) -> RotaryLayout {
+        RotaryLayout::Halves
+    }
 }
 
 /// A folder of (possibly sharded) `.safetensors` files, memory-mapped.
 pub struct SafetensorsWeights {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     /// tensor name → index into `files`
     index: HashMap<String, usize>,
 }
@@ -82,9 +102,42 @@ impl SafetensorsWeights {
             for n in st.names() {
                 index.insert(n.to_string(), files.len());
             }
-            files.push((path, mmap));
+            files.push((path, Arc::new(mmap)));
         }
         Ok(SafetensorsWeights { files, index })
+    }
+}
+
+/// Where a tensor sits in a mapped safetensors shard.
+struct StView {
+    map: Arc<Mmap>,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    offset: usize,
+    len: usize,
+}
+
+impl SafetensorsWeights {
+    fn view(&self, name: &str) -> Result<StView> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let (path, mmap) = &self.files[i];
+        let bad = |e: safetensors::SafeTensorError| ModelError::InvalidSafetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let st = SafeTensors::deserialize(mmap).map_err(bad)?;
+        let view = st.tensor(name).map_err(bad)?;
+        let data = view.data();
+        Ok(StView {
+            map: mmap.clone(),
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            offset: data.as_ptr() as usize - mmap.as_ptr() as usize,
+            len: data.len(),
+        })
     }
 }
 
@@ -94,26 +147,12 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn tensor(&self, name: &str) -> Result<HostTensor> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
-        let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::InvalidSafetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| ModelError::InvalidSafetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
+        let v = self.view(name)?;
+        let bytes = &v.map[v.offset..v.offset + v.len];
+        let data: Vec<f32> = match v.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
@@ -131,7 +170,35 @@ impl WeightSource for SafetensorsWeights {
                 })
             }
         };
-        Ok(HostTensor::new(view.shape().to_vec(), data))
+        Ok(HostTensor::new(v.shape, data))
+    }
+
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let v = self.view(name)?;
+        let ty = match v.dtype {
+            Dtype::F32 => GgmlType::F32,
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            other => {
+                return Err(ModelError::UnsupportedTensorType {
+                    tensor: name.into(),
+                    dtype: format!("{other:?}"),
+                    supported: "F32, F16, BF16",
+                })
+            }
+        };
+        let [rows, cols] = v.shape[..] else {
+            return Err(ModelError::InvalidInput(format!(
+                "tensor {name} has shape {:?}, expected a matrix",
+                v.shape
+            )));
+        };
+        let bytes = WeightBytes::Mapped {
+            map: v.map,
+            offset: v.offset,
+            len: v.len,
+        };
+        QMatrix::new(ty, rows, cols, bytes)
     }
 }
 
@@ -210,6 +277,15 @@ impl WeightSource for GgufWeights {
         } else {
             t
         })
+    }
+
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let g = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        self.file.matrix(&g)
+    }
+
+    fn rotary_layout(&self) -> RotaryLayout {
+        RotaryLayout::Interleaved
     }
 }
 

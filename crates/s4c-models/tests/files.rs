@@ -8,11 +8,20 @@ use burn::tensor::{DType, Tensor};
 use s4c_models::testing::random_weights;
 use s4c_models::weights::write_safetensors;
 use s4c_models::{
-    CausalLm, HostTensor, Input, Llama, LlamaConfig, Logits, ModelError, ModelFiles,
-    SafetensorsWeights, WeightSource,
+    build_model, CausalLm, HostTensor, Input, Llama, LlamaConfig, LoadOptions, Logits, ModelError,
+    ModelFiles, SafetensorsWeights, WeightSource,
 };
 
 type B = Flex;
+
+/// f32 weights on the default engine.
+fn f32_options() -> LoadOptions {
+    LoadOptions {
+        dtype: Some(DType::F32),
+        max_context: 64,
+        ..LoadOptions::default()
+    }
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("s4c-files-{}-{name}", std::process::id()));
@@ -75,19 +84,17 @@ fn logits(m: &Llama<B>) -> Vec<f32> {
 fn sharded_and_single_safetensors_give_the_same_model() {
     let config = LlamaConfig::tiny(50);
     let w = random_weights(&config, 7);
-    let reference =
-        Llama::<B>::from_weights(&config, &w, &Default::default(), DType::F32, 64).unwrap();
+    let reference = build_model::<B>(&config, &w, &Default::default(), &f32_options()).unwrap();
     for shards in [1, 3] {
         let dir = tmp(&format!("shards{shards}"));
         write_folder(&dir, &config, &w.0, shards);
         let files = ModelFiles::open(&dir).unwrap();
         assert_eq!(files.config, config);
-        let m = Llama::<B>::from_weights(
+        let m = build_model::<B>(
             &config,
             files.weights.as_ref(),
             &Default::default(),
-            DType::F32,
-            64,
+            &f32_options(),
         )
         .unwrap();
         assert_eq!(logits(&m), logits(&reference), "{shards} shards");
@@ -181,12 +188,11 @@ fn bad_files_give_typed_errors() {
     write_folder(&dir, &config, &w.0, 1);
     std::fs::write(dir.join("config.json"), other.to_hf_json().to_string()).unwrap();
     let files = ModelFiles::open(&dir).unwrap();
-    let err = Llama::<B>::from_weights(
+    let err = build_model::<B>(
         &files.config,
         files.weights.as_ref(),
         &Default::default(),
-        DType::F32,
-        64,
+        &f32_options(),
     )
     .err()
     .unwrap();

@@ -1,12 +1,19 @@
-//! Forward-pass invariants on tiny random models: caching, masks, trees, commit.
+//! Forward-pass invariants on tiny random models, for both engines: caching, masks, trees,
+//! commit; the CPU engine against the tensor engine; the CPU engine's batch invariance.
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use s4c_models::testing::tiny_model;
-use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+use s4c_models::testing::tiny_model_on;
+use s4c_models::{AttentionMask, CausalLm, EngineKind, Input, Llama, Logits};
 
 type B = Flex;
 const VOCAB: usize = 50;
+
+/// The same random model on the CPU engine and on the tensor engine.
+fn engines(seed: u64) -> [Llama<B>; 2] {
+    [EngineKind::Cpu, EngineKind::Tensors]
+        .map(|e| tiny_model_on(VOCAB, seed, &Default::default(), e))
+}
 
 fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [n, v] = t.dims();
@@ -23,51 +30,53 @@ fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 
 #[test]
 fn sequence_at_once_equals_token_by_token_with_cache() {
-    let m = tiny_model::<B>(VOCAB, 1, &Default::default());
-    let toks: Vec<u32> = vec![3, 17, 5, 42, 8, 1, 9, 30];
-    let mut c1 = m.new_cache(64);
-    let all = rows(
-        m.forward(&Input::causal(&toks, 0, Logits::All), &mut c1)
-            .unwrap()
-            .logits,
-    );
-    let mut c2 = m.new_cache(64);
-    for (i, t) in toks.iter().enumerate() {
-        let one = rows(
-            m.forward(&Input::causal(&[*t], i, Logits::All), &mut c2)
+    for m in engines(1) {
+        let toks: Vec<u32> = vec![3, 17, 5, 42, 8, 1, 9, 30];
+        let mut c1 = m.new_cache(64);
+        let all = rows(
+            m.forward(&Input::causal(&toks, 0, Logits::All), &mut c1)
                 .unwrap()
                 .logits,
         );
-        assert_close(&one[0], &all[i], 1e-4, &format!("token {i}"));
+        let mut c2 = m.new_cache(64);
+        for (i, t) in toks.iter().enumerate() {
+            let one = rows(
+                m.forward(&Input::causal(&[*t], i, Logits::All), &mut c2)
+                    .unwrap()
+                    .logits,
+            );
+            assert_close(&one[0], &all[i], 1e-4, &format!("token {i}"));
+        }
+        assert_eq!(c2.len(), toks.len());
     }
-    assert_eq!(c2.len(), toks.len());
 }
 
 #[test]
 fn chain_mask_equals_causal_forward() {
-    let m = tiny_model::<B>(VOCAB, 2, &Default::default());
-    let prefix = [4u32, 9, 11];
-    let block = [7u32, 2, 33, 21];
-    let run = |mask: Option<&AttentionMask>| {
-        let mut c = m.new_cache(32);
-        m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
-            .unwrap();
-        let input = Input {
-            tokens: &block,
-            positions: (3..7).collect(),
-            mask,
-            logits: Logits::All,
+    for m in engines(2) {
+        let prefix = [4u32, 9, 11];
+        let block = [7u32, 2, 33, 21];
+        let run = |mask: Option<&AttentionMask>| {
+            let mut c = m.new_cache(32);
+            m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+                .unwrap();
+            let input = Input {
+                tokens: &block,
+                positions: (3..7).collect(),
+                mask,
+                logits: Logits::All,
+            };
+            let out = m.forward(&input, &mut c).unwrap();
+            (rows(out.logits), rows(out.features))
         };
-        let out = m.forward(&input, &mut c).unwrap();
-        (rows(out.logits), rows(out.features))
-    };
-    let chain: Vec<bool> = (0..4).flat_map(|i| (0..4).map(move |j| j <= i)).collect();
-    let mask = AttentionMask::tree(3, 4, &chain).unwrap();
-    let (l1, f1) = run(None);
-    let (l2, f2) = run(Some(&mask));
-    for i in 0..4 {
-        assert_close(&l1[i], &l2[i], 1e-5, "logits");
-        assert_close(&f1[i], &f2[i], 1e-5, "features");
+        let chain: Vec<bool> = (0..4).flat_map(|i| (0..4).map(move |j| j <= i)).collect();
+        let mask = AttentionMask::tree(3, 4, &chain).unwrap();
+        let (l1, f1) = run(None);
+        let (l2, f2) = run(Some(&mask));
+        for i in 0..4 {
+            assert_close(&l1[i], &l2[i], 1e-5, "logits");
+            assert_close(&f1[i], &f2[i], 1e-5, "features");
+        }
     }
 }
 
@@ -75,143 +84,146 @@ fn chain_mask_equals_causal_forward() {
 /// Each node's logits must equal running its root-to-node path causally.
 #[test]
 fn branching_tree_equals_each_path_run_separately() {
-    let m = tiny_model::<B>(VOCAB, 3, &Default::default());
-    let prefix = [10u32, 20, 30, 40];
-    let tokens = [5u32, 6, 7, 8, 9];
-    let parent = [usize::MAX, 0, 0, 1, 1];
-    let depth = [0usize, 1, 1, 2, 2];
-    let n = tokens.len();
-    let mut vis = vec![false; n * n];
-    for i in 0..n {
-        let mut j = i;
-        loop {
-            vis[i * n + j] = true;
-            if parent[j] == usize::MAX {
-                break;
+    for m in engines(3) {
+        let prefix = [10u32, 20, 30, 40];
+        let tokens = [5u32, 6, 7, 8, 9];
+        let parent = [usize::MAX, 0, 0, 1, 1];
+        let depth = [0usize, 1, 1, 2, 2];
+        let n = tokens.len();
+        let mut vis = vec![false; n * n];
+        for i in 0..n {
+            let mut j = i;
+            loop {
+                vis[i * n + j] = true;
+                if parent[j] == usize::MAX {
+                    break;
+                }
+                j = parent[j];
             }
-            j = parent[j];
         }
-    }
-    let mask = AttentionMask::tree(prefix.len(), n, &vis).unwrap();
-    let mut c = m.new_cache(32);
-    m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
-        .unwrap();
-    let positions = depth.iter().map(|d| prefix.len() + d).collect();
-    let tree = rows(
-        m.forward(&Input::tree(&tokens, positions, &mask), &mut c)
-            .unwrap()
-            .logits,
-    );
-    for (node, tree_row) in tree.iter().enumerate() {
-        let mut path = vec![node];
-        while parent[*path.last().unwrap()] != usize::MAX {
-            path.push(parent[*path.last().unwrap()]);
-        }
-        path.reverse();
-        let mut seq = prefix.to_vec();
-        seq.extend(path.iter().map(|&p| tokens[p]));
-        let mut c2 = m.new_cache(32);
-        let want = rows(
-            m.forward(&Input::causal(&seq, 0, Logits::Last), &mut c2)
+        let mask = AttentionMask::tree(prefix.len(), n, &vis).unwrap();
+        let mut c = m.new_cache(32);
+        m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+            .unwrap();
+        let positions = depth.iter().map(|d| prefix.len() + d).collect();
+        let tree = rows(
+            m.forward(&Input::tree(&tokens, positions, &mask), &mut c)
                 .unwrap()
                 .logits,
         );
-        assert_close(tree_row, &want[0], 1e-4, &format!("node {node}"));
+        for (node, tree_row) in tree.iter().enumerate() {
+            let mut path = vec![node];
+            while parent[*path.last().unwrap()] != usize::MAX {
+                path.push(parent[*path.last().unwrap()]);
+            }
+            path.reverse();
+            let mut seq = prefix.to_vec();
+            seq.extend(path.iter().map(|&p| tokens[p]));
+            let mut c2 = m.new_cache(32);
+            let want = rows(
+                m.forward(&Input::causal(&seq, 0, Logits::Last), &mut c2)
+                    .unwrap()
+                    .logits,
+            );
+            assert_close(tree_row, &want[0], 1e-4, &format!("node {node}"));
+        }
     }
 }
 
 #[test]
 fn commit_then_continue_equals_never_drafting_rejected_tokens() {
-    let m = tiny_model::<B>(VOCAB, 4, &Default::default());
-    let prefix = [1u32, 2, 3];
-    // Tree: root 11 (0); children 12 (1), 13 (2); 14 (3) child of 13. Accept path 0 → 2 → 3.
-    let tokens = [11u32, 12, 13, 14];
-    let vis = [
-        true, false, false, false, //
-        true, true, false, false, //
-        true, false, true, false, //
-        true, false, true, true,
-    ];
-    let mask = AttentionMask::tree(3, 4, &vis).unwrap();
-    let mut c = m.new_cache(32);
-    m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
-        .unwrap();
-    m.forward(&Input::tree(&tokens, vec![3, 4, 4, 5], &mask), &mut c)
-        .unwrap();
-    c.commit(&[0, 2, 3]).unwrap();
-    assert_eq!(c.len(), 6);
-    let after = rows(
-        m.forward(&Input::causal(&[15, 16], 6, Logits::All), &mut c)
-            .unwrap()
-            .logits,
-    );
+    for m in engines(4) {
+        let prefix = [1u32, 2, 3];
+        // Tree: root 11 (0); children 12 (1), 13 (2); 14 (3) child of 13. Accept path 0 → 2 → 3.
+        let tokens = [11u32, 12, 13, 14];
+        let vis = [
+            true, false, false, false, //
+            true, true, false, false, //
+            true, false, true, false, //
+            true, false, true, true,
+        ];
+        let mask = AttentionMask::tree(3, 4, &vis).unwrap();
+        let mut c = m.new_cache(32);
+        m.forward(&Input::causal(&prefix, 0, Logits::Last), &mut c)
+            .unwrap();
+        m.forward(&Input::tree(&tokens, vec![3, 4, 4, 5], &mask), &mut c)
+            .unwrap();
+        c.commit(&[0, 2, 3]).unwrap();
+        assert_eq!(c.len(), 6);
+        let after = rows(
+            m.forward(&Input::causal(&[15, 16], 6, Logits::All), &mut c)
+                .unwrap()
+                .logits,
+        );
 
-    let seq = [1u32, 2, 3, 11, 13, 14, 15, 16];
-    let mut c2 = m.new_cache(32);
-    let want = rows(
-        m.forward(&Input::causal(&seq, 0, Logits::All), &mut c2)
-            .unwrap()
-            .logits,
-    );
-    assert_close(&after[0], &want[6], 1e-4, "first after commit");
-    assert_close(&after[1], &want[7], 1e-4, "second after commit");
+        let seq = [1u32, 2, 3, 11, 13, 14, 15, 16];
+        let mut c2 = m.new_cache(32);
+        let want = rows(
+            m.forward(&Input::causal(&seq, 0, Logits::All), &mut c2)
+                .unwrap()
+                .logits,
+        );
+        assert_close(&after[0], &want[6], 1e-4, "first after commit");
+        assert_close(&after[1], &want[7], 1e-4, "second after commit");
 
-    // truncate rolls back too.
-    c.truncate(3);
-    let again = rows(
-        m.forward(&Input::causal(&[11, 13, 14], 3, Logits::All), &mut c)
-            .unwrap()
-            .logits,
-    );
-    assert_close(&again[2], &want[5], 1e-4, "after truncate");
-    assert!(c.commit(&[7]).is_err());
+        // truncate rolls back too.
+        c.truncate(3);
+        let again = rows(
+            m.forward(&Input::causal(&[11, 13, 14], 3, Logits::All), &mut c)
+                .unwrap()
+                .logits,
+        );
+        assert_close(&again[2], &want[5], 1e-4, "after truncate");
+        assert!(c.commit(&[7]).is_err());
+    }
 }
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let m = tiny_model::<B>(VOCAB, 5, &Default::default());
-    let mut c = m.new_cache(4);
-    assert!(m
-        .forward(&Input::causal(&[], 0, Logits::All), &mut c)
-        .is_err());
-    let err = m
-        .forward(&Input::causal(&[1, 2, 3, 4, 5], 0, Logits::All), &mut c)
-        .unwrap_err();
-    assert!(err.to_string().contains("context full"), "{err}");
-    assert!(m
-        .forward(&Input::causal(&[VOCAB as u32], 0, Logits::All), &mut c)
-        .is_err());
-    let input = Input {
-        tokens: &[1, 2],
-        positions: vec![0],
-        mask: None,
-        logits: Logits::All,
-    };
-    assert!(m.forward(&input, &mut c).is_err());
-    let mask = AttentionMask::causal(0, 3);
-    let input = Input {
-        tokens: &[1, 2],
-        positions: vec![0, 1],
-        mask: Some(&mask),
-        logits: Logits::All,
-    };
-    assert!(m.forward(&input, &mut c).is_err());
-    let mut big = m.new_cache(1000);
-    assert!(m
-        .forward(&Input::causal(&[1], 10_000, Logits::All), &mut big)
-        .is_err());
+    for m in engines(5) {
+        let mut c = m.new_cache(4);
+        assert!(m
+            .forward(&Input::causal(&[], 0, Logits::All), &mut c)
+            .is_err());
+        let err = m
+            .forward(&Input::causal(&[1, 2, 3, 4, 5], 0, Logits::All), &mut c)
+            .unwrap_err();
+        assert!(err.to_string().contains("context full"), "{err}");
+        assert!(m
+            .forward(&Input::causal(&[VOCAB as u32], 0, Logits::All), &mut c)
+            .is_err());
+        let input = Input {
+            tokens: &[1, 2],
+            positions: vec![0],
+            mask: None,
+            logits: Logits::All,
+        };
+        assert!(m.forward(&input, &mut c).is_err());
+        let mask = AttentionMask::causal(0, 3);
+        let input = Input {
+            tokens: &[1, 2],
+            positions: vec![0, 1],
+            mask: Some(&mask),
+            logits: Logits::All,
+        };
+        assert!(m.forward(&input, &mut c).is_err());
+        let mut big = m.new_cache(1000);
+        assert!(m
+            .forward(&Input::causal(&[1], 10_000, Logits::All), &mut big)
+            .is_err());
+    }
 }
 
 #[test]
 fn sharded_weights_give_the_same_logits() {
     use burn::tensor::DType;
     use s4c_models::testing::random_weights;
-    use s4c_models::{Llama, LlamaConfig};
+    use s4c_models::LlamaConfig;
     let config = LlamaConfig::tiny(VOCAB);
     let w = random_weights(&config, 6);
     let d = Default::default();
-    let one = Llama::<B>::build(&config, &w, &d, DType::F32, DType::F32, 64, 1).unwrap();
-    let three = Llama::<B>::build(&config, &w, &d, DType::F32, DType::F32, 64, 3).unwrap();
+    let one = Llama::<B>::tensors(&config, &w, &d, DType::F32, DType::F32, 64, 1).unwrap();
+    let three = Llama::<B>::tensors(&config, &w, &d, DType::F32, DType::F32, 64, 3).unwrap();
     // One row (parallel shards) and many rows (sequential shards).
     for toks in [vec![5u32], vec![5, 6, 7, 8, 9, 10, 11]] {
         let mut c1 = one.new_cache(16);
@@ -234,15 +246,11 @@ fn sharded_weights_give_the_same_logits() {
 }
 
 #[test]
-fn host_matmul_forward_equals_the_backend_forward() {
-    let plain = tiny_model::<B>(VOCAB, 6, &Default::default());
-    let host = tiny_model::<B>(VOCAB, 6, &Default::default())
-        .with_host_matmul()
-        .unwrap();
-    assert!(host.host_matmul() && !plain.host_matmul());
+fn cpu_engine_forward_equals_the_tensor_engine_forward() {
+    let [host, plain] = engines(6);
+    assert_eq!((host.engine(), plain.engine()), ("cpu", "tensors"));
     let toks: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
-    // Blocks of 20, 16 and 4 rows (the host kernel: whole and partial register tiles) and 1
-    // (the backend), then a tree: every path of the dual weights.
+    // Blocks of 20, 16, 4 and 1 rows (whole and partial register tiles), then a tree.
     let (mut c1, mut c2) = (plain.new_cache(64), host.new_cache(64));
     let mut start = 0;
     for n in [20usize, 4, 1, 16] {
@@ -262,12 +270,12 @@ fn host_matmul_forward_equals_the_backend_forward() {
         assert_eq!(
             rows(plain.lm_head_weight()),
             rows(host.lm_head_weight()),
-            "the LM head weight is the same tensor"
+            "the LM head weight is the same"
         );
         start += block.len();
     }
-    // A tree block (two branches from one root: depth positions, ancestor mask), through the
-    // host path's rotary tables and head layout; the caches above hold the same tokens.
+    // A tree block (two branches from one root: depth positions, ancestor mask); the caches
+    // above hold the same tokens.
     let parents = [usize::MAX, 0, 0, 1, 2, 3, 4, 5, 6];
     let n = parents.len();
     let depth = |mut i: usize| {
@@ -308,7 +316,7 @@ fn host_matmul_forward_equals_the_backend_forward() {
     for (x, y) in rows(a.features).iter().zip(rows(b.features)) {
         assert_close(x, &y, 1e-4, "tree block features");
     }
-    // A prompt longer than the host kernel's blocks runs in blocks of 64 (the last one short).
+    // A prompt longer than the CPU engine's blocks runs in blocks of 64 (the last one short).
     let prompt: Vec<u32> = (0..150).map(|i| (i * 13 + 5) % VOCAB as u32).collect();
     let (mut c1, mut c2) = (plain.new_cache(160), host.new_cache(160));
     for logits in [Logits::All, Logits::Last] {
@@ -332,6 +340,96 @@ fn host_matmul_forward_equals_the_backend_forward() {
         assert_eq!(c2.len(), 150);
         c1.truncate(0);
         c2.truncate(0);
+    }
+}
+
+/// The CPU engine computes each token's row on its own: a token's logits and features are the
+/// same bits decoded alone, inside a prompt block, or at any node of a verification tree — and
+/// after a commit, as if the rejected branches had never been verified. For f32 weights and for
+/// block-quantized ones (one block per row and an odd count: hidden 32, intermediate 64).
+#[test]
+fn cpu_engine_rows_are_bit_identical_alone_in_blocks_and_in_trees() {
+    use s4c_models::gguf::GgmlType;
+    use s4c_models::testing::tiny_quantized_model;
+    let bits = |t: Tensor<B, 2>| -> Vec<Vec<u32>> {
+        rows(t)
+            .into_iter()
+            .map(|r| r.into_iter().map(f32::to_bits).collect())
+            .collect()
+    };
+    let d = Default::default();
+    let models = [
+        tiny_model_on::<B>(VOCAB, 9, &d, EngineKind::Cpu),
+        tiny_quantized_model::<B>(VOCAB, 9, GgmlType::Q4_1, &d).unwrap(),
+        tiny_quantized_model::<B>(VOCAB, 9, GgmlType::Q8_0, &d).unwrap(),
+        tiny_quantized_model::<B>(VOCAB, 9, GgmlType::Q4_0, &d).unwrap(),
+    ];
+    for m in &models {
+        let seq: Vec<u32> = (0..90).map(|i| (i * 17 + 4) % VOCAB as u32).collect();
+        // One token at a time.
+        let mut c = m.new_cache(128);
+        let mut alone = vec![];
+        let mut alone_features = vec![];
+        for (i, t) in seq.iter().enumerate() {
+            let o = m
+                .forward(&Input::causal(&[*t], i, Logits::All), &mut c)
+                .unwrap();
+            alone.extend(bits(o.logits));
+            alone_features.extend(bits(o.features));
+        }
+        // One prompt (blocks of 64 and 26).
+        let mut c = m.new_cache(128);
+        let o = m
+            .forward(&Input::causal(&seq, 0, Logits::All), &mut c)
+            .unwrap();
+        assert_eq!(
+            bits(o.logits),
+            alone,
+            "{:?}: prompt block",
+            m.weight_types()
+        );
+        assert_eq!(bits(o.features), alone_features);
+        // A tree after 10 tokens: node i's path is seq[10..] for the chain 0→1→3→5, and a
+        // branch 0→2→4 of other tokens.
+        let base = 10;
+        let parents = [usize::MAX, 0, 0, 1, 2, 3];
+        let tokens = [seq[10], seq[11], 7, seq[12], 8, seq[13]];
+        let n = parents.len();
+        let anc = |mut i: usize, j: usize| loop {
+            if i == j {
+                return true;
+            }
+            if parents[i] == usize::MAX {
+                return false;
+            }
+            i = parents[i];
+        };
+        let vis: Vec<bool> = (0..n * n).map(|ij| anc(ij / n, ij % n)).collect();
+        let depth = [0, 1, 1, 2, 2, 3];
+        let mask = AttentionMask::tree(base, n, &vis).unwrap();
+        let mut c = m.new_cache(128);
+        m.forward(&Input::causal(&seq[..base], 0, Logits::Last), &mut c)
+            .unwrap();
+        let positions = depth.iter().map(|d| base + d).collect();
+        let tree = bits(
+            m.forward(&Input::tree(&tokens, positions, &mask), &mut c)
+                .unwrap()
+                .logits,
+        );
+        for (node, pos) in [(0, 10), (1, 11), (3, 12), (5, 13)] {
+            assert_eq!(
+                tree[node],
+                alone[pos],
+                "{:?}: node {node}",
+                m.weight_types()
+            );
+        }
+        // Commit the chain; the rest continues as plain decoding did.
+        c.commit(&[0, 1, 3, 5]).unwrap();
+        let o = m
+            .forward(&Input::causal(&seq[14..20], 14, Logits::All), &mut c)
+            .unwrap();
+        assert_eq!(bits(o.logits), alone[14..20].to_vec());
     }
 }
 

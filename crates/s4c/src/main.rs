@@ -10,7 +10,8 @@ use s4c::divergence::{first_divergence, Divergence};
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_models::{
-    load, CausalLm, LoadOptions, LoadedModel, Message, ModelFiles, StreamDecoder, TemplateKind,
+    load, CausalLm, EngineKind, LoadOptions, LoadedModel, Message, ModelFiles, StreamDecoder,
+    TemplateKind,
 };
 use s4c_verify::SamplingParams;
 use serde_json::json;
@@ -81,9 +82,21 @@ enum BackendKind {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum DtypeArg {
+    /// The file's own storage types (GGUF quantizations stay quantized; f32 on GPU backends).
+    Native,
     F32,
     F16,
     Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum EngineArg {
+    /// s4c's CPU kernels on flex, Burn tensor operations on GPU backends.
+    Auto,
+    /// s4c's CPU kernels (weights in their file's types; outputs on the backend).
+    Cpu,
+    /// Burn tensor operations on the backend's device.
+    Tensors,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -142,23 +155,24 @@ struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
-    /// Storage type of the weight matrices (f16 halves the bytes a decode step reads).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    /// Storage type of the weight matrices: the file's own (default), or converted.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Native)]
     dtype: DtypeArg,
-    /// Type of activations and the KV cache (default f32; f16 on GPUs for speed).
+    /// Which engine runs the forward.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    engine: EngineArg,
+    /// CPU engine: threads (default: one per physical core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Tensor engine: type of activations and the KV cache (default f32; f16 on GPUs for speed).
     #[arg(long, value_enum)]
     compute_dtype: Option<DtypeArg>,
-    /// Weight shards multiplied concurrently when decoding (default: CPU cores on flex, 1 on GPUs).
-    #[arg(long)]
-    shards: Option<usize>,
+    /// Tensor engine: weight shards multiplied concurrently when decoding (default 1).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
     /// Longest context to support (prompt plus new tokens).
     #[arg(long, default_value_t = 4096)]
     context: usize,
-    /// On flex, do not add s4c's CPU kernel for 2–64-row blocks (on by default when S4C may
-    /// run and for train-heads' batched data generation: it makes tree verification several times
-    /// cheaper, at the cost of a second copy of the weights; `--mode plain` never adds it).
-    #[arg(long)]
-    no_host_matmul: bool,
 }
 
 #[derive(Args)]
@@ -407,9 +421,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => {
             let m = args.model.clone();
-            dispatch(&m, args.mode != Some(Mode::Plain), |loaded| {
-                cmd_generate(loaded, &args)
-            })
+            dispatch(&m, |loaded| cmd_generate(loaded, &args))
         }
         Command::Tokenize { model, json, text } => {
             let files = ModelFiles::open(&model.model)?;
@@ -429,50 +441,46 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => cmd_info(&model),
         Command::Bench(args) => {
             let m = args.model.clone();
-            dispatch(&m, true, |loaded| loaded.bench(&args))
+            dispatch(&m, |loaded| loaded.bench(&args))
         }
         Command::TrainHeads(args) => {
             let m = args.model.clone();
-            // Data generation decodes 24 sequences per forward: blocks the host kernel serves.
-            dispatch(&m, true, |loaded| loaded.train_heads(&args))
+            dispatch(&m, |loaded| loaded.train_heads(&args))
         }
         Command::SynthPrompts(args) => {
             let m = args.model.clone();
-            dispatch(&m, true, |loaded| loaded.synth_prompts(&args))
+            dispatch(&m, |loaded| loaded.synth_prompts(&args))
         }
     }
 }
 
-fn dtype(d: DtypeArg) -> DType {
+fn dtype(d: DtypeArg) -> Option<DType> {
     match d {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::Native => None,
+        DtypeArg::F32 => Some(DType::F32),
+        DtypeArg::F16 => Some(DType::F16),
+        DtypeArg::Bf16 => Some(DType::BF16),
     }
 }
 
-/// Loads the model on the chosen backend and runs `f` with it; `blocks` says whether the command
-/// runs forwards of several tokens (S4C verification, batched data generation): then flex gets
-/// the host kernel for them unless `--no-host-matmul`.
-fn dispatch(
-    args: &ModelArgs,
-    blocks: bool,
-    f: impl FnOnce(&dyn Runner) -> Result<()>,
-) -> Result<()> {
+/// Loads the model on the chosen backend and runs `f` with it.
+fn dispatch(args: &ModelArgs, f: impl FnOnce(&dyn Runner) -> Result<()>) -> Result<()> {
     if args.context < 2 {
         return Err(EngineError::InvalidOption(
             "--context must be at least 2".into(),
         ));
     }
     let options = LoadOptions {
+        engine: match args.engine {
+            EngineArg::Auto => EngineKind::Auto,
+            EngineArg::Cpu => EngineKind::Cpu,
+            EngineArg::Tensors => EngineKind::Tensors,
+        },
         dtype: dtype(args.dtype),
-        compute_dtype: dtype(args.compute_dtype.unwrap_or(DtypeArg::F32)),
-        shards: args.shards.unwrap_or(match args.backend {
-            BackendKind::Flex => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            _ => 1,
-        }),
+        compute_dtype: args.compute_dtype.and_then(dtype).unwrap_or(DType::F32),
+        shards: args.shards,
+        threads: args.threads,
         max_context: args.context,
-        host_matmul: blocks && args.backend == BackendKind::Flex && !args.no_host_matmul,
     };
     match args.backend {
         BackendKind::Flex => {
@@ -553,8 +561,10 @@ struct Loaded<B: Backend> {
 
 impl<B: Backend> Loaded<B> {
     fn new(path: &Path, device: &B::Device, options: &LoadOptions) -> Result<Self> {
-        check_dtype::<B>(device, options.dtype)?;
-        check_dtype::<B>(device, options.compute_dtype)?;
+        if options.engine.resolve::<B>(device) == EngineKind::Tensors {
+            check_dtype::<B>(device, options.dtype.unwrap_or(DType::F32))?;
+            check_dtype::<B>(device, options.compute_dtype)?;
+        }
         Ok(Loaded {
             m: load::<B>(path, device, options)?,
             backend: B::name(device),
@@ -562,8 +572,9 @@ impl<B: Backend> Loaded<B> {
         })
     }
 
+    /// The weight matrices' storage types, e.g. `q4_1+q8_0` or `f32`.
     fn dtype_name(&self) -> String {
-        format!("{:?}", self.m.model.dtype()).to_lowercase()
+        self.m.model.weight_types().join("+").to_lowercase()
     }
 }
 

@@ -36,11 +36,10 @@ pub fn speculation<B: Backend>(loaded: &Loaded<B>, spec: &SpecArgs) -> Result<Sp
         .as_ref()
         .map(|h| {
             let d = s4c_draft::io::load::<B, _>(h, &loaded.m.model)?;
-            // With the target on the host path, the drafter's LM head goes there too.
-            if loaded.m.model.host_matmul() {
-                d.with_host_head()
-            } else {
-                Ok(d)
+            // With the target on the CPU engine, the drafter's LM head goes there too.
+            match loaded.m.model.threads() {
+                Some(t) => d.with_host_head(t.clone()),
+                None => Ok(d),
             }
         })
         .transpose()?;
@@ -154,18 +153,18 @@ fn tree_shape<B: Backend>(
 fn model_key<B: Backend>(loaded: &Loaded<B>) -> String {
     let model = &loaded.m.model;
     format!(
-        "{}r{}-{}-{}-{}-c{:?}-{}-{}l-{}h-{}",
+        "{}r{}-{}-{}-{}-c{:?}-{}{}-{}l-{}h-{}",
         env!("CARGO_PKG_VERSION"),
         s4c_models::FORWARD_REVISION,
         s4c::cost::machine_tag(),
         loaded.backend,
         loaded.dtype_name(),
         model.compute_dtype(),
-        if model.host_matmul() {
-            "host"
-        } else {
-            "backend"
-        },
+        model.engine(),
+        model
+            .threads()
+            .map(|t| format!("-{}t-{}", t.count(), t.isa().name()))
+            .unwrap_or_default(),
         model.config().num_layers,
         model.config().hidden_size,
         model.config().vocab_size,

@@ -23,10 +23,8 @@ fn s4c(args: &[&str]) -> (bool, String, String) {
 }
 
 fn golden_case(i: usize) -> Value {
-    let dir = std::env::var("S4C_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("../shared"));
-    let text = std::fs::read_to_string(dir.join("golden/smollm2-135m-instruct.json")).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("data/golden-smollm2-135m-instruct.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     v["cases"][i].clone()
 }
@@ -34,9 +32,12 @@ fn golden_case(i: usize) -> Value {
 #[test]
 fn generate_json_reproduces_the_reference_greedy_answer() {
     // Case 0: "What is the capital of France?" — reference: "The capital of France is Paris.<|im_end|>"
+    // (HF transformers on the weights dequantized to f32).
     let case = golden_case(0);
     let (ok, out, err) = s4c(&[
         "generate",
+        "--dtype",
+        "f32",
         "--chat",
         "--prompt",
         case["text"].as_str().unwrap(),
@@ -205,6 +206,8 @@ fn s4c_mode_reproduces_the_reference_greedy_continuations() {
         let n = clear.to_string();
         let mut args = vec![
             "generate",
+            "--dtype",
+            "f32",
             "--mode",
             "s4c",
             "--heads",
@@ -461,7 +464,7 @@ fn training_on_the_benchmark_is_refused() {
     let (ok, _, err) = s4c(&[
         "train-heads",
         "--prompts",
-        "../shared/data/specbench-dev.jsonl",
+        "data/specbench-dev.jsonl",
         "--data-only",
     ]);
     assert!(!ok);
@@ -475,7 +478,7 @@ fn bad_sampling_options_are_refused() {
         let mut args = vec![
             "train-heads",
             "--prompts",
-            "../shared/data/train-prompts.jsonl",
+            "data/train-prompts.jsonl",
             "--limit-prompts",
             "1",
             "--data-dir",
@@ -499,7 +502,7 @@ fn extra_data_must_exist() {
     let (ok, _, err) = s4c(&[
         "train-heads",
         "--prompts",
-        "../shared/data/train-prompts.jsonl",
+        "data/train-prompts.jsonl",
         "--limit-prompts",
         "1",
         "--answer-tokens",
@@ -540,7 +543,7 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
         let mut args = vec![
             "train-heads",
             "--prompts",
-            "../shared/data/train-prompts.jsonl",
+            "data/train-prompts.jsonl",
             "--limit-prompts",
             "24",
             "--answer-tokens",
@@ -601,7 +604,7 @@ fn heads_can_be_evaluated_on_training_sequences_without_touching_their_json() {
     let (ok, _, err) = s4c(&[
         "train-heads",
         "--prompts",
-        "../shared/data/train-prompts.jsonl",
+        "data/train-prompts.jsonl",
         "--eval-training",
     ]);
     assert!(!ok && err.contains("--eval-only"), "{err}");
@@ -619,7 +622,7 @@ fn training_can_start_from_the_shipped_heads() {
         s4c(&[
             "train-heads",
             "--prompts",
-            "../shared/data/train-prompts.jsonl",
+            "data/train-prompts.jsonl",
             "--limit-prompts",
             "8",
             "--answer-tokens",
@@ -675,7 +678,7 @@ fn context_copy_is_added_to_heads_made_without_it() {
         let mut args = vec![
             "train-heads",
             "--prompts",
-            "../shared/data/train-prompts.jsonl",
+            "data/train-prompts.jsonl",
             "--limit-prompts",
             "8",
             "--answer-tokens",

@@ -1,0 +1,162 @@
+//! The host key/value cache and attention over it with an arbitrary mask.
+
+use rayon::prelude::*;
+
+use super::ops;
+use crate::error::{ModelError, Result};
+use crate::mask::AttentionMask;
+
+/// Keys and values of every layer in host memory, `[layer][kv_head][slot][head_dim]` each.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKv {
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl HostKv {
+    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+        // Zeroed pages are mapped lazily by the OS: memory grows with the tokens written.
+        let mk = || vec![vec![0f32; kv_heads * capacity * head_dim]; layers];
+        HostKv {
+            kv_heads,
+            head_dim,
+            capacity,
+            keys: mk(),
+            values: mk(),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn slot(&self, head: usize, slot: usize) -> std::ops::Range<usize> {
+        let at = (head * self.capacity + slot) * self.head_dim;
+        at..at + self.head_dim
+    }
+
+    /// Writes the keys and values `[n][kv_heads · head_dim]` of `n` tokens of `layer` at slots
+    /// `start..start + n`.
+    pub(crate) fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
+        let width = self.kv_heads * self.head_dim;
+        for (i, (kr, vr)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
+            for h in 0..self.kv_heads {
+                let dst = self.slot(h, start + i);
+                let src = h * self.head_dim..(h + 1) * self.head_dim;
+                self.keys[layer][dst.clone()].copy_from_slice(&kr[src.clone()]);
+                self.values[layer][dst].copy_from_slice(&vr[src]);
+            }
+        }
+    }
+
+    /// Keeps, of the `block` entries from slot `start`, those at offsets `keep` (in that order),
+    /// moved to the slots right after `start`.
+    pub(crate) fn compact(&mut self, start: usize, block: usize, keep: &[usize]) -> Result<()> {
+        if let Some(&bad) = keep.iter().find(|&&i| i >= block) {
+            return Err(ModelError::InvalidInput(format!(
+                "commit: offset {bad} is outside the last block of {block} entries"
+            )));
+        }
+        let hd = self.head_dim;
+        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            for h in 0..self.kv_heads {
+                let base = (h * self.capacity + start) * hd;
+                let kept: Vec<f32> = keep
+                    .iter()
+                    .flat_map(|&k| store[base + k * hd..base + (k + 1) * hd].to_vec())
+                    .collect();
+                store[base..base + kept.len()].copy_from_slice(&kept);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which keys each new row sees: a mask over `[cached ‖ new]`, or causal.
+#[derive(Clone, Copy)]
+pub(crate) enum Visibility<'a> {
+    /// Row `i` sees keys `0..=cached + i`.
+    Causal { cached: usize },
+    /// Row `i` (of a block starting at mask row `offset`) sees the keys its mask row allows.
+    Mask {
+        mask: &'a AttentionMask,
+        offset: usize,
+    },
+}
+
+impl Visibility<'_> {
+    /// The keys row `i` sees, in slot order.
+    fn keys(&self, i: usize, out: &mut Vec<usize>) {
+        out.clear();
+        match *self {
+            Visibility::Causal { cached } => out.extend(0..=cached + i),
+            Visibility::Mask { mask, offset } => {
+                out.extend((0..mask.cols()).filter(|&j| mask.is_visible(offset + i, j)))
+            }
+        }
+    }
+}
+
+/// Shapes of one layer's attention.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+/// Query rows × keys above which attention runs on all threads.
+const PARALLEL_WORK: usize = 4096;
+
+/// Attention of `n` query rows `[n][heads · dim]` (rotated) over the keys and values of
+/// `layer` that each row sees; returns `[n][heads · dim]`.
+///
+/// A row's keys are visited in slot order and each output depends on its row alone.
+pub(crate) fn attend(
+    kv: &HostKv,
+    layer: usize,
+    q: &[f32],
+    n: usize,
+    h: Heads,
+    visible: Visibility<'_>,
+) -> Vec<f32> {
+    let d = h.dim;
+    let width = h.q * d;
+    let group = h.q / h.kv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; n * width];
+    let rows: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            let mut v = Vec::new();
+            visible.keys(i, &mut v);
+            v
+        })
+        .collect();
+    let work: usize = rows.iter().map(Vec::len).sum::<usize>() * h.q;
+    // One task per (row, head): its output is one head-wide slice of `out`.
+    let task = |(t, o): (usize, &mut [f32])| {
+        let (i, head) = (t / h.q, t % h.q);
+        let g = head / group;
+        let keys = &kv.keys[layer];
+        let values = &kv.values[layer];
+        let qv = &q[i * width + head * d..i * width + (head + 1) * d];
+        let mut scores: Vec<f32> = rows[i]
+            .iter()
+            .map(|&j| ops::dot(qv, &keys[kv.slot(g, j)]) * scale)
+            .collect();
+        ops::softmax(&mut scores);
+        o.fill(0.0);
+        for (&j, &p) in rows[i].iter().zip(&scores) {
+            ops::axpy(p, &values[kv.slot(g, j)], o);
+        }
+    };
+    if work >= PARALLEL_WORK {
+        out.par_chunks_mut(d).enumerate().for_each(task);
+    } else {
+        out.chunks_mut(d).enumerate().for_each(task);
+    }
+    out
+}

@@ -1,0 +1,300 @@
+//! The Llama decoder on the host CPU, with weights in their file's storage type
+//! ([`crate::quant`]): what [`crate::Llama`] runs on CPU backends.
+//!
+//! Every step of a forward computes each token's row on its own — the weight products
+//! ([`crate::quant::Linear`]), norms, rotary embeddings, attention over the keys the row sees
+//! and the MLP — so a token's logits are bit-identical whether it is decoded alone, verified in a
+//! tree of 64 or prefilled in a block: greedy speculative decoding reproduces plain greedy
+//! decoding exactly.
+
+mod attention;
+mod ops;
+
+pub use ops::RotaryLayout;
+
+pub(crate) use attention::HostKv;
+use attention::{attend, Heads, Visibility};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgmlType;
+use crate::llama::inv_frequencies;
+use crate::mask::AttentionMask;
+use crate::quant::{Linear, QMatrix, Threads};
+use crate::weights::WeightSource;
+
+/// Storage of the weight matrices on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// As stored in the file (GGUF block quantizations stay quantized; no copy where the file
+    /// can be mapped).
+    Native,
+    /// Converted to a dense type: F32, F16 or BF16.
+    Dense(GgmlType),
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Query, key and value projections stacked.
+    wqkv: Linear,
+    wo: Linear,
+    mlp_norm: Vec<f32>,
+    /// Gate and up projections stacked.
+    w_gate_up: Linear,
+    w_down: Linear,
+}
+
+/// A Llama-family model on the host CPU.
+pub(crate) struct CpuModel {
+    config: LlamaConfig,
+    threads: Threads,
+    rotary: RotaryLayout,
+    inv_freq: Vec<f64>,
+    embed: QMatrix,
+    lm_head: Linear,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+}
+
+/// Rows per block of a long causal input (a prompt): the weight products' tiles stay in cache.
+pub(crate) const BLOCK_ROWS: usize = 64;
+
+/// The outputs of a host forward.
+pub(crate) struct HostOutput {
+    /// `[rows][vocab]` logits.
+    pub logits: Vec<f32>,
+    /// Rows of logits.
+    pub rows: usize,
+    /// `[n][hidden]` final-norm features.
+    pub features: Vec<f32>,
+}
+
+impl CpuModel {
+    /// Builds the model from `weights`, checking every shape against `config`.
+    pub(crate) fn new(
+        config: &LlamaConfig,
+        weights: &dyn WeightSource,
+        format: WeightFormat,
+        threads: Threads,
+    ) -> Result<Self> {
+        let c = config;
+        let (h, q, kv, inter) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let m = weights.matrix(name)?;
+            if (m.rows(), m.cols()) != (rows, cols) {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.into(),
+                    found: vec![m.rows(), m.cols()],
+                    expected: vec![rows, cols],
+                });
+            }
+            match format {
+                WeightFormat::Native => Ok(m),
+                WeightFormat::Dense(ty) => m.to_dense(ty),
+            }
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = weights.tensor(name)?;
+            if t.shape != [len] {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.into(),
+                    found: t.shape,
+                    expected: vec![len],
+                });
+            }
+            Ok(t.data)
+        };
+        let embed = matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+        let lm_head = if c.tie_word_embeddings || !weights.has("lm_head.weight") {
+            Linear::new(vec![embed.clone()])?
+        } else {
+            Linear::new(vec![matrix("lm_head.weight", c.vocab_size, h)?])?
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = |t: &str| format!("model.layers.{l}.{t}.weight");
+            layers.push(Layer {
+                attn_norm: vector(&p("input_layernorm"), h)?,
+                wqkv: Linear::new(vec![
+                    matrix(&p("self_attn.q_proj"), q, h)?,
+                    matrix(&p("self_attn.k_proj"), kv, h)?,
+                    matrix(&p("self_attn.v_proj"), kv, h)?,
+                ])?,
+                wo: Linear::new(vec![matrix(&p("self_attn.o_proj"), h, q)?])?,
+                mlp_norm: vector(&p("post_attention_layernorm"), h)?,
+                w_gate_up: Linear::new(vec![
+                    matrix(&p("mlp.gate_proj"), inter, h)?,
+                    matrix(&p("mlp.up_proj"), inter, h)?,
+                ])?,
+                w_down: Linear::new(vec![matrix(&p("mlp.down_proj"), h, inter)?])?,
+            });
+        }
+        Ok(CpuModel {
+            config: c.clone(),
+            threads,
+            rotary: weights.rotary_layout(),
+            inv_freq: inv_frequencies(c),
+            embed,
+            lm_head,
+            layers,
+            final_norm: vector("model.norm.weight", h)?,
+        })
+    }
+
+    /// The threads and instruction set of the kernels.
+    pub(crate) fn threads(&self) -> &Threads {
+        &self.threads
+    }
+
+    /// The storage types of the weight matrices, deduplicated (e.g. `["Q4_1", "Q8_0"]`).
+    pub(crate) fn weight_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::iter::once(&self.embed)
+            .chain(self.lm_head.parts())
+            .chain(self.layers.iter().flat_map(|l| {
+                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                    .into_iter()
+                    .flat_map(|w| w.parts())
+            }))
+            .map(|m| m.ty().name())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A fresh cache for `capacity` tokens.
+    pub(crate) fn new_cache(&self, capacity: usize) -> HostKv {
+        let c = &self.config;
+        HostKv::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity)
+    }
+
+    /// Embedding rows of `tokens` (`[n][hidden]`).
+    pub(crate) fn embed(&self, tokens: &[usize]) -> Result<Vec<f32>> {
+        self.embed.dequantize_rows(tokens)
+    }
+
+    /// The LM head's logits of `n` feature rows.
+    pub(crate) fn lm_head(&self, features: &[f32], n: usize) -> Vec<f32> {
+        self.lm_head.forward(features, n, &self.threads)
+    }
+
+    /// The LM head's weights `[vocab, hidden]` in `f32`.
+    pub(crate) fn lm_head_weight(&self) -> Vec<f32> {
+        self.lm_head
+            .parts()
+            .iter()
+            .flat_map(QMatrix::dequantize)
+            .collect()
+    }
+
+    /// Runs `tokens` at `positions` against the first `cached` entries of `cache` (validated by
+    /// the caller), writes their keys and values at `cached..`, and returns the logits of every
+    /// row (`all`) or of the last one, and every row's features.
+    pub(crate) fn forward(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: Option<&AttentionMask>,
+        all: bool,
+        cache: &mut HostKv,
+        cached: usize,
+    ) -> Result<HostOutput> {
+        self.threads.install(|| {
+            let n = tokens.len();
+            let h = self.config.hidden_size;
+            // A long causal input runs in blocks; a masked one (a tree) in one piece.
+            let block = if mask.is_some() { n } else { BLOCK_ROWS };
+            let mut features = Vec::with_capacity(n * h);
+            for s in (0..n).step_by(block.max(1)) {
+                let e = (s + block).min(n);
+                let visible = match mask {
+                    Some(m) => Visibility::Mask { mask: m, offset: s },
+                    None => Visibility::Causal { cached: cached + s },
+                };
+                features.extend(self.layers_forward(
+                    &tokens[s..e],
+                    &positions[s..e],
+                    visible,
+                    cache,
+                    cached + s,
+                )?);
+            }
+            let (rows, logits) = if all {
+                (n, self.lm_head(&features, n))
+            } else {
+                (1, self.lm_head(&features[(n - 1) * h..], 1))
+            };
+            Ok(HostOutput {
+                logits,
+                rows,
+                features,
+            })
+        })
+    }
+
+    /// The decoder layers over one block of tokens whose keys go to slots `start..`; returns
+    /// their final-norm features.
+    fn layers_forward(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        visible: Visibility<'_>,
+        cache: &mut HostKv,
+        start: usize,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        let (hd, h) = (c.head_dim, c.hidden_size);
+        let heads = Heads {
+            q: c.num_heads,
+            kv: c.num_kv_heads,
+            dim: hd,
+        };
+        let (qw, kvw) = (heads.q * hd, heads.kv * hd);
+        let eps = c.rms_norm_eps as f32;
+        let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+        let mut x = self.embed(&ids)?;
+        let (cos, sin) = ops::rotary_angles(&self.inv_freq, positions);
+        let mut xn = vec![0f32; n * h];
+        let mut mid = vec![0f32; n * c.intermediate_size];
+        for (l, layer) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &layer.attn_norm, eps, &mut xn);
+            let qkv = layer.wqkv.forward(&xn, n, &self.threads);
+            let (mut q, mut k, mut v) = (
+                Vec::with_capacity(n * qw),
+                Vec::with_capacity(n * kvw),
+                Vec::with_capacity(n * kvw),
+            );
+            for row in qkv.chunks_exact(qw + 2 * kvw) {
+                q.extend_from_slice(&row[..qw]);
+                k.extend_from_slice(&row[qw..qw + kvw]);
+                v.extend_from_slice(&row[qw + kvw..]);
+            }
+            for i in 0..n {
+                let (ci, si) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..]);
+                for head in q[i * qw..(i + 1) * qw].chunks_exact_mut(hd) {
+                    ops::rotate(head, ci, &si[..hd / 2], self.rotary);
+                }
+                for head in k[i * kvw..(i + 1) * kvw].chunks_exact_mut(hd) {
+                    ops::rotate(head, ci, &si[..hd / 2], self.rotary);
+                }
+            }
+            cache.write(l, start, &k, &v);
+            let att = attend(cache, l, &q, n, heads, visible);
+            let o = layer.wo.forward(&att, n, &self.threads);
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            ops::rms_norm(&x, &layer.mlp_norm, eps, &mut xn);
+            let gu = layer.w_gate_up.forward(&xn, n, &self.threads);
+            ops::swiglu(&gu, c.intermediate_size, &mut mid);
+            let down = layer.w_down.forward(&mid, n, &self.threads);
+            x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
+        }
+        ops::rms_norm(&x, &self.final_norm, eps, &mut xn);
+        Ok(xn)
+    }
+}

@@ -1,0 +1,225 @@
+//! The threaded product `y = x · Wᵀ` over weight matrices of any kernel type.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::acts::Q8Acts;
+use super::{portable, Isa, IsaKind, QMatrix};
+use crate::error::{ModelError, Result};
+
+/// Weight rows per parallel task.
+const TASK_ROWS: usize = 16;
+
+/// The threads the kernels run on, and the instruction set they use.
+///
+/// Each model owns one; cloning shares the pool.
+#[derive(Clone)]
+pub struct Threads {
+    pool: Arc<rayon::ThreadPool>,
+    isa: Isa,
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Threads({}, {})", self.count(), self.isa.name())
+    }
+}
+
+impl Threads {
+    /// A pool of `threads` threads (0 = one per physical core) using `isa`.
+    pub fn new(threads: usize, isa: Isa) -> Result<Self> {
+        let n = if threads == 0 {
+            Self::physical_cores()
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("s4c-cpu-{i}"))
+            .build()
+            .map_err(|e| ModelError::InvalidInput(format!("cannot start {n} threads: {e}")))?;
+        Ok(Threads {
+            pool: Arc::new(pool),
+            isa,
+        })
+    }
+
+    /// Physical cores of this machine (logical ones where that is unknown).
+    pub fn physical_cores() -> usize {
+        num_cpus::get_physical().max(1)
+    }
+
+    /// Number of threads.
+    pub fn count(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The instruction set of the kernels.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs `f` inside the pool (its parallel iterators use these threads).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+/// The activations of one product, in the form a weight type needs.
+enum Acts<'a> {
+    Q8(&'a Q8Acts),
+    F32(&'a [f32]),
+}
+
+/// Per-task scratch space of the kernels.
+#[derive(Default)]
+struct Scratch {
+    #[cfg(target_arch = "x86_64")]
+    unpacked: super::x86::Unpacked,
+}
+
+impl Isa {
+    /// `out[r] = w · x_r` for one weight row `w` of `m`'s type and every activation row.
+    fn row(self, m: &QMatrix, w: &[u8], acts: &Acts<'_>, out: &mut [f32], s: &mut Scratch) {
+        let ty = m.ty();
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = s;
+        match (self.0, acts) {
+            (IsaKind::Portable, Acts::Q8(a)) => portable::q8_rows(ty, w, a, out),
+            (IsaKind::Portable, Acts::F32(x)) => portable::dense_rows(ty, w, x, m.cols(), out),
+            // SAFETY: an `Isa` names only instructions detected on this CPU; `w` is one row of
+            // `m` and the activations have `m.cols()` columns (checked by `Linear::forward`).
+            #[cfg(target_arch = "x86_64")]
+            (IsaKind::Avx2, Acts::Q8(a)) => unsafe {
+                super::x86::q8_rows_avx2(ty, w, a, out, &mut s.unpacked)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (IsaKind::Avx2Vnni, Acts::Q8(a)) => unsafe {
+                super::x86::q8_rows_vnni(ty, w, a, out, &mut s.unpacked)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (IsaKind::Avx512Vnni, Acts::Q8(a)) => unsafe {
+                super::x86::q8_rows_avx512(ty, w, a, out, &mut s.unpacked)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::F32(x)) => unsafe {
+                super::x86::dense_rows_avx2(ty, w, x, m.cols(), out)
+            },
+        }
+    }
+}
+
+/// A linear layer `[out, in]` made of one or more weight matrices stacked by rows (fused
+/// projections such as query, key and value), possibly of different storage types.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    parts: Vec<QMatrix>,
+    out: usize,
+    inp: usize,
+}
+
+/// Where a product writes: `rows` rows of `stride` values. Tasks write disjoint columns.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    stride: usize,
+}
+
+// SAFETY: tasks write disjoint columns of the buffer, which outlives the parallel region.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Writes `v` at row `row`, column `col`.
+    ///
+    /// # Safety
+    /// `row` and `col` are inside the buffer, and no other task writes that column.
+    unsafe fn write(&self, row: usize, col: usize, v: f32) {
+        *self.ptr.add(row * self.stride + col) = v
+    }
+}
+
+impl Linear {
+    /// Stacks `parts` (all with the same number of columns) into one layer.
+    pub fn new(parts: Vec<QMatrix>) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(ModelError::InvalidInput(
+                "a linear layer needs a matrix".into(),
+            ));
+        };
+        let inp = first.cols();
+        if let Some(p) = parts.iter().find(|p| p.cols() != inp) {
+            return Err(ModelError::InvalidInput(format!(
+                "fused weights have {} and {inp} columns",
+                p.cols()
+            )));
+        }
+        let out = parts.iter().map(QMatrix::rows).sum();
+        Ok(Linear { parts, out, inp })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// The stacked matrices.
+    pub fn parts(&self) -> &[QMatrix] {
+        &self.parts
+    }
+
+    /// `x · Wᵀ` for `m` rows of `in` values: `m` rows of `out` values.
+    ///
+    /// Row `r` of the result depends on row `r` of `x` alone, bit for bit.
+    pub fn forward(&self, x: &[f32], m: usize, threads: &Threads) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.inp, "activations of the wrong size");
+        let mut y = vec![0f32; m * self.out];
+        if m == 0 {
+            return y;
+        }
+        let q8 = self
+            .parts
+            .iter()
+            .any(QMatrix::quantized)
+            .then(|| Q8Acts::quantize(x, m, self.inp));
+        let mut tasks = Vec::new();
+        let mut col = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            for r in (0..p.rows()).step_by(TASK_ROWS) {
+                tasks.push((i, col, r..(r + TASK_ROWS).min(p.rows())));
+            }
+            col += p.rows();
+        }
+        let dst = Out {
+            ptr: y.as_mut_ptr(),
+            stride: self.out,
+        };
+        let isa = threads.isa();
+        threads.install(|| {
+            tasks.par_iter().for_each(|(i, col, rows)| {
+                let part = &self.parts[*i];
+                let acts = match (&q8, part.quantized()) {
+                    (Some(a), true) => Acts::Q8(a),
+                    _ => Acts::F32(x),
+                };
+                let mut buf = vec![0f32; m];
+                let mut scratch = Scratch::default();
+                for r in rows.clone() {
+                    isa.row(part, part.row(r), &acts, &mut buf, &mut scratch);
+                    for (k, &v) in buf.iter().enumerate() {
+                        // SAFETY: `k < m`, `col + r < out`; this task alone writes column
+                        // `col + r`.
+                        unsafe { dst.write(k, col + r, v) };
+                    }
+                }
+            });
+        });
+        y
+    }
+}
