@@ -30,6 +30,9 @@ pub struct Q8Acts {
     pub(crate) ds: Vec<f32>,
     /// `d · Σq` of each half-block of 16, row-major.
     pub(crate) ds16: Vec<f32>,
+    /// For 512-bit kernels: each pair's two scales eight times each (`[d₀ ×8, d₁ ×8]`), pair
+    /// `p` of row `r` at `(p · rows + r) · 16`.
+    pub(crate) d16: Vec<f32>,
 }
 
 impl Q8Acts {
@@ -46,6 +49,7 @@ impl Q8Acts {
             d: vec![0.0; rows * pairs * 2],
             ds: vec![0.0; rows * nb],
             ds16: vec![0.0; 2 * rows * nb],
+            d16: vec![0.0; rows * pairs * 16],
         };
         for (r, xr) in x.chunks_exact(cols).enumerate() {
             for (b, xs) in xr.chunks_exact(QK).enumerate() {
@@ -62,6 +66,8 @@ impl Q8Acts {
                 a.ds[r * nb + b] = sum(qs);
                 a.ds16[2 * (r * nb + b)] = sum(&qs[..QK / 2]);
                 a.ds16[2 * (r * nb + b) + 1] = sum(&qs[QK / 2..]);
+                let (p, h) = (b / 2, b % 2);
+                a.d16[(p * rows + r) * 16 + 8 * h..][..8].fill(d);
             }
         }
         a
@@ -70,11 +76,6 @@ impl Q8Acts {
     /// Blocks of 32 per row.
     pub(crate) fn blocks_per_row(&self) -> usize {
         self.cols / QK
-    }
-
-    /// Pairs of blocks per row.
-    pub(crate) fn pairs_per_row(&self) -> usize {
-        self.blocks_per_row().div_ceil(2)
     }
 
     /// Block `b` of row `r`: its 32 values and its scale.

@@ -1,5 +1,6 @@
 //! The threaded product `y = x · Wᵀ` over weight matrices of any kernel type.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -80,32 +81,46 @@ struct Scratch {
 }
 
 impl Isa {
-    /// `out[r] = w · x_r` for one weight row `w` of `m`'s type and every activation row.
-    fn row(self, m: &QMatrix, w: &[u8], acts: &Acts<'_>, out: &mut [f32], s: &mut Scratch) {
+    /// `out[k · n + i] = W[rows.start + k] · x_i` for weight rows `rows` of `m` and every
+    /// activation row `i` (`n` of them).
+    fn rows(
+        self,
+        m: &QMatrix,
+        rows: Range<usize>,
+        acts: &Acts<'_>,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) {
         let ty = m.ty();
         #[cfg(not(target_arch = "x86_64"))]
         let _ = s;
-        match (self.0, acts) {
-            (IsaKind::Portable, Acts::Q8(a)) => portable::q8_rows(ty, w, a, out),
-            (IsaKind::Portable, Acts::F32(x)) => portable::dense_rows(ty, w, x, m.cols(), out),
-            // SAFETY: an `Isa` names only instructions detected on this CPU; `w` is one row of
-            // `m` and the activations have `m.cols()` columns (checked by `Linear::forward`).
-            #[cfg(target_arch = "x86_64")]
-            (IsaKind::Avx2, Acts::Q8(a)) => unsafe {
-                super::x86::q8_rows_avx2(ty, w, a, out, &mut s.unpacked)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (IsaKind::Avx2Vnni, Acts::Q8(a)) => unsafe {
-                super::x86::q8_rows_vnni(ty, w, a, out, &mut s.unpacked)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (IsaKind::Avx512Vnni, Acts::Q8(a)) => unsafe {
-                super::x86::q8_rows_avx512(ty, w, a, out, &mut s.unpacked)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::F32(x)) => unsafe {
-                super::x86::dense_rows_avx2(ty, w, x, m.cols(), out)
-            },
+        let n = out.len() / rows.len().max(1);
+        // SAFETY (every `unsafe` below): an `Isa` names only instructions detected on this CPU;
+        // the rows belong to `m` and the activations have `m.cols()` columns (checked by
+        // `Linear::forward`).
+        #[cfg(target_arch = "x86_64")]
+        if let (IsaKind::Avx512Vnni, Acts::Q8(a)) = (self.0, acts) {
+            unsafe { super::avx512::rows(m, rows, a, out) };
+            return;
+        }
+        for (r, o) in rows.zip(out.chunks_exact_mut(n)) {
+            let w = m.row(r);
+            match (self.0, acts) {
+                (IsaKind::Portable, Acts::Q8(a)) => portable::q8_rows(ty, w, a, o),
+                (IsaKind::Portable, Acts::F32(x)) => portable::dense_rows(ty, w, x, m.cols(), o),
+                #[cfg(target_arch = "x86_64")]
+                (IsaKind::Avx2, Acts::Q8(a)) => unsafe {
+                    super::x86::q8_rows_avx2(ty, w, a, o, &mut s.unpacked)
+                },
+                #[cfg(target_arch = "x86_64")]
+                (IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::Q8(a)) => unsafe {
+                    super::x86::q8_rows_vnni(ty, w, a, o, &mut s.unpacked)
+                },
+                #[cfg(target_arch = "x86_64")]
+                (IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::F32(x)) => unsafe {
+                    super::x86::dense_rows_avx2(ty, w, x, m.cols(), o)
+                },
+            }
         }
     }
 }
@@ -202,23 +217,26 @@ impl Linear {
         };
         let isa = threads.isa();
         threads.install(|| {
-            tasks.par_iter().for_each(|(i, col, rows)| {
-                let part = &self.parts[*i];
-                let acts = match (&q8, part.quantized()) {
-                    (Some(a), true) => Acts::Q8(a),
-                    _ => Acts::F32(x),
-                };
-                let mut buf = vec![0f32; m];
-                let mut scratch = Scratch::default();
-                for r in rows.clone() {
-                    isa.row(part, part.row(r), &acts, &mut buf, &mut scratch);
-                    for (k, &v) in buf.iter().enumerate() {
-                        // SAFETY: `k < m`, `col + r < out`; this task alone writes column
-                        // `col + r`.
-                        unsafe { dst.write(k, col + r, v) };
+            // Scratch space once per worker split, not per task.
+            let init = || (Vec::new(), Scratch::default());
+            tasks
+                .par_iter()
+                .for_each_init(init, |(buf, scratch), (i, col, rows)| {
+                    let part = &self.parts[*i];
+                    let acts = match (&q8, part.quantized()) {
+                        (Some(a), true) => Acts::Q8(a),
+                        _ => Acts::F32(x),
+                    };
+                    buf.resize(rows.len() * m, 0.0);
+                    isa.rows(part, rows.clone(), &acts, buf, scratch);
+                    for (r, row) in rows.clone().zip(buf.chunks_exact(m)) {
+                        for (k, &v) in row.iter().enumerate() {
+                            // SAFETY: `k < m`, `col + r < out`; this task alone writes column
+                            // `col + r`.
+                            unsafe { dst.write(k, col + r, v) };
+                        }
                     }
-                }
-            });
+                });
         });
         y
     }

@@ -19,6 +19,8 @@
 //! a tolerance).
 
 mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod matmul;
 mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -84,6 +86,8 @@ impl Isa {
                     v.push(Isa(IsaKind::Avx2Vnni));
                     if is_x86_feature_detected!("avx512f")
                         && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512dq")
                         && is_x86_feature_detected!("avx512vnni")
                     {
                         v.push(Isa(IsaKind::Avx512Vnni));

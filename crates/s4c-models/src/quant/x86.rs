@@ -1,4 +1,5 @@
-//! x86-64 kernels: AVX2 (with FMA and F16C), AVX2 with AVX-VNNI's `vpdpbusd`, and AVX-512 VNNI.
+//! x86-64 kernels on 256-bit vectors: AVX2 (with FMA and F16C), and AVX2 with AVX-VNNI's
+//! `vpdpbusd` (AVX-512 VNNI has [`super::avx512`]).
 //!
 //! A block-quantized weight row is first **unpacked** once into a scratch [`Unpacked`] row: one
 //! unsigned byte per weight, a scale per block of 32 (per half-block of 16 for Q6_K) and the
@@ -325,58 +326,6 @@ pub(crate) unsafe fn q8_rows_vnni(
     scratch: &mut Unpacked,
 ) {
     q8_rows_with::<Vnni>(ty, w, a, out, scratch)
-}
-
-/// The sum of 16 lanes, always in the same order.
-#[inline(always)]
-unsafe fn hsum512(v: __m512) -> f32 {
-    let lo = _mm512_castps512_ps256(v);
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    hsum(_mm256_add_ps(lo, hi))
-}
-
-/// The tile kernel on 512-bit vectors: a pair of blocks per instruction (an odd last block is
-/// paired with zeros on both sides).
-#[inline(always)]
-unsafe fn tile512<const R: usize>(w: &Unpacked, a: &Q8Acts, out: &mut [f32], r0: usize) {
-    let mut acc = [_mm512_setzero_ps(); R];
-    // Lanes 0–7 take the first block's scale, lanes 8–15 the second's.
-    let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    for p in 0..a.pairs_per_row() {
-        let wv = _mm512_loadu_si512(w.u.as_ptr().add(p * 2 * QK).cast());
-        let dw = _mm_castpd_ps(_mm_load_sd(w.d.as_ptr().add(2 * p).cast()));
-        let at = (p * a.rows + r0) * 2;
-        let q = a.q.as_ptr().add(at * QK);
-        let d = a.d.as_ptr().add(at);
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let x = _mm512_loadu_si512(q.add(i * 2 * QK).cast());
-            let dx = _mm_castpd_ps(_mm_load_sd(d.add(2 * i).cast()));
-            let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dw, dx)));
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, x);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        out[r0 + i] = hsum512(*acc) + offsets::<false>(w, a, r0 + i);
-    }
-}
-
-/// [`super::portable::q8_rows`] with AVX-512 VNNI (Q6_K, with its 16-value scales, on 256-bit
-/// vectors).
-#[target_feature(enable = "avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn q8_rows_avx512(
-    ty: GgmlType,
-    w: &[u8],
-    a: &Q8Acts,
-    out: &mut [f32],
-    scratch: &mut Unpacked,
-) {
-    unpack(ty, w, a.blocks_per_row(), scratch);
-    let u = &*scratch;
-    match ty {
-        GgmlType::Q6K => tiles!(a.rows, tile256[Vnni, false, true](u, a, out)),
-        _ => tiles!(a.rows, tile512[](u, a, out)),
-    }
 }
 
 /// Eight weights at `p` (element `k`) widened to `f32`.
