@@ -108,6 +108,40 @@ pub(crate) struct Heads {
     pub dim: usize,
 }
 
+/// One query head of one row against the keys it sees.
+struct Head<'a> {
+    kv: &'a HostKv,
+    layer: usize,
+    kv_head: usize,
+    keys: &'a [usize],
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// `out = softmax(q·Kᵀ · scale) · V` over the visible keys, in slot order.
+    #[inline(always)]
+    fn attend(&self, q: &[f32], out: &mut [f32]) {
+        let (keys, values) = (&self.kv.keys[self.layer], &self.kv.values[self.layer]);
+        let mut scores: Vec<f32> = self
+            .keys
+            .iter()
+            .map(|&j| ops::dot(q, &keys[self.kv.slot(self.kv_head, j)]) * self.scale)
+            .collect();
+        ops::softmax(&mut scores);
+        out.fill(0.0);
+        for (&j, &p) in self.keys.iter().zip(&scores) {
+            ops::axpy(p, &values[self.kv.slot(self.kv_head, j)], out);
+        }
+    }
+
+    /// [`Head::attend`] compiled for AVX2: the same operations, eight lanes at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
+        self.attend(q, out)
+    }
+}
+
 /// Query rows × keys above which attention runs on all threads.
 const PARALLEL_WORK: usize = 4096;
 
@@ -122,6 +156,7 @@ pub(crate) fn attend(
     n: usize,
     h: Heads,
     visible: Visibility<'_>,
+    avx2: bool,
 ) -> Vec<f32> {
     let d = h.dim;
     let width = h.q * d;
@@ -140,18 +175,20 @@ pub(crate) fn attend(
     let task = |(t, o): (usize, &mut [f32])| {
         let (i, head) = (t / h.q, t % h.q);
         let g = head / group;
-        let keys = &kv.keys[layer];
-        let values = &kv.values[layer];
+        let one = Head {
+            kv,
+            layer,
+            kv_head: g,
+            keys: &rows[i],
+            scale,
+        };
         let qv = &q[i * width + head * d..i * width + (head + 1) * d];
-        let mut scores: Vec<f32> = rows[i]
-            .iter()
-            .map(|&j| ops::dot(qv, &keys[kv.slot(g, j)]) * scale)
-            .collect();
-        ops::softmax(&mut scores);
-        o.fill(0.0);
-        for (&j, &p) in rows[i].iter().zip(&scores) {
-            ops::axpy(p, &values[kv.slot(g, j)], o);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the caller saw AVX2 on this CPU (`Isa::has_avx2`).
+            return unsafe { one.attend_avx2(qv, o) };
         }
+        one.attend(qv, o)
     };
     if work >= PARALLEL_WORK {
         out.par_chunks_mut(d).enumerate().for_each(task);

@@ -257,6 +257,7 @@ impl CpuModel {
         };
         let (qw, kvw) = (heads.q * hd, heads.kv * hd);
         let eps = c.rms_norm_eps as f32;
+        let avx2 = self.threads.isa().has_avx2();
         let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
         let mut x = self.embed(&ids)?;
         let (cos, sin) = ops::rotary_angles(&self.inv_freq, positions);
@@ -285,12 +286,12 @@ impl CpuModel {
                 }
             }
             cache.write(l, start, &k, &v);
-            let att = attend(cache, l, &q, n, heads, visible);
+            let att = attend(cache, l, &q, n, heads, visible, avx2);
             let o = layer.wo.forward(&att, n, &self.threads);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             ops::rms_norm(&x, &layer.mlp_norm, eps, &mut xn);
             let gu = layer.w_gate_up.forward(&xn, n, &self.threads);
-            ops::swiglu(&gu, c.intermediate_size, &mut mid);
+            ops::swiglu(&gu, c.intermediate_size, &mut mid, avx2);
             let down = layer.w_down.forward(&mid, n, &self.threads);
             x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
         }

@@ -9,7 +9,7 @@
 const LANES: usize = 8;
 
 /// `Σ a[k] · b[k]`: eight partial sums, combined pairwise, then the tail.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [0f32; LANES];
@@ -28,13 +28,13 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The sum of eight lanes in a fixed pairwise order.
-#[inline]
+#[inline(always)]
 fn reduce(a: [f32; LANES]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 /// `y += a · x`.
-#[inline]
+#[inline(always)]
 pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
@@ -56,7 +56,7 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// `e^x` for `x ≤ 0` (larger inputs are clamped to 0), to about one part in 10⁷: a degree-6
 /// polynomial on `[-ln2/2, ln2/2]` after range reduction (Cephes' `expf`), in operations the
 /// compiler vectorizes. Below −87 it returns 0.
-#[inline]
+#[inline(always)]
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
@@ -79,6 +79,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// Softmax of `scores` in place.
+#[inline(always)]
 pub(crate) fn softmax(scores: &mut [f32]) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     for s in scores.iter_mut() {
@@ -98,8 +99,26 @@ pub(crate) fn softmax(scores: &mut [f32]) {
     }
 }
 
-/// `silu(gate) · up` for rows of fused `[gate ‖ up]` (`2·inter` values each) into `out`.
-pub(crate) fn swiglu(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+/// `silu(gate) · up` for rows of fused `[gate ‖ up]` (`2·inter` values each) into `out`;
+/// `avx2`: compiled for AVX2 (the same results, computed eight lanes at a time).
+pub(crate) fn swiglu(gate_up: &[f32], inter: usize, out: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller saw AVX2 on this CPU (`Isa::has_avx2`).
+        return unsafe { swiglu_avx2(gate_up, inter, out) };
+    }
+    let _ = avx2;
+    swiglu_body(gate_up, inter, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn swiglu_avx2(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+    swiglu_body(gate_up, inter, out)
+}
+
+#[inline(always)]
+fn swiglu_body(gate_up: &[f32], inter: usize, out: &mut [f32]) {
     for (gu, o) in gate_up
         .chunks_exact(2 * inter)
         .zip(out.chunks_exact_mut(inter))
@@ -187,7 +206,7 @@ mod tests {
         }
         let gu = [-30.0f32, 0.0, 2.0, 1.5, -2.0, 3.0];
         let mut out = [0f32; 3];
-        swiglu(&gu, 3, &mut out);
+        swiglu(&gu, 3, &mut out, false);
         for j in 0..3 {
             let g = gu[j] as f64;
             let want = g / (1.0 + (-g).exp()) * gu[3 + j] as f64;

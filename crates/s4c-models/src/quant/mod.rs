@@ -98,6 +98,11 @@ impl Isa {
         v
     }
 
+    /// Whether AVX2 and FMA are available (the elementwise steps use them when so).
+    pub(crate) fn has_avx2(self) -> bool {
+        !matches!(self.0, IsaKind::Portable)
+    }
+
     /// A short name (`portable`, `avx2`, `avx2-vnni`, `avx512-vnni`).
     pub fn name(self) -> &'static str {
         match self.0 {
