@@ -7,8 +7,8 @@
 //! cargo run --release -p s4c-models --example fidelity -- [MODEL] [GOLDEN_JSON]
 //! ```
 //! Defaults: the default model and `data/golden-smollm2-135m-instruct.json`. With
-//! `--dump FILE`, the native logits of every position are written as JSON lines
-//! (`{"ids": [...], "logits": [[...], ...]}`) for comparisons with other implementations.
+//! `--dump FILE`, the native logits of every position, case after case, are written as raw
+//! little-endian `f32` (`positions × vocab`), for comparisons with other implementations.
 
 use std::path::PathBuf;
 
@@ -92,8 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(f) = out.as_mut() {
             use std::io::Write;
-            let rows: Vec<&[f32]> = b.chunks(v).collect();
-            writeln!(f, "{}", serde_json::json!({ "ids": ids, "logits": rows }))?;
+            let bytes: Vec<u8> = b.iter().flat_map(|x| x.to_le_bytes()).collect();
+            f.write_all(&bytes)?;
         }
     }
     println!(

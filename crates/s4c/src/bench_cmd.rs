@@ -101,6 +101,7 @@ fn machine() -> serde_json::Value {
     json!({
         "cpu": s4c::cost::cpu_model(),
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "physical_cores": s4c_models::quant::Threads::physical_cores(),
         "os": std::env::consts::OS,
     })
 }
@@ -211,6 +212,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
                 "plain_tok_s": pt, "s4c_tok_s": st, "tau": spec.stats.tau,
                 "plain_new_tokens": plain.new_ids.len(), "s4c_new_tokens": spec.new_ids.len(),
                 "same": same, "stats": spec.stats, "divergence": divergence,
+                "prompt_ids": p_ids,
             }));
             plain_hist.push(Message::new(
                 "assistant",
@@ -251,6 +253,9 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         "backend": r.backend,
         "dtype": r.dtype_name(),
         "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
+        "engine": m.model.engine(),
+        "kernel_threads": m.model.threads().map(|t| t.count()),
+        "isa": m.model.threads().map(|t| t.isa().name()),
         "model": r.path.display().to_string(),
         "heads": heads.map(|h| h.display().to_string()),
         "coherence": c.map(|c| c.coherence.to_string()),
@@ -262,6 +267,7 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         "tasks": tasks,
         "overall": overall,
         "questions": records,
+        "peak_rss_mib": s4c::memory::peak_rss_mib(),
     });
     write_outputs(&args.json, &result, &tasks, &overall)?;
     println!("{}", markdown(&tasks, &overall));

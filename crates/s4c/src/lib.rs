@@ -22,6 +22,7 @@
 pub mod cost;
 pub mod divergence;
 pub mod error;
+pub mod memory;
 pub mod plain;
 pub mod speculative;
 

@@ -736,6 +736,7 @@ impl<B: Backend> Runner for Loaded<B> {
         result["tok_per_s"] = json!(new_ids.len() as f64 / elapsed.as_secs_f64().max(1e-9));
         result["elapsed_s"] = json!(elapsed.as_secs_f64());
         result["prefill_s"] = json!(prefill.as_secs_f64());
+        result["peak_rss_mib"] = json!(s4c::memory::peak_rss_mib());
         result["stop"] = json!(stop);
         Ok(result)
     }
