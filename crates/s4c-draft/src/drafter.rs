@@ -178,8 +178,13 @@ impl<B: Backend> MultiHeadDrafter<B> {
             )));
         }
         let device = target.device().clone();
-        let embed = target.embed(Tensor::arange(0..v as i64, &device));
         let head = target.lm_head_weight();
+        // Tied embeddings are the LM head's rows: one copy serves both.
+        let embed = if target.config().tie_word_embeddings {
+            head.clone()
+        } else {
+            target.embed(Tensor::arange(0..v as i64, &device))
+        };
         let full_head = head.clone();
         let head = if vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize) {
             head

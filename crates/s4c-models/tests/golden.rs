@@ -280,13 +280,13 @@ fn converted_hf_folder_gives_the_same_logits_as_the_gguf() {
 
 #[test]
 fn f16_weights_and_the_files_own_quantization_keep_the_clear_argmaxes() {
-    // f16 rounding of the weights moves logits by a few hundredths; the file's Q4_1/Q8_0 weights
-    // with 8-bit activations (the default) by up to about two on the whole vocabulary and a few
-    // tenths on the top 20 (docs/benchmarks.md, "Fidelity").
+    // f16 rounding of the weights moves the top-20 log-probabilities by under 0.02; the file's
+    // Q4_1/Q8_0 weights with 8-bit activations (the default) by up to about 0.4, about 0.1 on
+    // average (docs/benchmarks.md, "Fidelity"). The bounds leave room for other instruction sets.
     let f16 = load_default(EngineKind::Cpu, Some(DType::F16));
     let native = load_default(EngineKind::Cpu, None);
     assert_eq!(native.model.weight_types(), ["Q4_1", "Q8_0"]);
-    for (m, clear, top20) in [(&f16, 0.1, 0.1), (&native, 1.0, 0.6)] {
+    for (m, clear, top20) in [(&f16, 0.1, (0.05, 0.02)), (&native, 1.0, (1.0, 0.4))] {
         for case in golden()["cases"].as_array().unwrap() {
             let input = ids(&case["input_ids"]);
             let mut c = m.model.new_cache(input.len());
@@ -302,14 +302,25 @@ fn f16_weights_and_the_files_own_quantization_keep_the_clear_argmaxes() {
             if vals[0] - vals[1] > clear {
                 assert_eq!(argmax(&row), want[0]);
             }
-            for (id, v) in want.iter().zip(&vals) {
-                let got = row[*id as usize];
-                assert!(
-                    (got - v).abs() < top20,
-                    "{:?}: {got} vs {v}",
-                    m.model.weight_types()
-                );
-            }
+            // Log-probabilities: a shift of every logit changes nothing.
+            let max_logit = row.iter().cloned().fold(f32::MIN, f32::max);
+            let lse = max_logit + row.iter().map(|x| (x - max_logit).exp()).sum::<f32>().ln();
+            let want_lse = case["last_logits_logsumexp"].as_f64().unwrap() as f32;
+            let diffs: Vec<f32> = want
+                .iter()
+                .zip(&vals)
+                .map(|(id, v)| ((row[*id as usize] - lse) - (v - want_lse)).abs())
+                .collect();
+            let (max, mean) = (
+                diffs.iter().cloned().fold(0f32, f32::max),
+                diffs.iter().sum::<f32>() / diffs.len() as f32,
+            );
+            let (max_bound, mean_bound) = top20;
+            assert!(
+                max < max_bound && mean < mean_bound,
+                "{:?}: top-20 log-probabilities off by up to {max} (mean {mean})",
+                m.model.weight_types()
+            );
         }
         teacher_forced_argmax_matches(m, clear);
     }
