@@ -10,7 +10,7 @@ LIMIT=${2:-1}
 NEW=${3:-96}
 cargo build --release -p s4c
 for c in independent tokens full; do
-  target/release/s4c bench --questions ../shared/data/specbench-dev.jsonl \
+  target/release/s4c bench --questions data/specbench-dev.jsonl \
     --heads "$DIR/$c.safetensors" --tree static --tree-nodes 63 --lookup 0 \
     --limit-per-task "$LIMIT" --max-new-tokens "$NEW" --json "$DIR/bench-$c.json" \
     2> "$DIR/bench-$c.log" > /dev/null

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:?usage: scripts/device-run.sh check|train-smoke|train}
 S4C=${S4C:-target/release/s4c}
 BACKEND=${BACKEND:-cuda}
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-data}
 OUT=${OUT:-runs/device}
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 HEADS=assets/SmolLM2-135M-Instruct.heads.safetensors

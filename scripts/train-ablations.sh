@@ -9,7 +9,7 @@ EPOCHS=${1:-1}
 OUT=${2:-runs/ablation-${EPOCHS}ep}
 cargo build --release -p s4c
 S4C=target/release/s4c
-COMMON=(--prompts ../shared/data/train-prompts.jsonl --answer-tokens 96
+COMMON=(--prompts data/train-prompts.jsonl --answer-tokens 96
         --data-batch 24 --data-dir runs/distill --draft-vocab 8192 --seed 0)
 mkdir -p "$OUT"
 for c in full tokens independent; do

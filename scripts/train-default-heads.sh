@@ -10,22 +10,22 @@ S4C=target/release/s4c
 # greedy answers of up to 256 tokens, 24 decoded together; the data folder is reused chunk by
 # chunk, so an interrupted run resumes where it stopped (and so does training, from its
 # checkpoints).
-COMMON=(--prompts ../shared/data/train-prompts.jsonl --answer-tokens 256
+COMMON=(--prompts data/train-prompts.jsonl --answer-tokens 256
         --data-batch 24 --data-dir runs/distill-256 --draft-vocab 8192 --seed 0)
 mkdir -p runs/heads assets
 "$S4C" train-heads "${COMMON[@]}" --data-only
 # One sampled answer (T = 0.7) to each usable prompt (45 chunks, ≈ 75 min here): new contexts from
 # the same prompts. The greedy data folder's held-out split still decides which prompts are held
 # out.
-"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+"$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 1 \
   --data-dir runs/distill-256-t07 --data-only
 # A second sampled answer to each usable prompt (seed 2; ≈ 80 min here).
-"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+"$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 2 \
   --data-dir runs/distill-256-t07-s2 --data-only
 # A third sampled answer to each usable prompt (seed 3; ≈ 75 min here).
-"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+"$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 3 \
   --data-dir runs/distill-256-t07-s3 --data-only
 # Session 12's heads: greedy + the first sampled answers, 2 epochs (≈ 63 min here).
@@ -44,7 +44,7 @@ mkdir -p runs/heads assets
   --init runs/heads/s13-ft.safetensors --extra-data runs/distill-256-t07-s3 \
   --checkpoint-dir runs/train-s14 --out runs/heads/s14-ft.safetensors 2> runs/train-s14.log
 # A fourth sampled answer to each usable prompt (seed 4; ≈ 50 min here).
-"$S4C" train-heads --prompts ../shared/data/train-prompts.jsonl \
+"$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 24 --temperature 0.7 --data-seed 4 \
   --data-dir runs/distill-256-t07-s4 --data-only
 # Session 16's (shipped): those fine-tuned again, on the greedy and the fourth sampled answers

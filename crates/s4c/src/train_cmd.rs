@@ -67,7 +67,7 @@ pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Res
     {
         return Err(EngineError::InvalidOption(
             "refusing to train on the Spec-Bench questions (they are the benchmark); use \
-             ../shared/data/train-prompts.jsonl"
+             data/train-prompts.jsonl"
                 .into(),
         ));
     }
