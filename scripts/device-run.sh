@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared runs for a session that is lent a GPU machine (docs/benchmarks.md "GPU",
+# The prepared runs for a GPU machine (docs/benchmarks.md "GPU",
 # docs/training.md "On a GPU"). One call of the workplace's `device` tool runs one mode:
 #
 #   scripts/device-run.sh check        # greedy mismatch diagnosis + a short f16 and f32 bench
@@ -64,7 +64,7 @@ stage() { # stage NAME SECONDS COMMAND...: timed, logged to $OUT/NAME.log
 case $MODE in
 check)
   # Spec-Bench question 255 (summarization) gave a different greedy answer in S4C mode on CUDA
-  # f32 in session 15; bench records the divergence's logits along both forward paths.
+  # f32 in the first smoke run; bench records the divergence's logits along both forward paths.
   # (At most 8 files come back: the charts stay behind.)
   mkdir -p /tmp/s4c-check
   grep '"question_id": 255' "$DATA/specbench-dev.jsonl" > /tmp/s4c-check/q255.jsonl

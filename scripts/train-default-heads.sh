@@ -28,17 +28,17 @@ mkdir -p runs/heads assets
 "$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 8 --temperature 0.7 --data-seed 3 \
   --data-dir runs/distill-256-t07-s3 --data-only
-# Session 12's heads: greedy + the first sampled answers, 2 epochs (≈ 63 min here).
+# Stage 1 heads: greedy + the first sampled answers, 2 epochs (≈ 63 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --coherence full --epochs 2 --feature-loss 10 \
   --layers 2 --extra-data runs/distill-256-t07 --checkpoint-dir runs/train-s12 \
   --out runs/heads/s12-l2.safetensors 2> runs/train-s12.log
-# Session 13's: those heads fine-tuned on the first three answers for one epoch at half the
+# Stage 2: those heads fine-tuned on the first three answers for one epoch at half the
 # learning rate (≈ 51 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
   --init runs/heads/s12-l2.safetensors \
   --extra-data runs/distill-256-t07 --extra-data runs/distill-256-t07-s2 \
   --checkpoint-dir runs/train-s13 --out runs/heads/s13-ft.safetensors 2> runs/train-s13.log
-# Session 14's: those fine-tuned again, on the greedy and the third sampled answers
+# Stage 3: those fine-tuned again, on the greedy and the third sampled answers
 # (≈ 33 min here).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
   --init runs/heads/s13-ft.safetensors --extra-data runs/distill-256-t07-s3 \
@@ -47,8 +47,7 @@ mkdir -p runs/heads assets
 "$S4C" train-heads --prompts data/train-prompts.jsonl \
   --answer-tokens 256 --data-batch 24 --temperature 0.7 --data-seed 4 \
   --data-dir runs/distill-256-t07-s4 --data-only
-# Session 16's (shipped): those fine-tuned again, on the greedy and the fourth sampled answers
-# (≈ 16 min on session 16's machine).
+# Stage 4: those fine-tuned again, on the greedy and the fourth sampled answers (≈ 16 min).
 /usr/bin/time -v "$S4C" train-heads "${COMMON[@]}" --epochs 1 --feature-loss 10 --lr 5e-4 \
   --init runs/heads/s14-ft.safetensors --extra-data runs/distill-256-t07-s4 \
   --checkpoint-dir runs/train-s16 --out runs/heads/s16-ft.safetensors 2> runs/train-s16.log
@@ -56,7 +55,7 @@ mkdir -p runs/heads assets
 # heads' JSON, which `--tree cost` reads.
 "$S4C" train-heads "${COMMON[@]}" --out runs/heads/s16-ft.safetensors --eval-only \
   > runs/eval-s16-ft.json 2>/dev/null
-# Session 17's (shipped): session 16's heads with context copy added (matches of up to 8 tokens,
+# Stage 5 (shipped): stage 4's heads with context copy added (matches of up to 8 tokens,
 # the copy layers as initialised: no training step; seconds). `--epochs 0` also writes the
 # held-out acceptance statistics into the heads' JSON.
 "$S4C" train-heads "${COMMON[@]}" --epochs 0 --init runs/heads/s16-ft.safetensors --copy 8 \

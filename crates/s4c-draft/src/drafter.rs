@@ -476,7 +476,7 @@ pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
 }
 
 impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
-    /// A session from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`])
+    /// A drafting state from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`])
     /// and the committed `context` — prompt and answer so far, the root's token last — in which
     /// a copying drafter ([`Drafter::copy`]) looks up each node's branch.
     pub fn new(drafter: &'a D, initial: Tensor<B, 2>, context: &'a [u32]) -> Self {

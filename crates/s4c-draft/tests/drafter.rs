@@ -140,7 +140,7 @@ fn same_seed_same_drafts() {
     assert_ne!(draft(11), draft(12));
 }
 
-/// Drafts one node at a time along its branch: the reference for the batched session.
+/// Drafts one node at a time along its branch: the reference for batched drafting.
 fn branch_candidates(
     d: &MultiHeadDrafter<B>,
     s0: &Tensor<B, 2>,
@@ -164,9 +164,9 @@ fn session_drafts_each_branch_from_its_own_parent() {
     for coherence in Coherence::ALL {
         let d = MultiHeadDrafter::random(config(&t, coherence), &t, 4).unwrap();
         let s0 = features(1, 32, 9);
-        let mut session = DraftSession::new(&d, s0.clone(), &[]);
-        let tree = Template::mc_sim_7b_63().build(5, &mut session).unwrap();
-        assert!(session.take_error().is_none());
+        let mut drafting = DraftSession::new(&d, s0.clone(), &[]);
+        let tree = Template::mc_sim_7b_63().build(5, &mut drafting).unwrap();
+        assert!(drafting.take_error().is_none());
         assert_eq!(tree.len(), 64);
         // Every node's children are the k best drafts of its own branch.
         for n in 0..tree.len() {
@@ -191,7 +191,7 @@ fn session_drafts_each_branch_from_its_own_parent() {
 fn dynamic_trees_respect_the_heads_depth() {
     let t = target(2);
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 4).unwrap();
-    let mut session = DraftSession::new(&d, features(1, 32, 9), &[]);
+    let mut drafting = DraftSession::new(&d, features(1, 32, 9), &[]);
     let tree = build_dynamic(
         5,
         &DynamicConfig {
@@ -199,7 +199,7 @@ fn dynamic_trees_respect_the_heads_depth() {
             max_depth: 8,
             max_nodes: 200,
         },
-        &mut session,
+        &mut drafting,
     )
     .unwrap();
     assert!(tree.len() <= 201);
@@ -326,8 +326,8 @@ fn context_copy_follows_each_branch_through_the_text() {
     // "1 5 9 11 20 3 5": the root 5 occurred before, followed by 9 11 20.
     let context = [1, 5, 9, 11, 20, 3, 5];
     let s0 = features(1, 32, 4);
-    let mut session = DraftSession::new(&d, s0.clone(), &context);
-    let chain = Template::chain(3).unwrap().build(5, &mut session).unwrap();
+    let mut drafting = DraftSession::new(&d, s0.clone(), &context);
+    let chain = Template::chain(3).unwrap().build(5, &mut drafting).unwrap();
     assert_eq!(chain.flatten().tokens, vec![5, 9, 11, 20]);
     // Each node's own branch decides: after 11 comes 20 (the one-token match "11"), after 3
     // comes 5; a token the text never shows has no candidate, and the heads draft as they would
@@ -342,11 +342,11 @@ fn context_copy_follows_each_branch_through_the_text() {
         .iter()
         .map(|&tok| tree.push(0, tok, 0.0).unwrap())
         .collect();
-    let mut session = DraftSession::new(&d, s0.clone(), &context);
+    let mut drafting = DraftSession::new(&d, s0.clone(), &context);
     let mut reference = DraftSession::new(&plain, s0, &context);
-    session.expand(&tree, &[0], 1);
+    drafting.expand(&tree, &[0], 1);
     reference.expand(&tree, &[0], 1);
-    let copied = session.expand(&tree, &nodes, 1);
+    let copied = drafting.expand(&tree, &nodes, 1);
     let own = reference.expand(&tree, &nodes, 1);
     for (i, &tok) in [11u32, 3, 40].iter().enumerate() {
         let mut text = context.to_vec();

@@ -245,13 +245,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             let mut heads_tree = match &plan.heads {
                 Heads::None => TokenTree::new(root),
                 Heads::Template(tpl) => {
-                    self.draft(state.take(), &history, &text, &device, |session| {
-                        tpl.build(root, session)
+                    self.draft(state.take(), &history, &text, &device, |drafting| {
+                        tpl.build(root, drafting)
                     })?
                 }
                 Heads::Dynamic(cfg) => {
-                    self.draft(state.take(), &history, &text, &device, |session| {
-                        build_dynamic(root, cfg, session)
+                    self.draft(state.take(), &history, &text, &device, |drafting| {
+                        build_dynamic(root, cfg, drafting)
                     })?
                 }
             };
@@ -399,9 +399,9 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             Some(s) => s,
             None => self.initial_for_last(history, device)?,
         };
-        let mut session = DraftSession::new(self.drafter, state, text);
-        let tree = build(&mut session)?;
-        if let Some(e) = session.take_error() {
+        let mut drafting = DraftSession::new(self.drafter, state, text);
+        let tree = build(&mut drafting)?;
+        if let Some(e) = drafting.take_error() {
             return Err(e.into());
         }
         Ok(tree)
