@@ -324,6 +324,17 @@ impl LlamaConfig {
         v
     }
 
+    /// Widths of the residual stream, the query projection, each of the key and value
+    /// projections, and the MLP: `(hidden, heads · head_dim, kv_heads · head_dim, intermediate)`.
+    pub fn widths(&self) -> (usize, usize, usize, usize) {
+        (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        )
+    }
+
     /// A tiny random-model configuration for tests and examples.
     pub fn tiny(vocab_size: usize) -> Self {
         LlamaConfig {

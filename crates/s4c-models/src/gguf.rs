@@ -386,13 +386,12 @@ impl GgufFile {
         }
     }
 
-    /// Reads and dequantizes one tensor to `f32` (shape rows first).
-    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
+    /// A tensor's directory entry, where its bytes start in the file and how many there are.
+    fn locate(&self, name: &str) -> Result<(&TensorInfo, usize, usize)> {
         let info = self
             .tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let n: usize = info.shape.iter().product();
         let len = self
             .byte_len(info)
             .ok_or_else(|| ModelError::UnsupportedTensorType {
@@ -400,7 +399,13 @@ impl GgufFile {
                 dtype: info.ty.name(),
                 supported: SUPPORTED_TYPES,
             })?;
-        let start = self.data_start + info.offset;
+        Ok((info, self.data_start + info.offset, len))
+    }
+
+    /// Reads and dequantizes one tensor to `f32` (shape rows first).
+    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let (info, start, len) = self.locate(name)?;
+        let n: usize = info.shape.iter().product();
         let bytes = &self.mmap[start..start + len];
         let (per_block, _) = info.ty.block().expect("checked by byte_len");
         if per_block > 1 && !n.is_multiple_of(per_block) {
@@ -417,10 +422,7 @@ impl GgufFile {
 
     /// One 2-D tensor as stored, without a copy: its bytes stay in the mapped file.
     pub fn matrix(&self, name: &str) -> Result<QMatrix> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let (info, start, len) = self.locate(name)?;
         let [rows, cols] = info.shape[..] else {
             return Err(ModelError::InvalidGguf {
                 path: self.path.clone(),
@@ -430,16 +432,9 @@ impl GgufFile {
                 ),
             });
         };
-        let len = self
-            .byte_len(info)
-            .ok_or_else(|| ModelError::UnsupportedTensorType {
-                tensor: name.to_string(),
-                dtype: info.ty.name(),
-                supported: SUPPORTED_TYPES,
-            })?;
         let bytes = WeightBytes::Mapped {
             map: self.mmap.clone(),
-            offset: self.data_start + info.offset,
+            offset: start,
             len,
         };
         QMatrix::new(info.ty, rows, cols, bytes).map_err(|e| ModelError::InvalidGguf {

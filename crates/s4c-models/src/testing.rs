@@ -58,12 +58,7 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemoryWeights {
         let data = (0..rows * cols).map(|_| rng.symmetric() * scale).collect();
         HostTensor::new(vec![rows, cols], data)
     };
-    let (h, q, kv, i) = (
-        c.hidden_size,
-        c.num_heads * c.head_dim,
-        c.num_kv_heads * c.head_dim,
-        c.intermediate_size,
-    );
+    let (h, q, kv, i) = c.widths();
     let s = |fan_in: usize| 1.7 / (fan_in as f32).sqrt();
     m.insert(
         "model.embed_tokens.weight".into(),

@@ -78,12 +78,7 @@ impl CpuModel {
         threads: Threads,
     ) -> Result<Self> {
         let c = config;
-        let (h, q, kv, inter) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-        );
+        let (h, q, kv, inter) = c.widths();
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
             let m = weights.matrix(name)?;
             if (m.rows(), m.cols()) != (rows, cols) {

@@ -115,12 +115,7 @@ impl<B: Backend> TensorLlama<B> {
         shards: usize,
     ) -> Result<Self> {
         let c = config;
-        let (h, q, kv, inter) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-        );
+        let (h, q, kv, inter) = c.widths();
         let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let t = weights.tensor(name)?;
             if t.shape != shape {
