@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared runs for a GPU machine (docs/benchmarks.md "GPU",
-# docs/training.md "On a GPU"). One call of the workplace's `device` tool runs one mode:
+# docs/training.md "Time and memory"). One call of the workplace's `device` tool runs one mode:
 #
 #   scripts/device-run.sh check        # greedy mismatch diagnosis + a short f16 and f32 bench
 #   scripts/device-run.sh train-smoke  # data generation and training speed on 64 prompts

@@ -194,7 +194,7 @@ impl<B: Backend> Heads<B> {
 /// The initial copy bonus per token of matched suffix: a match of `m` tokens starts at
 /// `COPY_PRIOR · m`. On held-out answers these fixed bonuses (matches of up to 8 tokens) lift
 /// head-1 top-1 from 0.50 to 0.73, and training the copy layers did not beat them
-/// (docs/training.md, "Context copy").
+/// (docs/training.md, "What happens" and "Ablations").
 pub const COPY_PRIOR: f32 = 2.0;
 
 /// A fresh copy layer `[hidden → copy]`: zero weights, bias [`COPY_PRIOR`] × length.
