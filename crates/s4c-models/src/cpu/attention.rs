@@ -158,6 +158,8 @@ pub(crate) fn attend(
     visible: Visibility<'_>,
     avx2: bool,
 ) -> Vec<f32> {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
     let d = h.dim;
     let width = h.q * d;
     let group = h.q / h.kv;
