@@ -447,7 +447,6 @@ impl GgufFile {
 /// Dequantizes `n` elements of type `ty` from `bytes` (exactly the tensor's bytes).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n];
-    let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     match ty {
         GgmlType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -543,6 +542,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// The `f16` at `b[i..i + 2]` as `f32` (block scales and minimums).
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K super-block.

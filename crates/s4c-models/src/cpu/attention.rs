@@ -64,10 +64,10 @@ impl HostKv {
         for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
             for h in 0..self.kv_heads {
                 let base = (h * self.capacity + start) * hd;
-                let kept: Vec<f32> = keep
-                    .iter()
-                    .flat_map(|&k| store[base + k * hd..base + (k + 1) * hd].to_vec())
-                    .collect();
+                let mut kept = Vec::with_capacity(keep.len() * hd);
+                for &k in keep {
+                    kept.extend_from_slice(&store[base + k * hd..base + (k + 1) * hd]);
+                }
                 store[base..base + kept.len()].copy_from_slice(&kept);
             }
         }

@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::acts::{Q8Acts, QK};
+use super::x86::{f16_at, high, hsum, hsum128};
 use super::QMatrix;
 use crate::gguf::GgmlType;
 
@@ -46,13 +47,6 @@ unsafe fn f16x2(p: *const u8) -> __m128 {
         *p.add(2),
         *p.add(3),
     ])))
-}
-
-#[inline(always)]
-unsafe fn f16_1(p: *const u8) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes([*p, *p.add(1)]) as i32,
-    )))
 }
 
 /// Lanes 0–7 from `a`, lanes 8–15 from `b`.
@@ -91,7 +85,7 @@ impl<const MIN: bool> Q4<MIN> {
             let v = f16x2(p);
             (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
         } else {
-            let d = f16_1(p);
+            let d = f16_at(p);
             (d, -8.0 * d)
         }
     }
@@ -156,7 +150,7 @@ impl Q8 {
     unsafe fn values(w: *const u8, b: usize) -> (__m256i, f32) {
         let p = w.add(b * 34);
         let v = _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), _mm256_set1_epi8(-128));
-        (v, f16_1(p))
+        (v, f16_at(p))
     }
 }
 
@@ -220,15 +214,14 @@ impl Q6K {
             2 => _mm256_srli_epi16(qh, 4),
             _ => _mm256_srli_epi16(qh, 6),
         };
-        let hi = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4);
-        _mm256_or_si256(lo, hi)
+        _mm256_or_si256(lo, high(h))
     }
 
     /// `d · scale` of half-blocks `2b` and `2b + 1`.
     #[inline(always)]
     unsafe fn scales(w: *const u8, b: usize) -> (f32, f32) {
         let blk = w.add((b / 8) * 210);
-        let d = f16_1(blk.add(208));
+        let d = f16_at(blk.add(208));
         let sc = blk.add(192 + 8 * ((b % 8) / 4) + 2 * (b % 4));
         (d * *sc as i8 as f32, d * *sc.add(1) as i8 as f32)
     }
@@ -258,26 +251,12 @@ impl Blocks for Q6K {
     }
 }
 
-/// The sum of 8 lanes, always in the same order.
-#[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    hsum128(s)
-}
-
-/// The sum of 4 lanes, always in the same order.
-#[inline(always)]
-unsafe fn hsum128(s: __m128) -> f32 {
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
 /// The sum of 16 lanes, always in the same order.
 #[inline(always)]
 unsafe fn hsum512(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    hsum256(_mm256_add_ps(lo, hi))
+    hsum(_mm256_add_ps(lo, hi))
 }
 
 /// `out[i] = w · x_{r0 + i}` for the `R` activation rows of one tile.
@@ -321,7 +300,7 @@ unsafe fn tile<K: Blocks, const R: usize>(w: *const u8, a: &Q8Acts, r0: usize, o
             let x = _mm256_loadu_si256(q.add((at + i) * 2 * QK).cast());
             let s = _mm256_mul_ps(ws, _mm256_loadu_ps(d16.add((at + i) * 16)));
             let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, x);
-            *t += hsum256(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
+            *t += hsum(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
             let xs = _mm_load_ss(sums.add(((r0 + i) * nb + b) * spb));
             lin[i] = _mm_fmadd_ps(wm, xs, lin[i]);
         }

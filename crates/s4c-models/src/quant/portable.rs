@@ -4,13 +4,9 @@
 use half::{bf16, f16};
 
 use super::acts::{Q8Acts, QK};
+use crate::gguf::f16_at;
 pub(crate) use crate::gguf::scale_min_k4;
 use crate::gguf::GgmlType;
-
-/// `f16` bits at `b[i..i + 2]` as `f32`.
-pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
 
 /// `out[r] = w · x_r` for every row of block-quantized activations; `w` is one weight row.
 pub(crate) fn q8_rows(ty: GgmlType, w: &[u8], a: &Q8Acts, out: &mut [f32]) {

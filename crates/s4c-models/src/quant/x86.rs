@@ -76,11 +76,18 @@ impl Dot for Vnni {
 
 /// The sum of 8 lanes, always in the same order.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
+    hsum128(_mm_add_ps(
+        _mm256_castps256_ps128(v),
+        _mm256_extractf128_ps(v, 1),
+    ))
+}
+
+/// The sum of 4 lanes, always in the same order.
+#[inline(always)]
+pub(super) unsafe fn hsum128(s: __m128) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// `Σ a[k] · b[k]`, eight lanes then the tail, always in the same order.
@@ -105,8 +112,9 @@ unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The `f16` at `p` as `f32`.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
@@ -221,7 +229,7 @@ unsafe fn unpack(ty: GgmlType, w: &[u8], nb: usize, out: &mut Unpacked) {
 /// Bits 4–5 of Q6_K values: the two low bits of each byte of `h` (the high-bits bytes shifted
 /// right by 2 · group), moved up.
 #[inline(always)]
-unsafe fn high(h: __m256i) -> __m256i {
+pub(super) unsafe fn high(h: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4)
 }
 
