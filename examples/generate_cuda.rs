@@ -13,6 +13,7 @@ use s4c::speculative::{SpeculativeGenerator, TreeShape};
 use s4c_models::{load, CausalLm, LoadOptions, Message};
 use s4c_tree::{ContextLookup, Template};
 use s4c_verify::GreedyAcceptor;
+use std::ops::ControlFlow;
 
 fn run<B: Backend>(
     device: &B::Device,
@@ -44,7 +45,9 @@ fn run<B: Backend>(
         stop_tokens: s4c::stop_tokens(&m),
         ..Default::default()
     };
-    let out = generator.generate(&prompt, &opts, m.model.max_positions(), &mut |_| {})?;
+    let out = generator.generate(&prompt, &opts, m.model.max_positions(), &mut |_| {
+        ControlFlow::Continue(())
+    })?;
     println!("{}", m.tokenizer.decode(&out.new_ids, true)?);
     println!(
         "[{} tokens, {:.1} tok/s, τ {:.2}, backend {}]",

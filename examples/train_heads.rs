@@ -18,6 +18,7 @@ use s4c_models::testing::counting_model;
 use s4c_models::CausalLm;
 use s4c_tree::Template;
 use s4c_verify::GreedyAcceptor;
+use std::ops::ControlFlow;
 
 type B = Flex;
 
@@ -83,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_new_tokens: 40,
         ..Default::default()
     };
-    let out = generator.generate(&[5, 6, 7], &opts, 128, &mut |_| {})?;
+    let out = generator.generate(&[5, 6, 7], &opts, 128, &mut |_| ControlFlow::Continue(()))?;
     println!(
         "generated {:?}…  τ {:.2} in {} steps",
         &out.new_ids[..8],

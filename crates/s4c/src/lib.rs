@@ -14,18 +14,25 @@
 //! let template = m.template.clone().expect("chat template");
 //! let prompt = m.tokenizer.encode(&template.render(&[Message::new("user", "Hi!")]))?;
 //! let options = GenerateOptions { max_new_tokens: 32, stop_tokens: s4c::stop_tokens(&m), ..Default::default() };
-//! let out = generate_plain(&m.model, &prompt, &options, m.model.max_positions(), &mut |_| {})?;
+//! let out = generate_plain(&m.model, &prompt, &options, m.model.max_positions(), &mut |_| std::ops::ControlFlow::Continue(()))?;
 //! println!("{}", m.tokenizer.decode(&out.new_ids, true)?);
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod cost;
 pub mod divergence;
+pub mod engine;
 pub mod error;
 pub mod memory;
 pub mod plain;
 pub mod speculative;
 
+pub use backend::{with_backend, BackendJob, BackendKind};
+pub use engine::{
+    Completion, Engine, EngineBuilder, EngineInfo, FinishReason, HeadsChoice, Mode, Prompt,
+    Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
+};
 pub use error::{EngineError, Result};
 
 use burn::tensor::backend::Backend;

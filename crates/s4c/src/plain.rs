@@ -1,5 +1,6 @@
 //! Plain autoregressive decoding: the baseline every speedup is measured against.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
@@ -71,6 +72,8 @@ pub enum StopReason {
     MaxTokens,
     /// The context (KV cache) is full.
     ContextFull,
+    /// The caller's token callback asked to stop (a stop string, a cancelled request).
+    Interrupted,
 }
 
 /// The result of one generation.
@@ -110,13 +113,14 @@ pub fn next_token<B: Backend>(
 }
 
 /// Plain decoding: prefill, then one forward per token. `on_tokens` receives each new token as
-/// it is produced (for streaming).
+/// it is produced (for streaming); returning [`ControlFlow::Break`] ends generation there
+/// ([`StopReason::Interrupted`]).
 pub fn generate_plain<B: Backend, M: CausalLm<B>>(
     model: &M,
     prompt: &[u32],
     options: &GenerateOptions,
     context: usize,
-    on_tokens: &mut dyn FnMut(&[u32]),
+    on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation> {
     options.validate(prompt.len(), context)?;
     let start = Instant::now();
@@ -126,9 +130,12 @@ pub fn generate_plain<B: Backend, M: CausalLm<B>>(
     let mut token = next_token(out.logits, &mut sampler)?;
     let prefill = start.elapsed();
     let mut new_ids = vec![token];
-    on_tokens(&[token]);
+    let mut flow = on_tokens(&[token]);
     let mut steps = 0;
     let stop = loop {
+        if flow.is_break() {
+            break StopReason::Interrupted;
+        }
         if options.stop_tokens.contains(&token) {
             break StopReason::StopToken;
         }
@@ -143,7 +150,7 @@ pub fn generate_plain<B: Backend, M: CausalLm<B>>(
         steps += 1;
         token = next_token(out.logits, &mut sampler)?;
         new_ids.push(token);
-        on_tokens(&[token]);
+        flow = on_tokens(&[token]);
     };
     Ok(Generation {
         new_ids,

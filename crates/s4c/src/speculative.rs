@@ -2,6 +2,7 @@
 //! feature reuse — the verification pass's features feed the next round of drafting directly.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -59,6 +60,10 @@ pub struct SpecStats {
     pub accepted_at_depth: Vec<usize>,
     /// Mean draft nodes per tree.
     pub mean_tree_nodes: f64,
+    /// Draft tokens verified, all steps together (llama.cpp's `draft_n`).
+    pub drafted: usize,
+    /// Of those, tokens the target accepted (llama.cpp's `draft_n_accepted`).
+    pub accepted: usize,
     /// Steps that drafted nothing (the root alone: a plain decoding step).
     pub plain_steps: usize,
     /// Steps whose tree held a chain copied from the context (see [`s4c_tree::lookup`]).
@@ -164,14 +169,15 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
     }
 
     /// Generates after `prompt`. `on_tokens` receives the tokens of every step as they are
-    /// accepted (for streaming). `options.sampling` must match the acceptor's (greedy with
+    /// accepted (for streaming); returning [`ControlFlow::Break`] ends generation after them
+    /// ([`StopReason::Interrupted`]). `options.sampling` must match the acceptor's (greedy with
     /// [`s4c_verify::GreedyAcceptor`]); the first token is drawn with `options.seed`.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
         context: usize,
-        on_tokens: &mut dyn FnMut(&[u32]),
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
     ) -> Result<SpecGeneration> {
         options.validate(prompt.len(), context)?;
         let start = Instant::now();
@@ -201,12 +207,11 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let prefill = start.elapsed();
 
         let mut new_ids = vec![first];
-        on_tokens(&[first]);
+        let mut flow = on_tokens(&[first]);
         // Prompt and answer so far, the root last: where context lookup searches.
         let mut text: Vec<u32> = prompt.to_vec();
         text.push(first);
         let mut root = first;
-        let mut tree_nodes = 0usize;
         // The online sizer of an adaptive shape, fresh for this generation.
         let mut sizer = match &self.shape {
             TreeShape::Adaptive(s) => {
@@ -228,6 +233,9 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let mut reuse_s = 0.0;
 
         let stop = loop {
+            if flow.is_break() {
+                break StopReason::Interrupted;
+            }
             if options.stop_tokens.contains(&root) {
                 break StopReason::StopToken;
             }
@@ -274,7 +282,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
                 heads_map.truncate(heads_tree.len());
             }
             stats.draft_s += t.elapsed().as_secs_f64();
-            tree_nodes += tree.len() - 1;
+            stats.drafted += tree.len() - 1;
             stats.plain_steps += usize::from(tree.len() == 1);
 
             // Verify: one forward over the whole tree.
@@ -293,6 +301,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             let verdict = self.acceptor.accept(&tree, &proposals, out.logits)?;
             stats.accept_s += t.elapsed().as_secs_f64();
             stats.steps += 1;
+            stats.accepted += verdict.path.len() - 1;
             for (d, hit) in verdict
                 .accepted_per_depth(stats.accepted_at_depth.len())
                 .into_iter()
@@ -317,7 +326,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             new_ids.extend(&emitted);
             text.extend(&emitted);
-            on_tokens(&emitted);
+            flow = on_tokens(&emitted);
             stats.commit_s += t.elapsed().as_secs_f64();
             if let Some(draft) = &plan.lookup {
                 // The chain's tokens the accepted branch followed.
@@ -351,6 +360,9 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             if let Some(reason) = ended {
                 break reason;
             }
+            if flow.is_break() {
+                break StopReason::Interrupted;
+            }
             root = verdict.bonus;
 
             // Feature reuse: the accepted nodes' features join the window and, if the next step
@@ -374,7 +386,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         };
         // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
         stats.tau = new_ids.len() as f64 / (stats.steps + 1) as f64;
-        stats.mean_tree_nodes = tree_nodes as f64 / stats.steps.max(1) as f64;
+        stats.mean_tree_nodes = stats.drafted as f64 / stats.steps.max(1) as f64;
         Ok(SpecGeneration {
             new_ids,
             elapsed: start.elapsed(),

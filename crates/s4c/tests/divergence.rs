@@ -9,6 +9,7 @@ use s4c::EngineError;
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Input, Llama, Logits};
 use s4c_verify::acceptor::read_row;
+use std::ops::ControlFlow;
 
 type B = Flex;
 
@@ -21,7 +22,10 @@ fn setup() -> (Llama<B>, Vec<u32>, usize) {
         ..Default::default()
     };
     let capacity = opts.cache_capacity(PROMPT.len(), 64);
-    let out = generate_plain(&model, &PROMPT, &opts, 64, &mut |_| {}).unwrap();
+    let out = generate_plain(&model, &PROMPT, &opts, 64, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(out.new_ids.len(), 12);
     (model, out.new_ids, capacity)
 }

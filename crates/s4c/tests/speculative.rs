@@ -17,6 +17,7 @@ use s4c_tree::{
     Template,
 };
 use s4c_verify::{GreedyAcceptor, SamplingAcceptor, SamplingParams};
+use std::ops::ControlFlow;
 
 type B = Flex;
 
@@ -96,7 +97,8 @@ fn greedy_s4c_equals_plain_with_random_heads() {
             .map(|i| (i * 7 + seed as u32) % 64)
             .collect();
         let opts = greedy(40, vec![]);
-        let plain = generate_plain(&t, &prompt, &opts, 256, &mut |_| {}).unwrap();
+        let plain =
+            generate_plain(&t, &prompt, &opts, 256, &mut |_| ControlFlow::Continue(())).unwrap();
         for coherence in Coherence::ALL {
             for heads in [1, 4] {
                 let d = drafter(&t, coherence, heads, seed * 10 + heads as u64);
@@ -110,7 +112,8 @@ fn greedy_s4c_equals_plain_with_random_heads() {
                     let mut streamed = vec![];
                     let out = g
                         .generate(&prompt, &opts, 256, &mut |ids| {
-                            streamed.extend_from_slice(ids)
+                            streamed.extend_from_slice(ids);
+                            ControlFlow::Continue(())
                         })
                         .unwrap();
                     assert_eq!(
@@ -202,7 +205,10 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
     let t = counting_model::<B>(v, 3, &Default::default());
     let prompt = vec![10u32, 11, 12];
     // The counting rule holds for plain decoding.
-    let plain = generate_plain(&t, &prompt, &greedy(20, vec![]), 256, &mut |_| {}).unwrap();
+    let plain = generate_plain(&t, &prompt, &greedy(20, vec![]), 256, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let expect: Vec<u32> = (13..33).map(|x| x % v as u32).collect();
     assert_eq!(plain.new_ids, expect);
     let oracle = Oracle {
@@ -222,7 +228,9 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
         let mut g = SpeculativeGenerator::new(&t, &oracle, GreedyAcceptor, shape).unwrap();
         // Every branch is accepted to its full depth.
         let out = g
-            .generate(&prompt, &greedy(20, vec![]), 256, &mut |_| {})
+            .generate(&prompt, &greedy(20, vec![]), 256, &mut |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
         assert_eq!(out.new_ids, expect);
         assert!(
@@ -233,8 +241,11 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
         // A stop token in the middle of an accepted branch ends the output right there.
         for stop in [15u32, 16, 18, 21] {
             let opts = greedy(20, vec![stop]);
-            let p = generate_plain(&t, &prompt, &opts, 256, &mut |_| {}).unwrap();
-            let s = g.generate(&prompt, &opts, 256, &mut |_| {}).unwrap();
+            let p = generate_plain(&t, &prompt, &opts, 256, &mut |_| ControlFlow::Continue(()))
+                .unwrap();
+            let s = g
+                .generate(&prompt, &opts, 256, &mut |_| ControlFlow::Continue(()))
+                .unwrap();
             assert_eq!(s.new_ids, p.new_ids);
             assert_eq!(*s.new_ids.last().unwrap(), stop);
             assert_eq!(s.stop, StopReason::StopToken);
@@ -242,16 +253,23 @@ fn long_branches_stop_exactly_at_stop_tokens_and_max_tokens() {
         // Max tokens reached mid-branch truncates exactly.
         for max in 1..=9 {
             let s = g
-                .generate(&prompt, &greedy(max, vec![]), 256, &mut |_| {})
+                .generate(&prompt, &greedy(max, vec![]), 256, &mut |_| {
+                    ControlFlow::Continue(())
+                })
                 .unwrap();
             assert_eq!(s.new_ids, expect[..max].to_vec());
             assert_eq!(s.stop, StopReason::MaxTokens);
         }
         // A full context ends generation as plain decoding does, with the same tokens.
         let context = prompt.len() + 9;
-        let p = generate_plain(&t, &prompt, &greedy(100, vec![]), context, &mut |_| {}).unwrap();
+        let p = generate_plain(&t, &prompt, &greedy(100, vec![]), context, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         let s = g
-            .generate(&prompt, &greedy(100, vec![]), context, &mut |_| {})
+            .generate(&prompt, &greedy(100, vec![]), context, &mut |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
         assert_eq!(p.stop, StopReason::ContextFull);
         assert_eq!(s.stop, StopReason::ContextFull);
@@ -301,7 +319,9 @@ fn check_copied_chains<D: Drafter<B>>(t: &Llama<B>, d: &D, shape: TreeShape) {
             .unwrap()
             .with_lookup(Some(lookup));
         let out = g
-            .generate(&prompt, &greedy(40, vec![]), 256, &mut |_| {})
+            .generate(&prompt, &greedy(40, vec![]), 256, &mut |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
         assert_eq!(out.new_ids, expect);
         let st = &out.stats;
@@ -313,23 +333,33 @@ fn check_copied_chains<D: Drafter<B>>(t: &Llama<B>, d: &D, shape: TreeShape) {
         // period), 5 before anything can be copied.
         for stop in [5u32, 2, 3] {
             let opts = greedy(40, vec![stop]);
-            let p = generate_plain(t, &prompt, &opts, 256, &mut |_| {}).unwrap();
-            let s = g.generate(&prompt, &opts, 256, &mut |_| {}).unwrap();
+            let p =
+                generate_plain(t, &prompt, &opts, 256, &mut |_| ControlFlow::Continue(())).unwrap();
+            let s = g
+                .generate(&prompt, &opts, 256, &mut |_| ControlFlow::Continue(()))
+                .unwrap();
             assert_eq!(s.new_ids, p.new_ids);
             assert_eq!(s.stop, StopReason::StopToken);
         }
         for max in 1..=24 {
             let s = g
-                .generate(&prompt, &greedy(max, vec![]), 256, &mut |_| {})
+                .generate(&prompt, &greedy(max, vec![]), 256, &mut |_| {
+                    ControlFlow::Continue(())
+                })
                 .unwrap();
             assert_eq!(s.new_ids, expect[..max].to_vec());
             assert_eq!(s.stop, StopReason::MaxTokens);
         }
         for extra in [9, 14, 20] {
             let context = prompt.len() + extra;
-            let p = generate_plain(t, &prompt, &greedy(100, vec![]), context, &mut |_| {}).unwrap();
+            let p = generate_plain(t, &prompt, &greedy(100, vec![]), context, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
             let s = g
-                .generate(&prompt, &greedy(100, vec![]), context, &mut |_| {})
+                .generate(&prompt, &greedy(100, vec![]), context, &mut |_| {
+                    ControlFlow::Continue(())
+                })
                 .unwrap();
             assert_eq!(s.stop, StopReason::ContextFull);
             assert_eq!(s.new_ids, p.new_ids);
@@ -342,10 +372,13 @@ fn empty_drafts_decode_one_token_per_step() {
     let t = tiny_model::<B>(64, 4, &Default::default());
     let prompt = vec![3u32, 4, 5];
     let opts = greedy(12, vec![]);
-    let plain = generate_plain(&t, &prompt, &opts, 256, &mut |_| {}).unwrap();
+    let plain =
+        generate_plain(&t, &prompt, &opts, 256, &mut |_| ControlFlow::Continue(())).unwrap();
     for shape in shapes() {
         let mut g = SpeculativeGenerator::new(&t, &NoDrafter, GreedyAcceptor, shape).unwrap();
-        let s = g.generate(&prompt, &opts, 256, &mut |_| {}).unwrap();
+        let s = g
+            .generate(&prompt, &opts, 256, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
         assert_eq!(s.new_ids, plain.new_ids);
         assert_eq!(s.stats.steps, 11);
         assert!((s.stats.tau - 1.0).abs() < 1e-9, "τ {}", s.stats.tau);
@@ -429,7 +462,9 @@ fn sampled_distribution_test(shape: TreeShape, lookup: Option<ContextLookup>) {
             seed,
             stop_tokens: vec![],
         };
-        let s = g.generate(&prompt, &opts, 64, &mut |_| {}).unwrap();
+        let s = g
+            .generate(&prompt, &opts, 64, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
         copied += s.stats.lookup_accepted;
         let x = &s.new_ids;
         counts[(x[0] as usize * v + x[1] as usize) * v + x[2] as usize] += 1;
@@ -493,7 +528,7 @@ fn a_seed_reproduces_sampled_output_with_an_online_sized_tree() {
                 seed,
                 stop_tokens: vec![],
             };
-            g.generate(&[1, 2, 3], &opts, 128, &mut |_| {})
+            g.generate(&[1, 2, 3], &opts, 128, &mut |_| ControlFlow::Continue(()))
                 .unwrap()
                 .new_ids
         };

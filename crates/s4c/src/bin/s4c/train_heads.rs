@@ -16,7 +16,149 @@ use s4c_draft::{fingerprint, DrafterConfig};
 use s4c_models::{CausalLm, LoadedModel, Message};
 use serde_json::json;
 
-use crate::TrainHeadsArgs;
+use clap::Args;
+use s4c::{with_backend, BackendJob};
+
+use crate::args::ModelArgs;
+
+#[derive(Args)]
+pub struct TrainHeadsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training prompts, JSON lines with a `prompt` field (never the benchmark questions).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Where to write the heads (`.safetensors`; the JSON config goes next to it).
+    #[arg(long, default_value = "heads.safetensors")]
+    pub out: PathBuf,
+    /// Folder of the self-distillation data: chunks of 32 prompts, each reused when it holds the
+    /// same prompts and answer length (so runs resume and extend; other chunks are regenerated).
+    #[arg(long, default_value = "runs/distill")]
+    pub data_dir: PathBuf,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    pub limit_prompts: Option<usize>,
+    /// Answer length per prompt when generating the data.
+    #[arg(long, default_value_t = 128)]
+    pub answer_tokens: usize,
+    /// Sequences decoded together when generating the data.
+    #[arg(long, default_value_t = 16)]
+    pub data_batch: usize,
+    /// Sample the answers at this temperature instead of greedily (0 = greedy): more varied
+    /// data from the same prompts, especially with --samples.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Answers per prompt (more than one needs --temperature above 0).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Seed of the sampled answers.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    /// More data folders to train on, made by earlier `--data-only` runs (e.g. sampled answers
+    /// to the same prompts, or answers to `synth-prompts`' prompts). The held-out split stays
+    /// that of --data-dir: their sequences of its held-out prompts, and of those their own
+    /// folder's split holds out, are left out.
+    #[arg(long)]
+    pub extra_data: Vec<PathBuf>,
+    /// Stop after generating the data.
+    #[arg(long)]
+    pub data_only: bool,
+    /// Do not train: evaluate the heads at --out on the held-out split of the data, and record
+    /// the acceptance statistics measured on the target's answers in the heads' JSON.
+    #[arg(long)]
+    pub eval_only: bool,
+    /// Keep only the held-out prompts (every 20th usable one, as the split of the full data
+    /// holds out): with --data-only, make their data alone (minutes, in a folder of its own);
+    /// with --eval-only, evaluate on such a folder as a whole — the held-out report without the
+    /// training data.
+    #[arg(long, conflicts_with = "eval_training")]
+    pub held_out_only: bool,
+    /// With --eval-only: evaluate on as many training sequences as are held out (every 19th
+    /// one) instead, to see how much the heads memorise; the heads' JSON is left as it is.
+    #[arg(long, requires = "eval_only")]
+    pub eval_training: bool,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Number of heads (maximum draft depth).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Past target features the initial state attends over.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Inner width of each head's block (0 = the target's hidden size).
+    #[arg(long, default_value_t = 0)]
+    pub inner: usize,
+    /// Fraction of the heads' inner activations zeroed at each training step (dropout, against
+    /// memorising the data); 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Residual MLP layers per head (the first also reads the parent's token).
+    #[arg(long, default_value_t = 1)]
+    pub layers: usize,
+    /// Draft vocabulary: the N most frequent tokens of the data (0 = the full vocabulary).
+    #[arg(long, default_value_t = 0)]
+    pub draft_vocab: usize,
+    /// Context copy: each head adds a bonus, read from its state, to the token that followed the
+    /// most recent earlier occurrence of its branch's last N tokens (or fewer) in the text; 0 =
+    /// off. With --init, heads made without it gain it.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=8))]
+    pub copy: u64,
+    /// Train only the copy layers (with --init: the heads stay as they are), on text the heads
+    /// have not memorised — answers to prompts they were not trained on.
+    #[arg(long)]
+    pub only_copy: bool,
+    /// Coherence components: independent (Medusa), tokens, full (S4C).
+    #[arg(long, default_value = "full")]
+    pub coherence: s4c_draft::Coherence,
+    /// Passes over the training data; 0 (with --init) takes no step: the heads are written to
+    /// --out as they start — with context copy added by --copy — and evaluated.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// AdamW learning rate (cosine decay to 10%).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Examples per optimisation step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Amplitude of the uniform noise added to the input features while training (a
+    /// regulariser; 0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub feature_noise: f32,
+    /// Weight of the feature regression (smooth L1 from each head's state to the target's
+    /// feature at its offset) next to the cross-entropy; 0 = cross-entropy only.
+    #[arg(long, default_value_t = 0.0)]
+    pub feature_loss: f32,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder of resumable checkpoints and the loss log.
+    #[arg(long, default_value = "runs/train-heads")]
+    pub checkpoint_dir: PathBuf,
+    /// Start from these heads (`.safetensors` with its `.json`) instead of a random
+    /// initialisation: fine-tune them, e.g. on more data. Their shape and draft vocabulary are
+    /// kept (--heads, --window, --inner, --layers, --coherence and --draft-vocab are ignored;
+    /// --copy only adds context copy to heads without it).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+}
+
+/// Runs `s4c train-heads`.
+pub fn run(args: &TrainHeadsArgs) -> Result<()> {
+    struct Job<'a>(&'a TrainHeadsArgs);
+    impl BackendJob for Job<'_> {
+        type Output = ();
+        fn run<B: Backend>(self, device: &B::Device) -> Result<()> {
+            let m =
+                s4c_models::load::<B>(&self.0.model.model, device, &self.0.model.load_options())?;
+            train_heads(&m, self.0)
+        }
+    }
+    with_backend(args.model.backend, Job(args))
+}
 
 /// Reads the `prompt` field of every JSON line of `path`.
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
@@ -59,7 +201,7 @@ pub(crate) fn bar(len: u64, template: &str) -> ProgressBar {
     pb
 }
 
-pub fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Result<()> {
+fn train_heads<B: Backend>(m: &LoadedModel<B>, args: &TrainHeadsArgs) -> Result<()> {
     if args
         .prompts
         .file_name()

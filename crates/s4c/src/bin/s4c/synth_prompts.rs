@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -12,8 +13,55 @@ use s4c::{stop_tokens, template_ids, EngineError, Result};
 use s4c_draft::data::{sample_turns, DistillOptions, Sampling};
 use s4c_models::LoadedModel;
 
-use crate::train_cmd::{bar, read_prompts};
-use crate::SynthPromptsArgs;
+use clap::Args;
+use s4c::{with_backend, BackendJob};
+
+use crate::args::ModelArgs;
+use crate::train_heads::{bar, read_prompts};
+
+#[derive(Args)]
+pub struct SynthPromptsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Where to write the prompts (JSON lines with a `prompt` field).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Distinct prompts to write.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Sampling temperature of the user messages (above 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Seed of the draws (message `s` of round `r` draws from its own generator).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Longest message in tokens; longer ones are dropped, not cut.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Shortest message kept, in words.
+    #[arg(long, default_value_t = 4)]
+    pub min_words: usize,
+    /// Messages decoded together.
+    #[arg(long, default_value_t = 24)]
+    pub batch: usize,
+    /// Prompt files (JSON lines) whose prompts are not written again, e.g. an earlier run's.
+    #[arg(long)]
+    pub exclude: Vec<PathBuf>,
+}
+
+/// Runs `s4c synth-prompts`.
+pub fn run(args: &SynthPromptsArgs) -> Result<()> {
+    struct Job<'a>(&'a SynthPromptsArgs);
+    impl BackendJob for Job<'_> {
+        type Output = ();
+        fn run<B: Backend>(self, device: &B::Device) -> Result<()> {
+            let m =
+                s4c_models::load::<B>(&self.0.model.model, device, &self.0.model.load_options())?;
+            synth_prompts(&m, self.0)
+        }
+    }
+    with_backend(args.model.backend, Job(args))
+}
 
 /// Rounds of drawing before giving up on reaching `--count` distinct prompts.
 const MAX_ROUNDS: u64 = 8;
@@ -35,7 +83,7 @@ pub fn dedup_key(text: &str) -> String {
 
 /// Writes `--count` distinct user messages the model writes itself to `--out`, drawing rounds of
 /// messages until it has them (or gives up after [`MAX_ROUNDS`] with a warning).
-pub fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) -> Result<()> {
+fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) -> Result<()> {
     if args.count == 0 || args.max_tokens == 0 || args.batch == 0 {
         return Err(EngineError::InvalidOption(
             "--count, --max-tokens and --batch must be at least 1".into(),

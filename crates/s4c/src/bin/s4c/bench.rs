@@ -2,19 +2,61 @@
 //! the same process, per-task and overall tok/s, speedup, τ and greedy match rate.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use s4c::divergence::first_divergence;
-use s4c::plain::{generate_plain, GenerateOptions, Generation};
-use s4c::speculative::SpecGeneration;
-use s4c::{template_ids, EngineError, Result};
-use s4c_models::{CausalLm, Message};
+use clap::Args;
+use s4c::{with_backend, BackendJob, Engine, EngineError, Mode, Prompt, Request, Result, TokenRun};
+use s4c_models::Message;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::spec_cmd::{lookup, run_spec, speculation, Speculation};
-use crate::{BenchArgs, Loaded, Runner};
+use crate::args::{ModelArgs, SpecArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Questions, JSON lines with `turns` (list of user turns) and `task`.
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// Use only the first N questions of each task.
+    #[arg(long)]
+    pub limit_per_task: Option<usize>,
+    /// Maximum new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Where to write the JSON results (the Markdown table and SVG chart go next to it).
+    #[arg(long, default_value = "runs/bench.json")]
+    pub json: PathBuf,
+    /// Generate the first question's first turn this many times in both modes before measuring
+    /// (GPU backends compile and tune their kernels on first use; the latency curve of `--tree
+    /// cost` is measured before either way).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+}
+
+/// Runs `s4c bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    struct Job<'a>(&'a BenchArgs);
+    impl BackendJob for Job<'_> {
+        type Output = ();
+        fn run<B: Backend>(self, device: &B::Device) -> Result<()> {
+            // Both modes from one engine; without heads for the model S4C is context lookup alone.
+            let engine = self
+                .0
+                .model
+                .engine(&self.0.spec)
+                .mode(Mode::S4c)
+                .build::<B>(device)?;
+            bench(&engine, self.0)
+        }
+    }
+    with_backend(args.model.backend, Job(args))
+}
 
 /// One benchmark question.
 struct Question {
@@ -106,8 +148,9 @@ fn machine() -> serde_json::Value {
     })
 }
 
-pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
-    let m = &r.m;
+fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
+    let m = engine.model();
+    let info = engine.info();
     let mut questions = read_questions(&args.questions)?;
     if let Some(n) = args.limit_per_task {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -117,44 +160,24 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             *c <= n
         });
     }
-    // Without heads for the model: context lookup alone.
-    let Speculation {
-        heads,
-        drafter,
-        shape,
-        info: tree,
-    } = speculation(r, &args.spec)?;
+    let tree = info.tree.clone().unwrap_or_default();
     eprintln!("tree: {tree}");
-    let template = m.template.clone().ok_or_else(|| {
-        EngineError::InvalidOption("the model has no chat template; bench needs one".into())
-    })?;
-    let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        stop_tokens: r.stop_tokens(),
-        ..Default::default()
-    };
-    let context = m.model.max_positions();
+    if info.chat_template.is_none() {
+        return Err(EngineError::InvalidOption(
+            "the model has no chat template; bench needs one".into(),
+        ));
+    }
+    let opts = engine.generate_options(&Request::chat(vec![]).max_new_tokens(args.max_new_tokens));
+    let chat_ids = |hist: &[Message]| engine.prompt_ids(&Prompt::Chat(hist.to_vec()));
     // One turn in both modes: plain on its own history's ids, S4C on its own.
-    let run_both = |p_ids: &[u32], s_ids: &[u32]| -> Result<(Generation, SpecGeneration)> {
-        let plain = generate_plain(&m.model, p_ids, &opts, context, &mut |_| {})?;
-        let spec = run_spec(
-            &m.model,
-            &drafter,
-            shape.clone(),
-            lookup(&args.spec),
-            s_ids,
-            &opts,
-            context,
-            &mut |_| {},
-        )?;
-        Ok((plain, spec))
+    let run_both = |p_ids: &[u32], s_ids: &[u32]| -> Result<(TokenRun, TokenRun)> {
+        let go = |ids: &[u32], mode| {
+            engine.generate_tokens(ids, &opts, mode, &mut |_| ControlFlow::Continue(()))
+        };
+        Ok((go(p_ids, Mode::Plain)?, go(s_ids, Mode::S4c)?))
     };
     if let Some(q) = questions.first().filter(|_| args.warmup > 0) {
-        let ids = template_ids(
-            m,
-            &template,
-            &template.render(&[Message::new("user", &q.turns[0])]),
-        )?;
+        let ids = chat_ids(&[Message::new("user", &q.turns[0])])?;
         let started = std::time::Instant::now();
         for _ in 0..args.warmup {
             run_both(&ids, &ids)?;
@@ -176,11 +199,12 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         for turn in &q.turns {
             let ids = |hist: &mut Vec<Message>| -> Result<Vec<u32>> {
                 hist.push(Message::new("user", turn));
-                template_ids(m, &template, &template.render(hist))
+                chat_ids(hist)
             };
             let p_ids = ids(&mut plain_hist)?;
             let s_ids = ids(&mut s4c_hist)?;
             let (plain, spec) = run_both(&p_ids, &s_ids)?;
+            let stats = spec.spec.clone().unwrap_or_default();
             let same = plain.new_ids == spec.new_ids;
             all_match &= same;
             // Where a mismatch begins and how close the target's choice was there (after an
@@ -188,9 +212,12 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             let divergence = if same || p_ids != s_ids {
                 None
             } else {
-                let capacity = opts.cache_capacity(p_ids.len(), context);
-                let d =
-                    first_divergence(&m.model, &p_ids, &plain.new_ids, &spec.new_ids, capacity)?;
+                let d = engine.divergence(
+                    &p_ids,
+                    &plain.new_ids,
+                    &spec.new_ids,
+                    args.max_new_tokens,
+                )?;
                 if let Some(d) = &d {
                     eprintln!("greedy mismatch in {} {}: {d}", q.task, q.id);
                 }
@@ -198,20 +225,14 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
             };
             let (pt, st) = (plain.tokens_per_second(), spec.tokens_per_second());
             // τ counts the prefill's token as a step of its own (see SpecStats::tau).
-            let steps = spec.stats.steps + 1;
+            let steps = stats.steps + 1;
             for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
-                s.add_turn(
-                    pt,
-                    st,
-                    spec.new_ids.len(),
-                    steps,
-                    spec.stats.lookup_accepted,
-                );
+                s.add_turn(pt, st, spec.new_ids.len(), steps, stats.lookup_accepted);
             }
             turns.push(json!({
-                "plain_tok_s": pt, "s4c_tok_s": st, "tau": spec.stats.tau,
+                "plain_tok_s": pt, "s4c_tok_s": st, "tau": stats.tau,
                 "plain_new_tokens": plain.new_ids.len(), "s4c_new_tokens": spec.new_ids.len(),
-                "same": same, "stats": spec.stats, "divergence": divergence,
+                "same": same, "stats": stats, "divergence": divergence,
                 "prompt_ids": p_ids,
             }));
             plain_hist.push(Message::new(
@@ -247,17 +268,17 @@ pub fn bench<B: Backend>(r: &Loaded<B>, args: &BenchArgs) -> Result<()> {
         s.finish();
     }
     overall.finish();
-    let c = drafter.as_ref().map(|d| d.config());
+    let c = engine.heads_config();
     let result = json!({
         "machine": machine(),
-        "backend": r.backend,
-        "dtype": r.dtype_name(),
-        "compute_dtype": format!("{:?}", m.model.compute_dtype()).to_lowercase(),
-        "engine": m.model.engine(),
-        "kernel_threads": m.model.threads().map(|t| t.count()),
-        "isa": m.model.threads().map(|t| t.isa().name()),
-        "model": r.path.display().to_string(),
-        "heads": heads.map(|h| h.display().to_string()),
+        "backend": info.backend,
+        "dtype": info.weight_types,
+        "compute_dtype": info.compute_dtype,
+        "engine": info.engine,
+        "kernel_threads": info.threads,
+        "isa": info.isa,
+        "model": info.model.display().to_string(),
+        "heads": info.heads.as_ref().map(|h| h.display().to_string()),
         "coherence": c.map(|c| c.coherence.to_string()),
         "draft_vocab": c.map(|c| c.draft_vocab),
         "tree": tree,
