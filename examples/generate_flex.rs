@@ -1,67 +1,42 @@
-//! S4C generation on the CPU with Burn's `flex` backend — copy this to start.
+//! S4C generation on the CPU with Burn's `flex` backend (s4c's CPU kernels run the file's quantized weights) — copy this to start.
 //!
 //! ```sh
 //! ./scripts/fetch-default-model.sh
 //! cargo run --release -p s4c --example generate_flex -- "Why is the sky blue?"
 //! ```
 
-use burn::backend::Flex;
-use burn::tensor::backend::Backend;
-use s4c::plain::GenerateOptions;
-use s4c::speculative::{SpeculativeGenerator, TreeShape};
-use s4c_models::{load, CausalLm, LoadOptions, Message};
-use s4c_tree::{ContextLookup, Template};
-use s4c_verify::GreedyAcceptor;
 use std::ops::ControlFlow;
 
-fn run<B: Backend>(
-    device: &B::Device,
-    options: &LoadOptions,
-) -> Result<(), Box<dyn std::error::Error>> {
+use s4c::{EngineBuilder, Request};
+use s4c_models::{LoadOptions, Message};
+
+type B = burn::backend::Flex;
+
+fn main() -> Result<(), s4c::EngineError> {
     let question = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "Why is the sky blue?".into());
-    // 1. The target model and the draft heads trained for it.
-    let m = load::<B>(
-        "models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(),
-        device,
-        options,
-    )?;
-    let heads = "assets/SmolLM2-135M-Instruct.heads.safetensors";
-    let drafter = s4c_draft::io::load::<B, _>(heads.as_ref(), &m.model)?;
-    // 2. The prompt in the model's chat template.
-    let template = m.template.clone().ok_or("the model has no chat template")?;
-    let prompt = m
-        .tokenizer
-        .encode(&template.render(&[Message::new("user", &question)]))?;
-    // 3. Greedy S4C: the output equals plain greedy decoding, token for token. Context lookup
-    //    adds up to 4 tokens copied from earlier in the prompt or answer as one more branch.
-    let tree = TreeShape::Static(Template::chain(4)?);
-    let mut generator = SpeculativeGenerator::new(&m.model, &drafter, GreedyAcceptor, tree)?
-        .with_lookup(Some(ContextLookup::new(1, 8, 4)));
-    let opts = GenerateOptions {
-        max_new_tokens: 128,
-        stop_tokens: s4c::stop_tokens(&m),
-        ..Default::default()
-    };
-    let out = generator.generate(&prompt, &opts, m.model.max_positions(), &mut |_| {
+    // The model, the heads found for it, the cost-aware tree (its latency curve is measured on
+    // this device once and cached), and the model's chat template.
+    let options = LoadOptions::default();
+    let engine = EngineBuilder::new("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .load_options(options)
+        .build::<B>(&Default::default())?;
+    // Greedy: the answer equals plain greedy decoding, token for token.
+    let request = Request::chat(vec![Message::new("user", &question)]).max_new_tokens(128);
+    let answer = engine.generate(&request, &mut |piece| {
+        print!("{piece}");
         ControlFlow::Continue(())
     })?;
-    println!("{}", m.tokenizer.decode(&out.new_ids, true)?);
+    let t = &answer.timings;
     println!(
-        "[{} tokens, {:.1} tok/s, τ {:.2}, backend {}]",
-        out.new_ids.len(),
-        out.tokens_per_second(),
-        out.stats.tau,
-        B::name(device)
+        "\n[{} tokens, {:.1} tok/s, τ {:.2}, {} drafted / {} accepted, {}]",
+        t.predicted_n,
+        t.tokens_per_second,
+        t.tau,
+        t.draft_n,
+        t.draft_n_accepted,
+        engine.info().backend
     );
     Ok(())
-}
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = LoadOptions {
-        shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ..Default::default()
-    };
-    run::<Flex>(&Default::default(), &options)
 }

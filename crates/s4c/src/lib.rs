@@ -1,23 +1,29 @@
 //! The S4C engine: composes the target model (`s4c-models`), the drafter (`s4c-draft`), the
 //! verification tree (`s4c-tree`) and acceptance (`s4c-verify`) into generation, and hosts the
-//! `s4c` command-line program.
+//! `s4c` command-line program and its OpenAI-compatible server.
 //!
-//! Plain decoding, the baseline:
+//! [`EngineBuilder`] gives what `s4c generate` does by default — the model from a GGUF file or a
+//! Hugging Face folder, the draft heads found for it, the cost-aware tree with context lookup,
+//! the model's chat template:
 //!
 //! ```no_run
-//! use s4c::plain::{generate_plain, GenerateOptions};
-//! use s4c_models::{load, CausalLm, LoadOptions, Message};
-//! type B = burn::backend::Flex;
+//! use std::ops::ControlFlow;
+//! use s4c::{EngineBuilder, Request};
+//! use s4c_models::Message;
 //! # fn main() -> Result<(), s4c::EngineError> {
-//! let device = Default::default();
-//! let m = load::<B>("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &device, &LoadOptions::default())?;
-//! let template = m.template.clone().expect("chat template");
-//! let prompt = m.tokenizer.encode(&template.render(&[Message::new("user", "Hi!")]))?;
-//! let options = GenerateOptions { max_new_tokens: 32, stop_tokens: s4c::stop_tokens(&m), ..Default::default() };
-//! let out = generate_plain(&m.model, &prompt, &options, m.model.max_positions(), &mut |_| std::ops::ControlFlow::Continue(()))?;
-//! println!("{}", m.tokenizer.decode(&out.new_ids, true)?);
+//! let engine = EngineBuilder::new("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+//!     .build::<burn::backend::Flex>(&Default::default())?;
+//! let request = Request::chat(vec![Message::new("user", "Hi!")]).max_new_tokens(32);
+//! let answer = engine.generate(&request, &mut |piece| {
+//!     print!("{piece}"); // streamed as it is generated
+//!     ControlFlow::Continue(()) // Break cancels
+//! })?;
+//! println!("\n{:.1} tok/s, τ {:.2}", answer.timings.tokens_per_second, answer.timings.tau);
 //! # Ok(()) }
 //! ```
+//!
+//! Lower down, [`plain::generate_plain`] and [`speculative::SpeculativeGenerator`] run any
+//! [`s4c_models::CausalLm`] with any [`s4c_draft::Drafter`] and [`s4c_verify::Acceptor`].
 
 pub mod backend;
 pub mod cost;

@@ -1,0 +1,174 @@
+//! The library engine end to end on the default model: the answer HF transformers gives, in both
+//! modes; streamed text equal to the answer; stop strings; cancellation; bad requests.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::tensor::DType;
+use s4c::{Engine, EngineBuilder, EngineError, FinishReason, HeadsChoice, Mode, Prompt, Request};
+use s4c_models::{LoadOptions, Message};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model in f32 (the golden file's type) with the shipped heads.
+fn engine() -> Engine<Flex> {
+    EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .load_options(LoadOptions {
+            dtype: Some(DType::F32),
+            ..Default::default()
+        })
+        .heads(HeadsChoice::File(
+            repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors"),
+        ))
+        .build::<Flex>(&Default::default())
+        .expect("fetch the default model with ./scripts/fetch-default-model.sh")
+}
+
+fn golden_case(i: usize) -> Value {
+    let text =
+        std::fs::read_to_string(repo().join("data/golden-smollm2-135m-instruct.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"][i].clone()
+}
+
+/// Generates `r`, collecting the streamed text.
+fn answer(e: &Engine<Flex>, r: &Request) -> (s4c::Completion, String) {
+    let mut streamed = String::new();
+    let c = e
+        .generate(r, &mut |piece| {
+            streamed += piece;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (c, streamed)
+}
+
+#[test]
+fn both_modes_give_the_reference_answer_and_stream_it() {
+    let e = engine();
+    assert_eq!(e.info().mode, Mode::S4c, "heads given: S4C by default");
+    for case in [golden_case(0), golden_case(1)] {
+        let question = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["greedy_new_ids"].clone()).unwrap();
+        for mode in [Mode::Plain, Mode::S4c] {
+            let r = Request::chat(vec![Message::new("user", question)])
+                .max_new_tokens(want.len())
+                .mode(mode);
+            let (c, streamed) = answer(&e, &r);
+            assert_eq!(
+                c.prompt_ids,
+                serde_json::from_value::<Vec<u32>>(case["input_ids"].clone()).unwrap()
+            );
+            assert_eq!(c.new_ids, want, "{mode:?} {question}");
+            assert_eq!(streamed, c.text);
+            let t = &c.timings;
+            assert_eq!(t.mode, mode);
+            assert_eq!(t.predicted_n, c.new_ids.len());
+            assert_eq!(t.prompt_n, c.prompt_ids.len());
+            assert!(t.draft_n_accepted <= t.draft_n);
+            if mode == Mode::Plain {
+                assert_eq!((t.draft_n, t.steps + 1), (0, c.new_ids.len()));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_answer_ends_before_the_first_stop_string() {
+    let e = engine();
+    let r = Request::chat(vec![Message::new(
+        "user",
+        "Write a short story about a robot who learns to paint.",
+    )])
+    .max_new_tokens(60);
+    let (full, _) = answer(&e, &r);
+    assert_eq!(full.finish, FinishReason::Length);
+    // A stop string from the middle of the answer (a word that occurs in it), and one that never
+    // occurs: the answer is the full text cut where the word first appears.
+    let words: Vec<&str> = full.text.split_whitespace().collect();
+    let stop = words[words.len() / 2].to_string();
+    let cut = full.text.find(&stop).unwrap();
+    for mode in [Mode::Plain, Mode::S4c] {
+        let r = r
+            .clone()
+            .mode(mode)
+            .stop(vec!["never appears here".into(), stop.clone()]);
+        let (c, streamed) = answer(&e, &r);
+        assert_eq!(c.text, full.text[..cut], "{mode:?} stop {stop:?}");
+        assert_eq!(streamed, c.text);
+        assert_eq!(c.finish, FinishReason::Stop);
+        assert!(c.new_ids.len() < full.new_ids.len());
+        assert_eq!(c.new_ids[..], full.new_ids[..c.new_ids.len()]);
+    }
+}
+
+#[test]
+fn a_callback_that_breaks_cancels_the_generation() {
+    let e = engine();
+    for mode in [Mode::Plain, Mode::S4c] {
+        let r = Request::chat(vec![Message::new(
+            "user",
+            "Count from one to fifty in words.",
+        )])
+        .max_new_tokens(100)
+        .mode(mode);
+        let mut pieces = 0;
+        let c = e
+            .generate(&r, &mut |_| {
+                pieces += 1;
+                if pieces == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(c.finish, FinishReason::Cancelled, "{mode:?}");
+        assert_eq!(pieces, 3);
+        assert!(c.new_ids.len() < 20, "{mode:?}: {} tokens", c.new_ids.len());
+    }
+}
+
+#[test]
+fn bad_requests_get_typed_errors() {
+    let e = engine();
+    let never = &mut |_: &str| -> ControlFlow<()> { panic!("no text for a bad request") };
+    let bad = [
+        Request::new(Prompt::Ids(vec![1, 2, 1_000_000])),
+        Request::new(Prompt::Ids(vec![])),
+        Request::text("Hello").max_new_tokens(0),
+        Request::text("word ".repeat(5000)),
+        Request::text("Hello").sampling(
+            s4c_verify::SamplingParams {
+                temperature: -1.0,
+                top_k: 0,
+                top_p: 1.0,
+            },
+            0,
+        ),
+    ];
+    for r in bad {
+        match e.generate(&r, never) {
+            Err(EngineError::InvalidOption(msg)) => assert!(!msg.is_empty()),
+            other => panic!("{:?}: {other:?}", r.prompt),
+        }
+    }
+}
+
+#[test]
+fn plain_mode_engines_load_no_heads_and_refuse_s4c_requests() {
+    let e = EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .mode(Mode::Plain)
+        .build::<Flex>(&Default::default())
+        .unwrap();
+    assert_eq!((e.info().mode, e.info().heads.clone()), (Mode::Plain, None));
+    let r = Request::text("Hello").max_new_tokens(4).mode(Mode::S4c);
+    assert!(matches!(
+        e.generate(&r, &mut |_| ControlFlow::Continue(())),
+        Err(EngineError::InvalidOption(_))
+    ));
+}
