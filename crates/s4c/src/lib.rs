@@ -32,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod memory;
 pub mod plain;
+pub mod server;
 pub mod speculative;
 
 pub use backend::{with_backend, BackendJob, BackendKind};

@@ -45,7 +45,7 @@ use speculation::{find_heads, speculation, Speculation};
 use text::TextStream;
 
 /// How tokens are decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// One forward per token (the baseline).
@@ -86,6 +86,11 @@ impl EngineBuilder {
             tree: TreeOptions::default(),
             template: None,
         }
+    }
+
+    /// The model file or folder.
+    pub fn model_path(&self) -> &std::path::Path {
+        &self.model
     }
 
     /// How the model is loaded (engine, weight types, threads, context length).

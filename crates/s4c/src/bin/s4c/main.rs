@@ -11,6 +11,7 @@ mod args;
 mod bench;
 mod generate;
 mod model_tools;
+mod serve;
 mod synth_prompts;
 mod train_heads;
 
@@ -58,6 +59,9 @@ enum Command {
     /// Write training prompts with the model itself: it continues its chat template opened at a
     /// user turn (Magpie-style prompt synthesis); JSON lines for `train-heads --prompts`.
     SynthPrompts(synth_prompts::SynthPromptsArgs),
+    /// Serve the model over HTTP with the OpenAI API (chat and text completions, streaming),
+    /// answering with S4C.
+    Serve(serve::ServeArgs),
     /// Show a model's configuration, storage types and parameter count.
     Info {
         /// A GGUF file or a Hugging Face folder.
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert { model, out } => model_tools::convert(&model, &out),
         Command::Info { model } => model_tools::info(&model),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::TrainHeads(args) => train_heads::run(&args),
         Command::SynthPrompts(args) => synth_prompts::run(&args),
     }
