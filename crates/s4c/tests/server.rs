@@ -239,7 +239,12 @@ fn models_health_and_metrics() {
 }
 
 /// API key sent, body, expected status, expected `param`.
-type Case = (Option<&'static str>, Vec<u8>, StatusCode, Option<&'static str>);
+type Case = (
+    Option<&'static str>,
+    Vec<u8>,
+    StatusCode,
+    Option<&'static str>,
+);
 
 #[test]
 fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {

@@ -9,6 +9,7 @@ use s4c::Result;
 
 mod args;
 mod bench;
+mod bench_serve;
 mod generate;
 mod model_tools;
 mod serve;
@@ -62,6 +63,10 @@ enum Command {
     /// Serve the model over HTTP with the OpenAI API (chat and text completions, streaming),
     /// answering with S4C.
     Serve(serve::ServeArgs),
+    /// Load the OpenAI server from 1, 4, 16, 64 concurrent clients (loopback only, a bounded
+    /// number of requests): latency, time to first token, aggregate tok/s, errors; JSON,
+    /// Markdown and an SVG chart.
+    BenchServe(bench_serve::BenchServeArgs),
     /// Show a model's configuration, storage types and parameter count.
     Info {
         /// A GGUF file or a Hugging Face folder.
@@ -89,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => model_tools::info(&model),
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::BenchServe(args) => bench_serve::run(&args),
         Command::TrainHeads(args) => train_heads::run(&args),
         Command::SynthPrompts(args) => synth_prompts::run(&args),
     }
