@@ -50,6 +50,12 @@ pub enum ModelError {
         /// The types that are supported.
         supported: &'static str,
     },
+    /// A chat template does not compile, or refuses a conversation.
+    #[error("chat template: {reason}")]
+    Template {
+        /// What the template engine or the template itself reported.
+        reason: String,
+    },
     /// A tensor the architecture needs is not in the weights.
     #[error("tensor {0} is missing from the weights; is this a Llama-family model?")]
     MissingTensor(String),

@@ -169,7 +169,8 @@ impl ModelFiles {
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = file
             .meta_str("tokenizer.chat_template")
-            .and_then(ChatTemplate::detect);
+            .map(|j| model_template(j, &tokenizer, &config))
+            .transpose()?;
         let mut file_dtypes: Vec<String> = file.tensors().values().map(|t| t.ty.name()).collect();
         file_dtypes.sort();
         file_dtypes.dedup();
@@ -199,7 +200,8 @@ impl ModelFiles {
                     .find_map(|t| t.get("template")?.as_str().map(str::to_string)),
                 _ => None,
             })
-            .and_then(|j| ChatTemplate::detect(&j));
+            .map(|j| model_template(&j, &tokenizer, &config))
+            .transpose()?;
         Ok(ModelFiles {
             config,
             weights: Box::new(weights),
@@ -272,8 +274,7 @@ pub fn convert_to_hf(src: &Path, out: &Path) -> Result<()> {
         serde_json::to_string_pretty(&files.config.to_hf_json()).unwrap_or_default(),
     )?;
     w("tokenizer.json", files.tokenizer.to_json().to_string())?;
-    if let Some(t) = &files.template {
-        let jinja = template_jinja(t);
+    if let Some(jinja) = files.template.as_ref().and_then(|t| t.jinja_source()) {
         w(
             "tokenizer_config.json",
             serde_json::to_string_pretty(&serde_json::json!({ "chat_template": jinja }))
@@ -283,18 +284,16 @@ pub fn convert_to_hf(src: &Path, out: &Path) -> Result<()> {
     write_safetensors(&out.join("model.safetensors"), &files.all_tensors()?)
 }
 
-/// A minimal Jinja template that [`ChatTemplate::detect`] maps back to `t`.
-fn template_jinja(t: &ChatTemplate) -> String {
-    use crate::chat::TemplateKind::*;
-    match t.kind {
-        ChatMl => {
-            let sys = t.default_system.as_deref().map(|s| {
-                format!("{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ '<|im_start|>system\n{s}<|im_end|>\n' }}}}{{% endif %}}")
-            }).unwrap_or_default();
-            format!("{{% for message in messages %}}{sys}{{{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}}}{{% endfor %}}")
-        }
-        Llama3 => "<|start_header_id|>".into(),
-        Llama2 => "[INST]".into(),
-        Vicuna => "USER: ASSISTANT:".into(),
-    }
+/// The model's Jinja chat template, with its BOS and EOS token strings.
+fn model_template(
+    jinja: &str,
+    tokenizer: &Tokenizer,
+    config: &LlamaConfig,
+) -> Result<ChatTemplate> {
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default();
+    ChatTemplate::from_jinja(
+        jinja,
+        &token(config.bos_token_id),
+        &token(config.eos_token_ids.first().copied()),
+    )
 }

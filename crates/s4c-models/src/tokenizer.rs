@@ -137,6 +137,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The string of token `id`, if it is in the vocabulary.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -79,7 +79,7 @@ fn prompt_ids(case: &Value) -> Vec<u32> {
             .as_ref()
             .expect("the default model has a chat template");
         m.tokenizer
-            .encode(&t.render(&[Message::new("user", text)]))
+            .encode(&t.render(&[Message::new("user", text)]).unwrap())
             .unwrap()
     } else {
         m.tokenizer.encode(text).unwrap()

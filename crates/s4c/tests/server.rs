@@ -465,3 +465,23 @@ fn concurrent_clients_get_their_sequential_answers_or_429_past_the_queue() {
         "one running and two queued are always served: {ok}"
     );
 }
+
+#[test]
+fn the_official_openai_python_client_works_with_the_server() {
+    let out = std::process::Command::new(repo().join("scripts/openai-client-check.sh"))
+        .args([base(), KEY])
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/openai-client-check.sh");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.code() == Some(3) {
+        eprintln!("SKIPPED: the pinned `openai` package could not be installed (offline?)\n{log}");
+        return;
+    }
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("as expected"), "{log}");
+}

@@ -173,7 +173,7 @@ impl EngineBuilder {
             mode,
             heads: spec.as_ref().and_then(|s| s.heads.clone()),
             tree: spec.as_ref().map(|s| s.info.clone()),
-            chat_template: template.as_ref().map(|t| format!("{:?}", t.kind)),
+            chat_template: template.as_ref().map(|t| t.describe()),
         };
         let stop_tokens = stop_tokens(&m, template.as_ref());
         Ok(Engine {
@@ -291,7 +291,12 @@ impl<B: Backend> Engine<B> {
                             .into(),
                     )
                 })?;
-                crate::template_ids(&self.m, t, &t.render(messages))?
+                // A template that refuses the conversation (say, roles that do not alternate)
+                // is the request's fault.
+                let text = t
+                    .render(messages)
+                    .map_err(|e| EngineError::InvalidOption(e.to_string()))?;
+                crate::template_ids(&self.m, t, &text)?
             }
         };
         if let Some(&bad) = ids

@@ -35,7 +35,7 @@ pub fn info(path: &Path) -> Result<()> {
         "config": c,
         "file_dtypes": files.file_dtypes,
         "parameters": c.parameter_count(),
-        "chat_template": files.template.as_ref().map(|t| format!("{:?}", t.kind)),
+        "chat_template": files.template.as_ref().map(|t| t.describe()),
         "vocab_size_tokenizer": files.tokenizer.vocab_size(),
     });
     println!(

@@ -106,7 +106,7 @@ fn synth_prompts<B: Backend>(m: &LoadedModel<B>, args: &SynthPromptsArgs) -> Res
         EngineError::InvalidOption(format!(
             "the {:?} chat template ends a user turn with plain text, not a special token; \
              prompt synthesis needs ChatML or Llama 3",
-            template.kind
+            template.describe()
         ))
     })?;
     let ids = template_ids(m, template, &opening)?;

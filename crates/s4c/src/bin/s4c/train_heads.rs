@@ -189,7 +189,7 @@ pub fn chat_ids<B: Backend>(m: &LoadedModel<B>, text: &str) -> Result<Vec<u32>> 
     let Some(t) = &m.template else {
         return Ok(m.tokenizer.encode(text)?);
     };
-    template_ids(m, t, &t.render(&[Message::new("user", text)]))
+    template_ids(m, t, &t.render(&[Message::new("user", text)])?)
 }
 
 /// A progress bar of `len` steps drawn with `template`.
