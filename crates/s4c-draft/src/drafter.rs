@@ -192,7 +192,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
             head.select(0, ids_tensor::<B>(&vocab, &device))
         };
         Ok(MultiHeadDrafter {
-            index: crate::train::draft_index(&vocab, v),
+            index: crate::heads::draft_index(&vocab, v),
             config,
             heads,
             embed,
@@ -277,8 +277,8 @@ impl<B: Backend> MultiHeadDrafter<B> {
     }
 
     /// The target's tensors the heads read (training and evaluation build batches from them).
-    pub fn frozen(&self) -> crate::train::Frozen<B> {
-        crate::train::Frozen {
+    pub fn frozen(&self) -> crate::heads::Frozen<B> {
+        crate::heads::Frozen {
             embed: self.embed.clone(),
             head: self.head(),
             full_head: self.full_head.clone(),

@@ -209,7 +209,7 @@ fn copy_layer<B: Backend>(hidden: usize, copy: usize, device: &B::Device) -> Lin
     }
 }
 
-/// One training batch, built on the host by [`crate::train`].
+/// One training batch, built on the host by training (`crate::train`).
 #[derive(Debug, Clone)]
 pub struct Batch<B: Backend> {
     /// `[n, hidden]` features of the last accepted token.
@@ -397,4 +397,25 @@ pub fn batch_loss<B: Backend>(
 fn head_rows<B: Backend, K: BasicOps<B>>(x: &Tensor<B, 3, K>, j: usize) -> Tensor<B, 2, K> {
     let [n, _, d] = x.dims();
     x.clone().slice([0..n, j..j + 1, 0..d]).reshape([n, d])
+}
+
+/// Token id → draft-vocabulary index (−1 outside it).
+pub fn draft_index(vocab: &[u32], vocab_size: usize) -> Vec<i32> {
+    let mut m = vec![-1i32; vocab_size];
+    for (i, &t) in vocab.iter().enumerate() {
+        m[t as usize] = i as i32;
+    }
+    m
+}
+
+/// The target's tensors the heads read, frozen.
+#[derive(Debug, Clone)]
+pub struct Frozen<B: Backend> {
+    /// The input embedding `[vocab, hidden]`.
+    pub embed: Tensor<B, 2>,
+    /// The LM head's rows of the draft vocabulary `[draft_vocab, hidden]`.
+    pub head: Tensor<B, 2>,
+    /// The whole LM head `[vocab, hidden]`: context copy scores candidates outside the draft
+    /// vocabulary with it.
+    pub full_head: Tensor<B, 2>,
 }

@@ -323,26 +323,7 @@ pub fn build_batch<B: Backend>(
     }
 }
 
-/// Token id → draft-vocabulary index (−1 outside it).
-pub fn draft_index(vocab: &[u32], vocab_size: usize) -> Vec<i32> {
-    let mut m = vec![-1i32; vocab_size];
-    for (i, &t) in vocab.iter().enumerate() {
-        m[t as usize] = i as i32;
-    }
-    m
-}
-
-/// The target's tensors the heads read, frozen.
-#[derive(Debug, Clone)]
-pub struct Frozen<B: Backend> {
-    /// The input embedding `[vocab, hidden]`.
-    pub embed: Tensor<B, 2>,
-    /// The LM head's rows of the draft vocabulary `[draft_vocab, hidden]`.
-    pub head: Tensor<B, 2>,
-    /// The whole LM head `[vocab, hidden]`: context copy scores candidates outside the draft
-    /// vocabulary with it.
-    pub full_head: Tensor<B, 2>,
-}
+pub use crate::heads::{draft_index, Frozen};
 
 /// The target's [`Frozen`] tensors for the draft vocabulary `vocab`, as constants of the
 /// autodiff backend: no gradient reaches them.

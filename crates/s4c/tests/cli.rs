@@ -70,7 +70,7 @@ fn tokenize_and_info() {
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["parameters"], 134_515_008);
-    assert_eq!(v["chat_template"], "ChatMl");
+    assert_eq!(v["chat_template"], "ChatMl (the model's Jinja template)");
 }
 
 #[test]

@@ -176,14 +176,14 @@ fn tree_shape<B: Backend>(
         .min(drafter.max_depth());
     if options.nodes == 0 {
         return Err(EngineError::InvalidOption(
-            "tree nodes (--tree-nodes) must be at least 1".into(),
+            "--tree-nodes must be at least 1".into(),
         ));
     }
     // Depth 0: the heads never draft; only context lookup (sized by the cost-aware tree).
     if depth == 0 && !(options.kind == TreeKind::Cost && options.lookup > 0) {
         return Err(EngineError::InvalidOption(
-            "tree depth (--tree-depth) must be at least 1 (0, context lookup alone, needs the \
-             cost tree and lookup of at least 1 token)"
+            "--tree-depth must be at least 1 (0, context lookup alone, needs --tree cost and \
+             --lookup N with N ≥ 1)"
                 .into(),
         ));
     }
@@ -222,8 +222,8 @@ fn tree_shape<B: Backend>(
             let stats = drafter.config().acceptance.clone().ok_or_else(|| {
                 EngineError::InvalidOption(
                     "these heads carry no acceptance statistics (retrain them with `s4c \
-                     train-heads`), so the cost tree cannot size the tree; use the static or \
-                     dynamic tree"
+                     train-heads`), so --tree cost cannot size the tree; use --tree static or \
+                     dynamic"
                         .into(),
                 )
             })?;
@@ -263,9 +263,9 @@ fn lookup_shape<B: Backend>(
 ) -> Result<(TreeShape, Value)> {
     if options.lookup == 0 || options.nodes == 0 {
         return Err(EngineError::InvalidOption(format!(
-            "no draft heads for {}, and lookup 0 or tree nodes 0 leaves nothing to verify; pass \
-             --heads FILE, train them with `s4c train-heads`, keep context lookup on, or use \
-             plain mode",
+            "no draft heads for {}, and --lookup 0 or --tree-nodes 0 leaves nothing to verify; \
+             pass --heads FILE, train them with `s4c train-heads`, drop --lookup 0, or use \
+             --mode plain",
             m.path.display()
         )));
     }

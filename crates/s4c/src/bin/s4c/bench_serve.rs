@@ -166,11 +166,9 @@ fn loopback(url: &str) -> Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| EngineError::InvalidOption("--url must start with http://".into()))?;
-    let host = rest.split(['/', ':']).next().unwrap_or("");
-    let host = if rest.starts_with('[') {
-        rest[1..].split(']').next().unwrap_or("")
-    } else {
-        host
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(['/', ':']).next().unwrap_or(""),
     };
     let is_loopback = host == "localhost"
         || host
