@@ -79,4 +79,21 @@ pub trait CausalLm<B: Backend> {
     /// Runs the new tokens against the cache, appends their keys and values, and returns their
     /// logits and features. No host synchronisation happens inside.
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>>;
+    /// Several sequences' forwards, each with its own input and cache; the outputs in order.
+    /// Models may run them as one pass (the CPU engine does for causal inputs: every weight is
+    /// read once for all rows), but each output must be what [`CausalLm::forward`] gives.
+    fn forward_batch(&self, items: &mut [SequenceInput<'_, B>]) -> Result<Vec<LmOutput<B>>> {
+        items
+            .iter_mut()
+            .map(|s| self.forward(s.input, s.cache))
+            .collect()
+    }
+}
+
+/// One sequence of [`CausalLm::forward_batch`]: its new tokens and its cache.
+pub struct SequenceInput<'a, B: Backend> {
+    /// The new tokens.
+    pub input: &'a Input<'a>,
+    /// The sequence's cache.
+    pub cache: &'a mut KvCache<B>,
 }

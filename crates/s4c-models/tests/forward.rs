@@ -571,3 +571,65 @@ fn attention_matches_a_brute_force_reference() {
         );
     }
 }
+
+/// Several sequences in one batched forward give each the bits its own forward gives (CPU
+/// engine: one pass for all rows), and the tensor engine's sequential batch the same as its
+/// forwards; caches advance as with single forwards.
+#[test]
+fn a_batched_forward_equals_each_sequence_alone() {
+    use s4c_models::gguf::GgmlType;
+    use s4c_models::testing::tiny_quantized_model;
+    use s4c_models::SequenceInput;
+    let d = Default::default();
+    let models = [
+        tiny_quantized_model::<B>(VOCAB, 4, GgmlType::Q4_1, &d).unwrap(),
+        tiny_quantized_model::<B>(VOCAB, 4, GgmlType::Q8_0, &d).unwrap(),
+        tiny_model_on::<B>(VOCAB, 4, &d, EngineKind::Tensors),
+    ];
+    let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7, 8], &[9, 10, 11, 12, 13, 14, 15, 16]];
+    let steps: [&[u32]; 3] = [&[6], &[9, 4], &[3]];
+    for model in &models {
+        let bits = |t: Tensor<B, 2>| -> Vec<u32> {
+            rows(t).concat().iter().map(|x| x.to_bits()).collect()
+        };
+        // Alone: prefill, then the step.
+        let mut alone = vec![];
+        for (p, s) in prompts.iter().zip(steps) {
+            let mut cache = model.new_cache(32);
+            model
+                .forward(&Input::causal(p, 0, Logits::Last), &mut cache)
+                .unwrap();
+            let out = model
+                .forward(&Input::causal(s, p.len(), Logits::All), &mut cache)
+                .unwrap();
+            alone.push((bits(out.logits), bits(out.features), cache.len()));
+        }
+        // Together: the same prefills, then one batched step.
+        let mut caches: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let mut c = model.new_cache(32);
+                model
+                    .forward(&Input::causal(p, 0, Logits::Last), &mut c)
+                    .unwrap();
+                c
+            })
+            .collect();
+        let inputs: Vec<Input<'_>> = prompts
+            .iter()
+            .zip(steps)
+            .map(|(p, s)| Input::causal(s, p.len(), Logits::All))
+            .collect();
+        let mut items: Vec<SequenceInput<'_, B>> = inputs
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(input, cache)| SequenceInput { input, cache })
+            .collect();
+        let outs = model.forward_batch(&mut items).unwrap();
+        drop(items);
+        for (i, out) in outs.into_iter().enumerate() {
+            let got = (bits(out.logits), bits(out.features), caches[i].len());
+            assert_eq!(got, alone[i], "sequence {i} on {}", model.engine());
+        }
+    }
+}

@@ -37,8 +37,8 @@ pub mod speculative;
 
 pub use backend::{with_backend, BackendJob, BackendKind};
 pub use engine::{
-    Completion, Engine, EngineBuilder, EngineInfo, FinishReason, HeadsChoice, Mode, Prompt,
-    Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
+    BatchJob, Completion, Engine, EngineBuilder, EngineInfo, FinishReason, HeadsChoice, Mode,
+    Prompt, Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
 };
 pub use error::{EngineError, Result};
 

@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use s4c_models::{CausalLm, Input, Logits};
+use s4c_models::{CausalLm, Input, KvCache, Logits, SequenceInput};
 use s4c_verify::acceptor::{read_argmax, read_row};
 use s4c_verify::sampling::Sampler;
 use s4c_verify::SamplingParams;
@@ -122,41 +122,196 @@ pub fn generate_plain<B: Backend, M: CausalLm<B>>(
     context: usize,
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    options.validate(prompt.len(), context)?;
-    let start = Instant::now();
-    let mut cache = model.new_cache(options.cache_capacity(prompt.len(), context));
-    let mut sampler = Sampler::new(options.sampling, options.seed);
-    let out = model.forward(&Input::causal(prompt, 0, Logits::Last), &mut cache)?;
-    let mut token = next_token(out.logits, &mut sampler)?;
-    let prefill = start.elapsed();
-    let mut new_ids = vec![token];
-    let mut flow = on_tokens(&[token]);
-    let mut steps = 0;
-    let stop = loop {
-        if flow.is_break() {
-            break StopReason::Interrupted;
+    let mut seq = PlainSequence::start(model, prompt, options, context, on_tokens)?;
+    while let Some(token) = seq.pending() {
+        let pos = seq.cache.len();
+        let out = model.forward(&Input::causal(&[token], pos, Logits::Last), &mut seq.cache)?;
+        seq.advance(out.logits, on_tokens)?;
+    }
+    Ok(seq.finish())
+}
+
+/// One plain-decoding generation taken a step at a time, so that several can share each
+/// forward ([`decode_together`]). Its tokens are those [`generate_plain`] gives.
+pub struct PlainSequence<B: Backend> {
+    cache: KvCache<B>,
+    sampler: Sampler,
+    options: GenerateOptions,
+    new_ids: Vec<u32>,
+    steps: usize,
+    start: Instant,
+    prefill: Duration,
+    stop: Option<StopReason>,
+}
+
+impl<B: Backend> PlainSequence<B> {
+    /// Checks the options, runs the prefill and takes the first token (given to `on_tokens`).
+    pub fn start<M: CausalLm<B>>(
+        model: &M,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        context: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<Self> {
+        let mut seq = Self::new(model, prompt.len(), options, context)?;
+        let out = model.forward(&Input::causal(prompt, 0, Logits::Last), &mut seq.cache)?;
+        seq.begin(out.logits, on_tokens)?;
+        Ok(seq)
+    }
+
+    /// A sequence for a prompt of `prompt_len` tokens, before its prefill: the options checked,
+    /// the cache made. Run the prompt through [`Self::cache_mut`] (or [`prefill_together`]),
+    /// then [`Self::begin`].
+    pub fn new<M: CausalLm<B>>(
+        model: &M,
+        prompt_len: usize,
+        options: &GenerateOptions,
+        context: usize,
+    ) -> Result<Self> {
+        options.validate(prompt_len, context)?;
+        Ok(PlainSequence {
+            cache: model.new_cache(options.cache_capacity(prompt_len, context)),
+            sampler: Sampler::new(options.sampling, options.seed),
+            options: options.clone(),
+            new_ids: vec![],
+            steps: 0,
+            start: Instant::now(),
+            prefill: Duration::ZERO,
+            stop: None,
+        })
+    }
+
+    /// Its cache.
+    pub fn cache_mut(&mut self) -> &mut KvCache<B> {
+        &mut self.cache
+    }
+
+    /// Takes the first token from the prefill's `logits`.
+    pub fn begin(
+        &mut self,
+        logits: burn::tensor::Tensor<B, 2>,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let token = next_token(logits, &mut self.sampler)?;
+        self.prefill = self.start.elapsed();
+        self.push(token, on_tokens);
+        Ok(())
+    }
+
+    /// The token the next forward runs (the newest one), or `None` once generation has ended.
+    pub fn pending(&self) -> Option<u32> {
+        match self.stop {
+            None => self.new_ids.last().copied(),
+            Some(_) => None,
         }
-        if options.stop_tokens.contains(&token) {
-            break StopReason::StopToken;
+    }
+
+    /// Takes the next token from the last row of the forward's `logits`.
+    pub fn advance(
+        &mut self,
+        logits: burn::tensor::Tensor<B, 2>,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.steps += 1;
+        let token = next_token(logits, &mut self.sampler)?;
+        self.push(token, on_tokens);
+        Ok(())
+    }
+
+    /// Records a new token and whether generation ends with it.
+    fn push(&mut self, token: u32, on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>) {
+        self.new_ids.push(token);
+        let flow = on_tokens(&[token]);
+        self.stop = if flow.is_break() {
+            Some(StopReason::Interrupted)
+        } else if self.options.stop_tokens.contains(&token) {
+            Some(StopReason::StopToken)
+        } else if self.new_ids.len() >= self.options.max_new_tokens {
+            Some(StopReason::MaxTokens)
+        } else if self.cache.len() + 1 > self.cache.capacity() {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        };
+    }
+
+    /// Ends generation here (a cancelled request).
+    pub fn interrupt(&mut self) {
+        self.stop.get_or_insert(StopReason::Interrupted);
+    }
+
+    /// The result (call once [`Self::pending`] is `None`, or to cut generation short).
+    pub fn finish(self) -> Generation {
+        Generation {
+            new_ids: self.new_ids,
+            steps: self.steps,
+            elapsed: self.start.elapsed(),
+            prefill: self.prefill,
+            stop: self.stop.unwrap_or(StopReason::Interrupted),
         }
-        if new_ids.len() >= options.max_new_tokens {
-            break StopReason::MaxTokens;
-        }
-        if cache.len() + 1 > cache.capacity() {
-            break StopReason::ContextFull;
-        }
-        let pos = cache.len();
-        let out = model.forward(&Input::causal(&[token], pos, Logits::Last), &mut cache)?;
-        steps += 1;
-        token = next_token(out.logits, &mut sampler)?;
-        new_ids.push(token);
-        flow = on_tokens(&[token]);
-    };
-    Ok(Generation {
-        new_ids,
-        steps,
-        elapsed: start.elapsed(),
-        prefill,
-        stop,
-    })
+    }
+}
+
+/// The prefills of new sequences (each with its prompt) in one batched forward, then their
+/// first tokens; `on_tokens(i, tokens)` receives sequence `i`'s.
+pub fn prefill_together<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    sequences: &mut [(&mut PlainSequence<B>, &[u32])],
+    on_tokens: &mut dyn FnMut(usize, &[u32]) -> ControlFlow<()>,
+) -> Result<()> {
+    let inputs: Vec<Input<'_>> = sequences
+        .iter()
+        .map(|(_, p)| Input::causal(p, 0, Logits::Last))
+        .collect();
+    let mut items: Vec<SequenceInput<'_, B>> = sequences
+        .iter_mut()
+        .zip(&inputs)
+        .map(|((s, _), input)| SequenceInput {
+            input,
+            cache: &mut s.cache,
+        })
+        .collect();
+    let outs = model.forward_batch(&mut items)?;
+    drop(items);
+    for (i, ((s, _), out)) in sequences.iter_mut().zip(outs).enumerate() {
+        s.begin(out.logits, &mut |ids| on_tokens(i, ids))?;
+    }
+    Ok(())
+}
+
+/// One decoding step for every sequence that has not ended, in one batched forward
+/// ([`CausalLm::forward_batch`]); `on_tokens(i, tokens)` receives sequence `i`'s new token.
+pub fn decode_together<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    sequences: &mut [&mut PlainSequence<B>],
+    on_tokens: &mut dyn FnMut(usize, &[u32]) -> ControlFlow<()>,
+) -> Result<()> {
+    let live: Vec<(usize, u32)> = sequences
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.pending().map(|t| (i, t)))
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let tokens: Vec<[u32; 1]> = live.iter().map(|&(_, t)| [t]).collect();
+    let inputs: Vec<Input<'_>> = live
+        .iter()
+        .zip(&tokens)
+        .map(|(&(i, _), t)| Input::causal(t, sequences[i].cache.len(), Logits::Last))
+        .collect();
+    let mut caches: Vec<Option<&mut KvCache<B>>> =
+        sequences.iter_mut().map(|s| Some(&mut s.cache)).collect();
+    let mut items: Vec<SequenceInput<'_, B>> = live
+        .iter()
+        .zip(&inputs)
+        .filter_map(|(&(i, _), input)| caches[i].take().map(|cache| SequenceInput { input, cache }))
+        .collect();
+    let outs = model.forward_batch(&mut items)?;
+    drop(items);
+    drop(caches);
+    for ((i, _), out) in live.into_iter().zip(outs) {
+        sequences[i].advance(out.logits, &mut |ids| on_tokens(i, ids))?;
+    }
+    Ok(())
 }

@@ -172,3 +172,70 @@ fn plain_mode_engines_load_no_heads_and_refuse_s4c_requests() {
         Err(EngineError::InvalidOption(_))
     ));
 }
+
+#[test]
+fn requests_decoded_together_get_the_answers_they_get_alone() {
+    use std::sync::{Arc, Mutex};
+    let e = engine();
+    let questions = [
+        "What is the capital of Italy?",
+        "Write a haiku about rain.",
+        "Name three fruits.",
+        "Explain what a noun is.",
+        "What is 12 times 12?",
+    ];
+    let request = |q: &str| {
+        Request::chat(vec![Message::new("user", q)])
+            .max_new_tokens(24)
+            .stop(vec!["\n\n".into()])
+    };
+    let alone: Vec<s4c::Completion> = questions
+        .iter()
+        .map(|q| answer(&e, &request(q)).0)
+        .collect();
+    // Three start together, two join as others finish (at most three at once); the fourth is
+    // cancelled after its second piece of text.
+    type Results = Arc<Mutex<Vec<(usize, String, Option<s4c::Completion>)>>>;
+    let results: Results = Arc::new(Mutex::new(vec![]));
+    let job = |i: usize| {
+        let done = results.clone();
+        let text = Arc::new(Mutex::new(String::new()));
+        let (t1, t2) = (text.clone(), text);
+        let mut pieces = 0;
+        s4c::BatchJob {
+            request: request(questions[i]),
+            on_text: Box::new(move |p| {
+                t1.lock().unwrap().push_str(p);
+                pieces += 1;
+                if i == 3 && pieces == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }),
+            done: Box::new(move |c| {
+                let text = t2.lock().unwrap().clone();
+                done.lock().unwrap().push((i, text, c.ok()));
+            }),
+        }
+    };
+    let mut later = vec![job(3), job(4)];
+    e.generate_batch(vec![job(0), job(1), job(2)], 3, &mut |room| {
+        let n = room.min(later.len());
+        later.drain(..n).collect()
+    });
+    let results = results.lock().unwrap();
+    assert_eq!(results.len(), 5);
+    for (i, streamed, c) in results.iter() {
+        let c = c.as_ref().unwrap();
+        assert_eq!(c.timings.mode, Mode::Plain);
+        if *i == 3 {
+            assert_eq!(c.finish, FinishReason::Cancelled);
+            assert_eq!(c.new_ids[..], alone[3].new_ids[..c.new_ids.len()]);
+            continue;
+        }
+        assert_eq!(c.new_ids, alone[*i].new_ids, "{}", questions[*i]);
+        assert_eq!((&c.text, c.finish), (&alone[*i].text, alone[*i].finish));
+        assert_eq!(streamed, &c.text);
+    }
+}

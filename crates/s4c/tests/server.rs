@@ -460,10 +460,7 @@ fn concurrent_clients_get_their_sequential_answers_or_429_past_the_queue() {
             s => panic!("unexpected {s}: {v}"),
         }
     }
-    assert!(
-        ok >= 3,
-        "one running and two queued are always served: {ok}"
-    );
+    assert!(ok >= 2, "the two the queue holds are always served: {ok}");
 }
 
 #[test]

@@ -211,13 +211,13 @@ impl CpuModel {
                     Some(m) => Visibility::Mask { mask: m, offset: s },
                     None => Visibility::Causal { cached: cached + s },
                 };
-                features.extend(self.layers_forward(
-                    &tokens[s..e],
-                    &positions[s..e],
+                features.extend(self.layers_forward(&mut [Segment {
+                    tokens: &tokens[s..e],
+                    positions: &positions[s..e],
                     visible,
-                    cache,
-                    cached + s,
-                )?);
+                    cache: &mut *cache,
+                    start: cached + s,
+                }])?);
             }
             let (rows, logits) = if all {
                 (n, self.lm_head(&features, n))
@@ -232,18 +232,61 @@ impl CpuModel {
         })
     }
 
-    /// The decoder layers over one block of tokens whose keys go to slots `start..`; returns
-    /// their final-norm features.
-    fn layers_forward(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        visible: Visibility<'_>,
-        cache: &mut HostKv,
-        start: usize,
-    ) -> Result<Vec<f32>> {
+    /// Several sequences' causal blocks in one pass: every weight matrix is read once for all
+    /// their rows, attention runs per sequence on its own cache. Each row's result is the same
+    /// bits as in [`Self::forward`] (the kernels compute every row on its own).
+    /// `items[i] = (tokens, positions, all, cache, cached)`.
+    pub(crate) fn forward_batch(&self, items: &mut [BatchRows<'_>]) -> Result<Vec<HostOutput>> {
+        self.threads.install(|| {
+            let h = self.config.hidden_size;
+            let mut segments: Vec<Segment<'_>> = items
+                .iter_mut()
+                .map(|b| Segment {
+                    tokens: b.tokens,
+                    positions: b.positions,
+                    visible: Visibility::Causal { cached: b.cached },
+                    start: b.cached,
+                    cache: &mut *b.cache,
+                })
+                .collect();
+            let features = self.layers_forward(&mut segments)?;
+            // One LM-head pass over the rows whose logits are wanted.
+            let mut wanted = vec![];
+            let mut offset = 0;
+            let mut spans = vec![];
+            for b in items.iter() {
+                let n = b.tokens.len();
+                let rows = if b.all {
+                    offset..offset + n
+                } else {
+                    offset + n - 1..offset + n
+                };
+                spans.push((offset, n, rows.len()));
+                wanted.extend_from_slice(&features[rows.start * h..rows.end * h]);
+                offset += n;
+            }
+            let total: usize = spans.iter().map(|s| s.2).sum();
+            let logits = self.lm_head(&wanted, total);
+            let v = logits.len() / total.max(1);
+            let mut out = vec![];
+            let mut at = 0;
+            for (offset, n, rows) in spans {
+                out.push(HostOutput {
+                    logits: logits[at * v..(at + rows) * v].to_vec(),
+                    rows,
+                    features: features[offset * h..(offset + n) * h].to_vec(),
+                });
+                at += rows;
+            }
+            Ok(out)
+        })
+    }
+
+    /// The decoder layers over blocks of tokens of one or more sequences (each block's keys go
+    /// to its cache's slots `start..`); returns their final-norm features, rows in order.
+    fn layers_forward(&self, segments: &mut [Segment<'_>]) -> Result<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
+        let n: usize = segments.iter().map(|s| s.tokens.len()).sum();
         let (hd, h) = (c.head_dim, c.hidden_size);
         let heads = Heads {
             q: c.num_heads,
@@ -253,9 +296,16 @@ impl CpuModel {
         let (qw, kvw) = (heads.q * hd, heads.kv * hd);
         let eps = c.rms_norm_eps as f32;
         let avx2 = self.threads.isa().has_avx2();
-        let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+        let ids: Vec<usize> = segments
+            .iter()
+            .flat_map(|s| s.tokens.iter().map(|&t| t as usize))
+            .collect();
+        let positions: Vec<usize> = segments
+            .iter()
+            .flat_map(|s| s.positions.iter().copied())
+            .collect();
         let mut x = self.embed(&ids)?;
-        let (cos, sin) = ops::rotary_angles(&self.inv_freq, positions);
+        let (cos, sin) = ops::rotary_angles(&self.inv_freq, &positions);
         let mut xn = vec![0f32; n * h];
         let mut mid = vec![0f32; n * c.intermediate_size];
         for (l, layer) in self.layers.iter().enumerate() {
@@ -280,8 +330,23 @@ impl CpuModel {
                     ops::rotate(head, ci, &si[..hd / 2], self.rotary);
                 }
             }
-            cache.write(l, start, &k, &v);
-            let att = attend(cache, l, &q, n, heads, visible, avx2);
+            let mut att = Vec::with_capacity(n * qw);
+            let mut r0 = 0;
+            for seg in segments.iter_mut() {
+                let r1 = r0 + seg.tokens.len();
+                seg.cache
+                    .write(l, seg.start, &k[r0 * kvw..r1 * kvw], &v[r0 * kvw..r1 * kvw]);
+                att.extend(attend(
+                    seg.cache,
+                    l,
+                    &q[r0 * qw..r1 * qw],
+                    r1 - r0,
+                    heads,
+                    seg.visible,
+                    avx2,
+                ));
+                r0 = r1;
+            }
             let o = layer.wo.forward(&att, n, &self.threads);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             ops::rms_norm(&x, &layer.mlp_norm, eps, &mut xn);
@@ -293,4 +358,27 @@ impl CpuModel {
         ops::rms_norm(&x, &self.final_norm, eps, &mut xn);
         Ok(xn)
     }
+}
+
+/// One sequence's block in [`CpuModel::layers_forward`].
+struct Segment<'a> {
+    tokens: &'a [u32],
+    positions: &'a [usize],
+    visible: Visibility<'a>,
+    cache: &'a mut HostKv,
+    start: usize,
+}
+
+/// One sequence's causal block in [`CpuModel::forward_batch`].
+pub(crate) struct BatchRows<'a> {
+    /// Its new tokens.
+    pub tokens: &'a [u32],
+    /// Their positions.
+    pub positions: &'a [usize],
+    /// Logits of every row (else of the last).
+    pub all: bool,
+    /// Its cache.
+    pub cache: &'a mut HostKv,
+    /// Entries already in the cache.
+    pub cached: usize,
 }

@@ -10,7 +10,7 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::cpu::{CpuModel, WeightFormat};
 use crate::error::{ModelError, Result};
-use crate::lm::{CausalLm, Input, LmOutput};
+use crate::lm::{CausalLm, Input, LmOutput, SequenceInput};
 use crate::quant::Threads;
 use crate::weights::WeightSource;
 use tensors::TensorLlama;
@@ -269,6 +269,54 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             }
             Engine::Tensors(t) => t.lm_head_weight(),
         }
+    }
+
+    fn forward_batch(&self, items: &mut [SequenceInput<'_, B>]) -> Result<Vec<LmOutput<B>>> {
+        let Engine::Cpu(m) = &self.engine else {
+            return items
+                .iter_mut()
+                .map(|s| self.forward(s.input, s.cache))
+                .collect();
+        };
+        if items.len() < 2 || items.iter().any(|s| s.input.mask.is_some()) {
+            return items
+                .iter_mut()
+                .map(|s| self.forward(s.input, s.cache))
+                .collect();
+        }
+        for s in items.iter() {
+            self.validate(s.input, s.cache)?;
+        }
+        let mut rows = vec![];
+        for s in items.iter_mut() {
+            let cached = s.cache.len();
+            let kv = s.cache.host_mut().ok_or_else(|| {
+                ModelError::InvalidInput(
+                    "a device cache was given to a CPU model; use the model's own new_cache".into(),
+                )
+            })?;
+            rows.push(crate::cpu::BatchRows {
+                tokens: s.input.tokens,
+                positions: &s.input.positions,
+                all: s.input.logits == crate::lm::Logits::All,
+                cache: kv,
+                cached,
+            });
+        }
+        let outs = m.forward_batch(&mut rows)?;
+        drop(rows);
+        let c = &self.config;
+        items
+            .iter_mut()
+            .zip(outs)
+            .map(|(s, out)| {
+                s.cache.advance(s.input.tokens.len());
+                Ok(LmOutput {
+                    logits: self.tensor(out.logits, out.rows, c.vocab_size),
+                    features: self.tensor(out.features, s.input.tokens.len(), c.hidden_size),
+                })
+            })
+            .collect()
     }
 
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>> {

@@ -322,54 +322,118 @@ impl<B: Backend> Engine<B> {
         let prompt = self.prompt_ids(&request.prompt)?;
         let mode = request.mode.unwrap_or(self.info.mode);
         let options = self.options(request);
-        let tok = &self.m.tokenizer;
-        let mut stream = TextStream::new(&request.stop);
-        let mut failed = None;
-        let mut cancelled = false;
+        let mut out = Output::new(&request.stop);
         let run = self.generate_tokens(&prompt, &options, mode, &mut |ids| {
-            match stream.push(tok, ids) {
-                Ok(piece) if !piece.is_empty() => {
-                    if on_text(&piece).is_break() {
-                        cancelled = true;
-                        return ControlFlow::Break(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failed = Some(e);
-                    return ControlFlow::Break(());
-                }
-            }
-            if stream.stopped() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            out.push(&self.m.tokenizer, ids, on_text)
         })?;
-        if let Some(e) = failed {
-            return Err(e.into());
+        out.complete(mode, prompt, run, on_text)
+    }
+
+    /// Answers several requests together: every step decodes one token of each running request
+    /// in one batched forward (plain decoding: greedy answers are those of [`Self::generate`],
+    /// sampled ones follow the target's distribution). Between steps `admit(room)` may hand over
+    /// up to `room` more requests (at most `max_running` run at once); each request's `done`
+    /// receives its completion or error as soon as it ends. Returns when none is left.
+    pub fn generate_batch(
+        &self,
+        jobs: Vec<BatchJob>,
+        max_running: usize,
+        admit: &mut dyn FnMut(usize) -> Vec<BatchJob>,
+    ) {
+        let mut running: Vec<Running<B>> = vec![];
+        let mut waiting = jobs;
+        loop {
+            running.extend(self.start_jobs(std::mem::take(&mut waiting)));
+            // Hand back the finished ones.
+            let mut i = 0;
+            while i < running.len() {
+                if running[i].seq.pending().is_none() {
+                    running.swap_remove(i).complete();
+                } else {
+                    i += 1;
+                }
+            }
+            let room = max_running.max(1).saturating_sub(running.len());
+            if room > 0 {
+                waiting = admit(room);
+            }
+            if running.is_empty() && waiting.is_empty() {
+                return;
+            }
+            if running.is_empty() {
+                continue;
+            }
+            let mut seqs = vec![];
+            let mut outs = vec![];
+            for r in running.iter_mut() {
+                seqs.push(&mut r.seq);
+                outs.push((&mut r.out, &mut r.job.on_text));
+            }
+            let tok = &self.m.tokenizer;
+            let stepped = crate::plain::decode_together(&self.m.model, &mut seqs, &mut |i, ids| {
+                let (out, on_text) = &mut outs[i];
+                out.push(tok, ids, &mut **on_text)
+            });
+            drop(seqs);
+            drop(outs);
+            if let Err(e) = stepped {
+                // A failed forward fails every request it carried.
+                let msg = e.to_string();
+                for r in running.drain(..) {
+                    (r.job.done)(Err(EngineError::InvalidOption(format!(
+                        "batched decoding failed: {msg}"
+                    ))));
+                }
+            }
         }
-        let stopped = stream.stopped();
-        let (rest, text) = stream.finish();
-        if !rest.is_empty() && !cancelled {
-            // The end of the answer: no stop string followed what was held back.
-            let _ = on_text(&rest);
+    }
+
+    /// Prefills new batch jobs together; a job that cannot start gets its error through `done`.
+    fn start_jobs(&self, jobs: Vec<BatchJob>) -> Vec<Running<B>> {
+        let context = self.m.model.max_positions();
+        let mut ready = vec![];
+        for job in jobs {
+            let made = self.prompt_ids(&job.request.prompt).and_then(|prompt| {
+                let options = self.options(&job.request);
+                let seq =
+                    crate::plain::PlainSequence::new(&self.m.model, prompt.len(), &options, context)?;
+                Ok((prompt, seq))
+            });
+            match made {
+                Ok((prompt, seq)) => ready.push(Running {
+                    out: Output::new(&job.request.stop),
+                    prompt,
+                    seq,
+                    job,
+                }),
+                Err(e) => (job.done)(Err(e)),
+            }
         }
-        let finish = match run.stop {
-            StopReason::Interrupted if stopped => FinishReason::Stop,
-            StopReason::Interrupted => FinishReason::Cancelled,
-            StopReason::StopToken => FinishReason::Stop,
-            StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
-        };
-        Ok(Completion {
-            text,
-            timings: Timings::new(mode, prompt.len(), &run),
-            prompt_ids: prompt,
-            new_ids: run.new_ids,
-            finish,
-            stop: run.stop,
-            spec: run.spec,
-        })
+        if ready.is_empty() {
+            return ready;
+        }
+        let tok = &self.m.tokenizer;
+        let mut seqs = vec![];
+        let mut outs = vec![];
+        for r in ready.iter_mut() {
+            seqs.push((&mut r.seq, &r.prompt[..]));
+            outs.push((&mut r.out, &mut r.job.on_text));
+        }
+        let prefilled = crate::plain::prefill_together(&self.m.model, &mut seqs, &mut |i, ids| {
+            let (out, on_text) = &mut outs[i];
+            out.push(tok, ids, &mut **on_text)
+        });
+        drop(seqs);
+        drop(outs);
+        if let Err(e) = prefilled {
+            let msg = e.to_string();
+            for r in ready.drain(..) {
+                (r.job.done)(Err(EngineError::InvalidOption(format!(
+                    "batched prefill failed: {msg}"
+                ))));
+            }
+        }
+        ready
     }
 
     /// The generation options of a request.
@@ -451,6 +515,128 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// Where a request's text goes as it is generated; `Break` cancels the request.
+pub type TextSink = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
+
+/// A request for [`Engine::generate_batch`]: the request, where its text goes as it is
+/// generated (`Break` cancels it), and where its completion goes.
+pub struct BatchJob {
+    /// The request.
+    pub request: Request,
+    /// Receives the text as it is produced.
+    pub on_text: TextSink,
+    /// Receives the completion (or the error) once the request ends.
+    pub done: Box<dyn FnOnce(Result<Completion>) + Send>,
+}
+
+/// The text side of one generation: tokens become text, stop strings end it, the caller's
+/// callback may cancel it.
+struct Output {
+    stream: TextStream,
+    failed: Option<s4c_models::ModelError>,
+    cancelled: bool,
+}
+
+impl Output {
+    fn new(stop: &[String]) -> Self {
+        Output {
+            stream: TextStream::new(stop),
+            failed: None,
+            cancelled: false,
+        }
+    }
+
+    /// New tokens: their text goes to `on_text`; `Break` at a stop string, a cancellation or a
+    /// decoding error.
+    fn push(
+        &mut self,
+        tok: &s4c_models::Tokenizer,
+        ids: &[u32],
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        match self.stream.push(tok, ids) {
+            Ok(piece) if !piece.is_empty() => {
+                if on_text(&piece).is_break() {
+                    self.cancelled = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        if self.stream.stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// The completion of a finished generation; the text held back goes to `on_text`.
+    fn complete(
+        self,
+        mode: Mode,
+        prompt: Vec<u32>,
+        run: TokenRun,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion> {
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
+        let stopped = self.stream.stopped();
+        let (rest, text) = self.stream.finish();
+        if !rest.is_empty() && !self.cancelled {
+            // The end of the answer: no stop string followed what was held back.
+            let _ = on_text(&rest);
+        }
+        let finish = match run.stop {
+            StopReason::Interrupted if stopped => FinishReason::Stop,
+            StopReason::Interrupted => FinishReason::Cancelled,
+            StopReason::StopToken => FinishReason::Stop,
+            StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
+        };
+        Ok(Completion {
+            text,
+            timings: Timings::new(mode, prompt.len(), &run),
+            prompt_ids: prompt,
+            new_ids: run.new_ids,
+            finish,
+            stop: run.stop,
+            spec: run.spec,
+        })
+    }
+}
+
+/// A request running in [`Engine::generate_batch`].
+struct Running<B: Backend> {
+    prompt: Vec<u32>,
+    seq: crate::plain::PlainSequence<B>,
+    out: Output,
+    job: BatchJob,
+}
+
+impl<B: Backend> Running<B> {
+    /// Hands the completion to the job's `done`.
+    fn complete(self) {
+        let g = self.seq.finish();
+        let run = TokenRun {
+            new_ids: g.new_ids,
+            stop: g.stop,
+            elapsed: g.elapsed,
+            prefill: g.prefill,
+            steps: g.steps,
+            spec: None,
+        };
+        let mut job = self.job;
+        let result = self
+            .out
+            .complete(Mode::Plain, self.prompt, run, &mut *job.on_text);
+        (job.done)(result);
+    }
+}
+
 /// An [`Engine`] whose backend was chosen at run time ([`EngineBuilder::open`]).
 pub trait TextEngine {
     /// What the engine runs.
@@ -471,6 +657,13 @@ pub trait TextEngine {
         other: &[u32],
         max_new_tokens: usize,
     ) -> Result<Option<Divergence>>;
+    /// Answers requests together ([`Engine::generate_batch`]).
+    fn generate_batch(
+        &self,
+        jobs: Vec<BatchJob>,
+        max_running: usize,
+        admit: &mut dyn FnMut(usize) -> Vec<BatchJob>,
+    );
 }
 
 impl<B: Backend> TextEngine for Engine<B> {
@@ -495,6 +688,14 @@ impl<B: Backend> TextEngine for Engine<B> {
         max_new_tokens: usize,
     ) -> Result<Option<Divergence>> {
         Engine::divergence(self, prompt, reference, other, max_new_tokens)
+    }
+    fn generate_batch(
+        &self,
+        jobs: Vec<BatchJob>,
+        max_running: usize,
+        admit: &mut dyn FnMut(usize) -> Vec<BatchJob>,
+    ) {
+        Engine::generate_batch(self, jobs, max_running, admit)
     }
 }
 

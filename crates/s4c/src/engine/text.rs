@@ -4,20 +4,20 @@
 use s4c_models::{StreamDecoder, Tokenizer};
 
 /// Text of a generation so far, cut at the first stop string.
-pub(crate) struct TextStream<'a> {
+pub(crate) struct TextStream {
     decoder: StreamDecoder,
-    stops: &'a [String],
+    stops: Vec<String>,
     text: String,
     sent: usize,
     stopped: bool,
 }
 
-impl<'a> TextStream<'a> {
+impl TextStream {
     /// An empty stream that ends at the first of `stops` (empty strings are ignored).
-    pub fn new(stops: &'a [String]) -> Self {
+    pub fn new(stops: &[String]) -> Self {
         TextStream {
             decoder: StreamDecoder::new(),
-            stops,
+            stops: stops.to_vec(),
             text: String::new(),
             sent: 0,
             stopped: false,

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Requests that may wait for a worker; past that, 429.
     pub queue: usize,
+    /// Requests an engine decodes together when several are waiting (1: one at a time). A
+    /// request alone is answered with S4C; concurrent ones share each forward with plain steps,
+    /// which on a CPU gives more tokens per second overall than separate trees.
+    pub max_batch: usize,
     /// Largest request body in bytes.
     pub body_limit: usize,
 }
@@ -75,6 +79,7 @@ impl ServerConfig {
             api_key: None,
             workers: 1,
             queue: 64,
+            max_batch: 16,
             body_limit: 4 << 20,
         }
     }
@@ -131,7 +136,7 @@ impl Server {
         let c = config.clone();
         let m = metrics.clone();
         let workers = tokio::task::spawn_blocking(move || {
-            Workers::start(&c.engine, c.backend, c.workers, c.queue, m)
+            Workers::start(&c.engine, c.backend, c.workers, c.queue, c.max_batch, m)
         })
         .await
         .map_err(|e| EngineError::InvalidOption(format!("engine start-up failed: {e}")))??;

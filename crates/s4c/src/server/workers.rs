@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use crate::engine::{Completion, EngineBuilder, EngineInfo, Request};
+use crate::engine::{BatchJob, Completion, EngineBuilder, EngineInfo, Request};
 use crate::error::{EngineError, Result};
 use crate::BackendKind;
 
@@ -55,6 +55,7 @@ impl Workers {
         backend: BackendKind,
         count: usize,
         queue: usize,
+        max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let (jobs, rx) = sync_channel::<Job>(queue);
@@ -73,7 +74,7 @@ impl Workers {
                 .spawn(move || match builder.open(backend) {
                     Ok(engine) => {
                         let _ = ready.send(Ok(engine.info().clone()));
-                        work(engine.as_ref(), &rx, &metrics);
+                        work(engine.as_ref(), &rx, &metrics, max_batch.max(1));
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -123,36 +124,95 @@ impl Workers {
     }
 }
 
-/// A worker's loop: answer jobs until the queue closes.
-fn work(engine: &dyn crate::TextEngine, rx: &Mutex<Receiver<Job>>, metrics: &Metrics) {
-    loop {
-        let job = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return };
-        metrics.queued.fetch_sub(1, Ordering::Relaxed);
-        if job.events.is_closed() {
-            // The client left while the job waited.
-            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+/// A worker's loop: answer jobs until the queue closes. A job alone is answered with the
+/// engine's own mode (S4C); when more wait, up to `max_batch` are decoded together, and queued
+/// jobs join the batch as others finish.
+fn work(
+    engine: &dyn crate::TextEngine,
+    rx: &Mutex<Receiver<Job>>,
+    metrics: &Arc<Metrics>,
+    max_batch: usize,
+) {
+    // The next queued job whose client is still there.
+    let next = |wait: bool| -> Option<Job> {
+        loop {
+            let job = {
+                let rx = rx.lock().ok()?;
+                if wait {
+                    rx.recv().ok()?
+                } else {
+                    rx.try_recv().ok()?
+                }
+            };
+            metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            if job.events.is_closed() {
+                // The client left while the job waited.
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            return Some(job);
+        }
+    };
+    while let Some(first) = next(true) {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match next(false) {
+                Some(j) => jobs.push(j),
+                None => break,
+            }
+        }
+        if jobs.len() == 1 {
+            let job = jobs.remove(0);
+            metrics.running.fetch_add(1, Ordering::Relaxed);
+            let answer = engine.generate(&job.request, &mut |piece| {
+                match job.events.send(Event::Text(piece.to_string())) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    // The client disconnected: stop generating for it.
+                    Err(_) => ControlFlow::Break(()),
+                }
+            });
+            metrics.running.fetch_sub(1, Ordering::Relaxed);
+            finish(&job.events, metrics, answer);
             continue;
         }
-        metrics.running.fetch_add(1, Ordering::Relaxed);
-        let answer = engine.generate(&job.request, &mut |piece| {
-            match job.events.send(Event::Text(piece.to_string())) {
-                Ok(()) => ControlFlow::Continue(()),
-                // The client disconnected: stop generating for it.
-                Err(_) => ControlFlow::Break(()),
-            }
+        let batch: Vec<BatchJob> = jobs.into_iter().map(|j| batch_job(j, metrics)).collect();
+        engine.generate_batch(batch, max_batch, &mut |room| {
+            (0..room)
+                .map_while(|_| next(false))
+                .map(|j| batch_job(j, metrics))
+                .collect()
         });
-        metrics.running.fetch_sub(1, Ordering::Relaxed);
-        let event = match answer {
-            Ok(c) => {
-                metrics.record(&c);
-                Event::Done(Box::new(c))
-            }
-            Err(e) => Event::Failed(e),
-        };
-        let _ = job.events.send(event);
     }
+}
+
+/// A queued job as the engine's batch takes it.
+fn batch_job(job: Job, metrics: &Arc<Metrics>) -> BatchJob {
+    metrics.running.fetch_add(1, Ordering::Relaxed);
+    let (text, done) = (job.events.clone(), job.events);
+    let metrics = metrics.clone();
+    BatchJob {
+        request: job.request,
+        on_text: Box::new(
+            move |piece| match text.send(Event::Text(piece.to_string())) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+        ),
+        done: Box::new(move |answer| {
+            metrics.running.fetch_sub(1, Ordering::Relaxed);
+            finish(&done, &metrics, answer);
+        }),
+    }
+}
+
+/// Records a finished job and sends its last event.
+fn finish(events: &UnboundedSender<Event>, metrics: &Metrics, answer: Result<Completion>) {
+    let event = match answer {
+        Ok(c) => {
+            metrics.record(&c);
+            Event::Done(Box::new(c))
+        }
+        Err(e) => Event::Failed(e),
+    };
+    let _ = events.send(event);
 }

@@ -34,14 +34,21 @@ pub struct BenchServeArgs {
     #[arg(long, default_value_t = 32)]
     pub requests: usize,
     /// `max_tokens` of each request.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
     /// Questions (JSON lines with `turns`); their first turns are asked in turn.
     #[arg(long, default_value = "data/specbench-dev-heldout.jsonl")]
     pub questions: PathBuf,
+    /// Ask only questions of at most this many characters (the chat, QA, math and translation
+    /// questions; long documents measure prefill, which `s4c bench` covers); 0: all.
+    #[arg(long, default_value_t = 1000)]
+    pub max_prompt_chars: usize,
     /// Engine workers of the in-process server.
     #[arg(long, default_value_t = 1)]
     pub max_concurrent: usize,
+    /// Requests an engine of the in-process server decodes together (1: one at a time).
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
     /// Where to write the JSON results (the Markdown table and SVG chart go next to it).
     #[arg(long, default_value = "runs/bench-serve.json")]
     pub json: PathBuf,
@@ -84,7 +91,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
             "--clients needs counts of at least 1 and --requests at least 1".into(),
         ));
     }
-    let questions = first_turns(&args.questions)?;
+    let questions = first_turns(&args.questions, args.max_prompt_chars)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,6 +111,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
                 let mut config = ServerConfig::new(engine);
                 config.backend = args.model.backend;
                 config.workers = args.max_concurrent.max(1);
+                config.max_batch = args.max_batch.max(1);
                 config.queue = args.clients.iter().copied().max().unwrap_or(1).max(64);
                 let server = Server::start(config).await?;
                 let info = json!(server.info());
@@ -153,8 +161,11 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
             "server": server_info,
             "url": if args.url.is_some() { json!(url) } else { Value::Null },
             "max_tokens": args.max_tokens,
+            "max_batch": args.max_batch,
             "requests_per_level": args.requests,
             "questions_file": args.questions.display().to_string(),
+            "questions": questions.len(),
+            "max_prompt_chars": args.max_prompt_chars,
             "levels": levels,
         });
         write_outputs(&args.json, &result, &levels)
@@ -182,7 +193,7 @@ fn loopback(url: &str) -> Result<String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
-fn first_turns(path: &std::path::Path) -> Result<Vec<String>> {
+fn first_turns(path: &std::path::Path, max_chars: usize) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
         path: path.to_path_buf(),
         source,
@@ -191,10 +202,11 @@ fn first_turns(path: &std::path::Path) -> Result<Vec<String>> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["turns"][0].as_str().map(str::to_string))
+        .filter(|t| max_chars == 0 || t.chars().count() <= max_chars)
         .collect();
     if turns.is_empty() {
         return Err(EngineError::InvalidOption(format!(
-            "{}: no JSON lines with `turns`",
+            "{}: no JSON lines with `turns` (of at most {max_chars} characters)",
             path.display()
         )));
     }

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Requests that may wait for an engine; past that the answer is 429 with `Retry-After`.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Requests an engine decodes together when several are waiting (one forward per step for
+    /// all of them; 1 answers one at a time). A request alone is answered with S4C.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
     /// The model's name in the API (default: its file name without `.gguf`).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -58,6 +62,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.api_key = args.api_key.clone().filter(|k| !k.is_empty());
     config.workers = args.max_concurrent;
     config.queue = args.queue;
+    config.max_batch = args.max_batch.max(1);
     if let Some(name) = &args.model_name {
         config.model_id = name.clone();
     }
