@@ -388,34 +388,12 @@ fn step<B: Backend, M: CausalLm<B>>(
             let (ids, probs) = top_k_softmax(l, k);
             Row {
                 feature: f.iter().map(|&x| f16::from_f32(x)).collect(),
-                next: draw.map_or(ids[0], |u| sample_softmax(l, temperature, u)),
+                next: draw.map_or(ids[0], |u| softmax_at(temperature).sample_at(l, u as f64)),
                 ids,
                 probs: probs.into_iter().map(f16::from_f32).collect(),
             }
         })
         .collect())
-}
-
-/// The token of `softmax(logits / temperature)` at cumulative probability `u` ∈ [0, 1)
-/// (inverse-CDF sampling in id order).
-pub fn sample_softmax(logits: &[f32], temperature: f32, u: f32) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weight = |x: f32| (((x - max) / temperature) as f64).exp();
-    let total: f64 = logits.iter().map(|&x| weight(x)).sum();
-    let target = u as f64 * total;
-    let mut acc = 0.0;
-    let mut last = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        let w = weight(x);
-        if w > 0.0 {
-            acc += w;
-            last = i;
-            if acc > target {
-                return i as u32;
-            }
-        }
-    }
-    last as u32
 }
 
 /// A tensor's values on the host, as `f32`.
@@ -727,4 +705,13 @@ fn reusable_chunk(
                             .is_some_and(|t| options.stop_tokens.contains(t))))
         });
     matches.then_some(seqs)
+}
+
+/// Plain softmax sampling at `temperature` (no top-k or top-p), as the shared sampler does it.
+fn softmax_at(temperature: f32) -> s4c_verify::SamplingParams {
+    s4c_verify::SamplingParams {
+        temperature,
+        top_k: 0,
+        top_p: 1.0,
+    }
 }

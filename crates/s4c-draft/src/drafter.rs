@@ -1,4 +1,4 @@
-//! Drafting: the [`Drafter`] trait, the S4C [`MultiHeadDrafter`], and [`DraftSession`], the
+//! Drafting: the [`Drafter`] trait, the S4C [`MultiHeadDrafter`], and [`Drafting`], the
 //! candidate provider that grows one verification tree from one initial state.
 
 use std::time::{Duration, Instant};
@@ -461,7 +461,7 @@ pub fn fingerprint<B: Backend, M: CausalLm<B>>(target: &M) -> Result<Fingerprint
 
 /// Grows one tree: a [`CandidateProvider`] that runs the heads from one initial state and keeps
 /// every expanded node's state, so a child is drafted from its own parent (its branch).
-pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
+pub struct Drafting<'a, B: Backend, D: Drafter<B>> {
     drafter: &'a D,
     /// `[1, hidden]` the state before the root.
     initial: Tensor<B, 2>,
@@ -475,12 +475,12 @@ pub struct DraftSession<'a, B: Backend, D: Drafter<B>> {
     elapsed: Duration,
 }
 
-impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
+impl<'a, B: Backend, D: Drafter<B>> Drafting<'a, B, D> {
     /// A drafting state from an initial state `[1, hidden]` (a row of [`Drafter::initial_states`])
     /// and the committed `context` — prompt and answer so far, the root's token last — in which
     /// a copying drafter ([`Drafter::copy`]) looks up each node's branch.
     pub fn new(drafter: &'a D, initial: Tensor<B, 2>, context: &'a [u32]) -> Self {
-        DraftSession {
+        Drafting {
             drafter,
             initial,
             context,
@@ -533,7 +533,7 @@ impl<'a, B: Backend, D: Drafter<B>> DraftSession<'a, B, D> {
     }
 }
 
-impl<B: Backend, D: Drafter<B>> CandidateProvider for DraftSession<'_, B, D> {
+impl<B: Backend, D: Drafter<B>> CandidateProvider for Drafting<'_, B, D> {
     fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
         let start = Instant::now();
         let mut out = vec![Vec::new(); nodes.len()];

@@ -16,5 +16,5 @@ pub use heads::Heads;
 pub mod drafter;
 pub mod io;
 
-pub use drafter::{fingerprint, DraftSession, Drafter, MultiHeadDrafter, NoDrafter};
+pub use drafter::{fingerprint, Drafter, Drafting, MultiHeadDrafter, NoDrafter};
 pub mod train;

@@ -6,7 +6,7 @@ use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use s4c_draft::copy::copy_candidate;
 use s4c_draft::{
-    fingerprint, io, Coherence, DraftError, DraftSession, Drafter, DrafterConfig, Heads,
+    fingerprint, io, Coherence, DraftError, Drafter, DrafterConfig, Drafting, Heads,
     MultiHeadDrafter,
 };
 use s4c_models::quant::{Isa, Threads};
@@ -164,7 +164,7 @@ fn session_drafts_each_branch_from_its_own_parent() {
     for coherence in Coherence::ALL {
         let d = MultiHeadDrafter::random(config(&t, coherence), &t, 4).unwrap();
         let s0 = features(1, 32, 9);
-        let mut drafting = DraftSession::new(&d, s0.clone(), &[]);
+        let mut drafting = Drafting::new(&d, s0.clone(), &[]);
         let tree = Template::mc_sim_7b_63().build(5, &mut drafting).unwrap();
         assert!(drafting.take_error().is_none());
         assert_eq!(tree.len(), 64);
@@ -191,7 +191,7 @@ fn session_drafts_each_branch_from_its_own_parent() {
 fn dynamic_trees_respect_the_heads_depth() {
     let t = target(2);
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 4).unwrap();
-    let mut drafting = DraftSession::new(&d, features(1, 32, 9), &[]);
+    let mut drafting = Drafting::new(&d, features(1, 32, 9), &[]);
     let tree = build_dynamic(
         5,
         &DynamicConfig {
@@ -224,8 +224,8 @@ fn save_load_round_trip_and_mismatch() {
     let s0 = features(1, 32, 4);
     // A context with repeats: the copy layers are read too.
     let context = [3, 7, 9, 3, 30, 7, 9, 12, 3];
-    let mut s1 = DraftSession::new(&d, s0.clone(), &context);
-    let mut s2 = DraftSession::new(&back, s0, &context);
+    let mut s1 = Drafting::new(&d, s0.clone(), &context);
+    let mut s2 = Drafting::new(&back, s0, &context);
     let t1 = Template::mc_sim_7b_63().build(3, &mut s1).unwrap();
     let t2 = Template::mc_sim_7b_63().build(3, &mut s2).unwrap();
     assert_eq!(t1.flatten().tokens, t2.flatten().tokens);
@@ -276,10 +276,10 @@ fn heads_saved_before_the_layers_option_load_with_one_layer() {
     let one = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 3).unwrap();
     let s0 = features(1, 32, 4);
     let deep = Template::mc_sim_7b_63()
-        .build(3, &mut DraftSession::new(&d, s0.clone(), &[]))
+        .build(3, &mut Drafting::new(&d, s0.clone(), &[]))
         .unwrap();
     let shallow = Template::mc_sim_7b_63()
-        .build(3, &mut DraftSession::new(&one, s0, &[]))
+        .build(3, &mut Drafting::new(&one, s0, &[]))
         .unwrap();
     assert_ne!(deep.flatten().tokens, shallow.flatten().tokens);
 }
@@ -290,7 +290,7 @@ fn templates_deeper_than_the_heads() {
     let mut c = config(&t, Coherence::Full);
     c.heads = 1;
     let d = MultiHeadDrafter::random(c, &t, 1).unwrap();
-    let mut s = DraftSession::new(&d, features(1, 32, 1), &[]);
+    let mut s = Drafting::new(&d, features(1, 32, 1), &[]);
     let tree = TokenTree::new(3);
     let out = s.expand(&tree, &[0], 3);
     assert_eq!(out[0].len(), 3);
@@ -326,7 +326,7 @@ fn context_copy_follows_each_branch_through_the_text() {
     // "1 5 9 11 20 3 5": the root 5 occurred before, followed by 9 11 20.
     let context = [1, 5, 9, 11, 20, 3, 5];
     let s0 = features(1, 32, 4);
-    let mut drafting = DraftSession::new(&d, s0.clone(), &context);
+    let mut drafting = Drafting::new(&d, s0.clone(), &context);
     let chain = Template::chain(3).unwrap().build(5, &mut drafting).unwrap();
     assert_eq!(chain.flatten().tokens, vec![5, 9, 11, 20]);
     // Each node's own branch decides: after 11 comes 20 (the one-token match "11"), after 3
@@ -342,8 +342,8 @@ fn context_copy_follows_each_branch_through_the_text() {
         .iter()
         .map(|&tok| tree.push(0, tok, 0.0).unwrap())
         .collect();
-    let mut drafting = DraftSession::new(&d, s0.clone(), &context);
-    let mut reference = DraftSession::new(&plain, s0, &context);
+    let mut drafting = Drafting::new(&d, s0.clone(), &context);
+    let mut reference = Drafting::new(&plain, s0, &context);
     drafting.expand(&tree, &[0], 1);
     reference.expand(&tree, &[0], 1);
     let copied = drafting.expand(&tree, &nodes, 1);

@@ -7,8 +7,8 @@ use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use half::f16;
 use s4c_draft::data::{
-    chunk_path, chunk_sampling, distill, distill_to_dir, load_chunk, sample_softmax, sample_turns,
-    save_chunk, Dataset, DistillOptions, Sampling, Sequence,
+    chunk_path, chunk_sampling, distill, distill_to_dir, load_chunk, sample_turns, save_chunk,
+    Dataset, DistillOptions, Sampling, Sequence,
 };
 use s4c_draft::heads::{batch_loss, batch_states, Heads, LossWeights};
 use s4c_draft::train::{
@@ -208,16 +208,21 @@ fn data_folders_resume_and_regenerate_only_chunks_that_differ() {
 fn inverse_cdf_sampling_matches_exact_probabilities() {
     // softmax([0, ln 2, ln 3]) = 1/6, 2/6, 3/6: the cumulative bounds are 1/6 and 1/2.
     let logits = [0.0, 2f32.ln(), 3f32.ln()];
-    let at = |u| sample_softmax(&logits, 1.0, u);
+    let softmax = |t| s4c_verify::SamplingParams {
+        temperature: t,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let at = |u| softmax(1.0).sample_at(&logits, u);
     assert_eq!(
         [at(0.0), at(0.16), at(0.17), at(0.49), at(0.51), at(0.999)],
         [0, 0, 1, 1, 2, 2]
     );
     // Temperature 0.5 squares the weights: 1/14, 4/14, 9/14.
-    let at = |u| sample_softmax(&logits, 0.5, u);
+    let at = |u| softmax(0.5).sample_at(&logits, u);
     assert_eq!([at(0.07), at(0.072), at(0.35), at(0.36)], [0, 1, 1, 2]);
     // Tokens of zero weight are never drawn, even at the end.
-    assert_eq!(sample_softmax(&[0.0, f32::NEG_INFINITY], 1.0, 0.9999), 0);
+    assert_eq!(softmax(1.0).sample_at(&[0.0, f32::NEG_INFINITY], 0.9999), 0);
 }
 
 /// The target's next-token distribution after `prompt` at `temperature` (a plain forward).

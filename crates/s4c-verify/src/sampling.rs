@@ -48,6 +48,15 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// The token at cumulative probability `u` ∈ [0, 1) of the processed distribution of
+    /// `logits` (the argmax when greedy): sampling with a draw made elsewhere.
+    pub fn sample_at(&self, logits: &[f32], u: f64) -> u32 {
+        if self.is_greedy() {
+            return argmax(logits);
+        }
+        index_at(&self.probabilities(logits), u)
+    }
+
     /// The processed distribution of one row of logits (dense, sums to 1).
     ///
     /// Greedy parameters give the one-hot distribution of the argmax.
@@ -121,11 +130,18 @@ pub fn argmax(row: &[f32]) -> u32 {
 
 /// Draws an index from unnormalised non-negative weights.
 pub fn sample_index(weights: &[f32], rng: &mut StdRng) -> u32 {
+    index_at(weights, rng.random::<f64>())
+}
+
+/// The index at cumulative share `u` ∈ [0, 1) of unnormalised non-negative weights, in index
+/// order (inverse-CDF sampling with a given uniform draw); indices of zero weight are never
+/// chosen.
+pub fn index_at(weights: &[f32], u: f64) -> u32 {
     let total: f64 = weights.iter().map(|&w| w as f64).sum();
     if total <= 0.0 {
         return argmax(weights);
     }
-    let mut u = rng.random::<f64>() * total;
+    let mut u = u * total;
     let mut last = 0;
     for (i, &w) in weights.iter().enumerate() {
         if w > 0.0 {

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use s4c_draft::{DraftSession, Drafter};
+use s4c_draft::{Drafter, Drafting};
 use s4c_models::{AttentionMask, CausalLm, Input, Logits};
 use s4c_tree::{
     build_dynamic, AdaptiveSizer, ContextLookup, DynamicConfig, LookupDraft, Template, TokenTree,
@@ -405,13 +405,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         history: &Tensor<B, 2>,
         text: &[u32],
         device: &B::Device,
-        build: impl FnOnce(&mut DraftSession<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
+        build: impl FnOnce(&mut Drafting<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
     ) -> Result<TokenTree> {
         let state = match state {
             Some(s) => s,
             None => self.initial_for_last(history, device)?,
         };
-        let mut drafting = DraftSession::new(self.drafter, state, text);
+        let mut drafting = Drafting::new(self.drafter, state, text);
         let tree = build(&mut drafting)?;
         if let Some(e) = drafting.take_error() {
             return Err(e.into());

@@ -395,8 +395,12 @@ impl<B: Backend> Engine<B> {
         for job in jobs {
             let made = self.prompt_ids(&job.request.prompt).and_then(|prompt| {
                 let options = self.options(&job.request);
-                let seq =
-                    crate::plain::PlainSequence::new(&self.m.model, prompt.len(), &options, context)?;
+                let seq = crate::plain::PlainSequence::new(
+                    &self.m.model,
+                    prompt.len(),
+                    &options,
+                    context,
+                )?;
                 Ok((prompt, seq))
             });
             match made {
