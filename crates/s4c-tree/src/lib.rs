@@ -30,6 +30,8 @@
 //! assert!(flat.mask.is_visible(3, 1) && !flat.mask.is_visible(3, 2));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod adaptive;
 pub mod cost;
 pub mod dynamic;

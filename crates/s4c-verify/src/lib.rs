@@ -23,6 +23,8 @@
 //! assert_eq!(argmax(&[0.1, 3.0, 3.0]), 1); // ties go to the lowest id
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod acceptor;
 pub mod greedy;
 pub mod sampling;

@@ -25,6 +25,8 @@
 //! Lower down, [`plain::generate_plain`] and [`speculative::SpeculativeGenerator`] run any
 //! [`s4c_models::CausalLm`] with any [`s4c_draft::Drafter`] and [`s4c_verify::Acceptor`].
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cost;
 pub mod divergence;

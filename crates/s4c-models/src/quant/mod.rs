@@ -6,7 +6,7 @@
 //! tiles of up to four rows), so a verification block of 16 rows costs little more memory traffic
 //! than one decoded row:
 //!
-//! - block-quantized weights meet activations quantized to 8-bit blocks of 32 ([`acts`], as
+//! - block-quantized weights meet activations quantized to 8-bit blocks of 32 ([`Q8Acts`], as
 //!   llama.cpp does): per block an integer dot product (AVX-VNNI `vpdpbusd`, else AVX2
 //!   `vpmaddubsw`), one conversion and one fused multiply-add with the two scales;
 //! - dense weights meet `f32` activations with `f32` fused multiply-adds.
