@@ -250,49 +250,19 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
 
             // Draft: the heads' tree, then the lookup chain grafted on.
             let t = Instant::now();
-            let mut heads_tree = match &plan.heads {
-                Heads::None => TokenTree::new(root),
-                Heads::Template(tpl) => {
-                    self.draft(state.take(), &history, &text, &device, |drafting| {
-                        tpl.build(root, drafting)
-                    })?
-                }
-                Heads::Dynamic(cfg) => {
-                    self.draft(state.take(), &history, &text, &device, |drafting| {
-                        build_dynamic(root, cfg, drafting)
-                    })?
-                }
-            };
-            if let Some(c) = plan.lookup.as_mut() {
-                // Chain tokens the heads' tree already holds cost no node: spend them on the
-                // chain's next tokens instead, so the tree has the size the sizer chose.
-                let shared = heads_tree.follow(&c.tokens);
-                let more = shared.min(plan.spare.len());
-                c.tokens.extend(plan.spare.drain(..more));
-            }
-            let chain = plan.lookup.as_ref().map_or(&[][..], |c| &c.tokens[..]);
-            let (mut tree, mut heads_map) = heads_tree.graft(chain);
-            if tree.len() > room {
-                // Near the end of the context: keep the first `room` nodes (parents come first;
-                // the kept nodes keep their indices, and the heads' tree loses the same nodes).
-                let keep: Vec<bool> = (0..tree.len()).map(|i| i < room).collect();
-                tree = tree.retain(&keep);
-                let keep: Vec<bool> = heads_map.iter().map(|&i| i < room).collect();
-                heads_tree = heads_tree.retain(&keep);
-                heads_map.truncate(heads_tree.len());
-            }
+            let drafted = self.draft_step(&mut plan, root, state.take(), &history, &text, room)?;
+            let DraftedTree {
+                tree,
+                heads_tree,
+                heads_map,
+            } = drafted;
             stats.draft_s += t.elapsed().as_secs_f64();
             stats.drafted += tree.len() - 1;
             stats.plain_steps += usize::from(tree.len() == 1);
 
             // Verify: one forward over the whole tree.
             let t = Instant::now();
-            let flat = tree.flatten();
-            let base = cache.len();
-            let positions: Vec<usize> = flat.depths.iter().map(|&d| base + d).collect();
-            let mask = AttentionMask::tree(base, tree.len(), &flat.mask.to_dense())
-                .ok_or_else(|| EngineError::InvalidOption("internal: tree mask size".into()))?;
-            let out = model.forward(&Input::tree(&flat.tokens, positions, &mask), &mut cache)?;
+            let out = verify(model, &tree, &mut cache)?;
             stats.verify_s += t.elapsed().as_secs_f64();
 
             // Accept.
@@ -313,48 +283,21 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             // Commit: keep the root and the accepted nodes; the bonus becomes the next root.
             let t = Instant::now();
             cache.commit(&verdict.path)?;
-            let mut emitted = verdict.emitted();
-            let mut ended = None;
-            if let Some(i) = emitted.iter().position(|t| options.stop_tokens.contains(t)) {
-                emitted.truncate(i + 1);
-                ended = Some(StopReason::StopToken);
-            }
-            let left = options.max_new_tokens - new_ids.len();
-            if emitted.len() >= left {
-                emitted.truncate(left);
-                ended = ended.or(Some(StopReason::MaxTokens));
-            }
+            let (emitted, ended) = emitted_tokens(verdict.emitted(), options, new_ids.len());
             new_ids.extend(&emitted);
             text.extend(&emitted);
             flow = on_tokens(&emitted);
             stats.commit_s += t.elapsed().as_secs_f64();
-            if let Some(draft) = &plan.lookup {
-                // The chain's tokens the accepted branch followed.
-                let accepted = verdict.path[1..].iter().map(|&i| tree.node(i).token);
-                let copied = accepted
-                    .zip(&draft.tokens)
-                    .take_while(|(a, b)| a == *b)
-                    .count();
-                stats.lookup_steps += 1;
-                stats.lookup_proposed += draft.tokens.len();
-                stats.lookup_accepted += copied;
-                if let Some(s) = sizer.as_mut() {
-                    s.record_lookup(draft.matched, draft.tokens.len(), copied);
-                }
-            }
+            learn(
+                &plan,
+                &tree,
+                &heads_tree,
+                &heads_map,
+                &verdict.path,
+                &mut stats,
+                sizer.as_mut(),
+            );
             if let Some(s) = sizer.as_mut() {
-                // The heads' own acceptance: the accepted path as far as it is in their tree.
-                let mut in_heads = vec![usize::MAX; tree.len()];
-                for (old, &new) in heads_map.iter().enumerate() {
-                    in_heads[new] = old;
-                }
-                let heads_path: Vec<usize> = verdict
-                    .path
-                    .iter()
-                    .map(|&i| in_heads[i])
-                    .take_while(|&i| i != usize::MAX)
-                    .collect();
-                s.record_acceptance(&heads_tree, &heads_path);
                 s.record_time(tree.len() - 1, step_start.elapsed().as_secs_f64() + reuse_s);
             }
             if let Some(reason) = ended {
@@ -393,6 +336,52 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             prefill,
             stop,
             stats,
+        })
+    }
+
+    /// The draft stage: the heads' part of the tree `plan` asks for (from `state`, or the
+    /// newest feature of `history`), the lookup chain grafted on, cut to `room` nodes.
+    fn draft_step(
+        &self,
+        plan: &mut Plan<'_>,
+        root: u32,
+        state: Option<Tensor<B, 2>>,
+        history: &Tensor<B, 2>,
+        text: &[u32],
+        room: usize,
+    ) -> Result<DraftedTree> {
+        let device = self.model.device().clone();
+        let mut heads_tree = match &plan.heads {
+            Heads::None => TokenTree::new(root),
+            Heads::Template(tpl) => self.draft(state, history, text, &device, |drafting| {
+                tpl.build(root, drafting)
+            })?,
+            Heads::Dynamic(cfg) => self.draft(state, history, text, &device, |drafting| {
+                build_dynamic(root, cfg, drafting)
+            })?,
+        };
+        if let Some(c) = plan.lookup.as_mut() {
+            // Chain tokens the heads' tree already holds cost no node: spend them on the
+            // chain's next tokens instead, so the tree has the size the sizer chose.
+            let shared = heads_tree.follow(&c.tokens);
+            let more = shared.min(plan.spare.len());
+            c.tokens.extend(plan.spare.drain(..more));
+        }
+        let chain = plan.lookup.as_ref().map_or(&[][..], |c| &c.tokens[..]);
+        let (mut tree, mut heads_map) = heads_tree.graft(chain);
+        if tree.len() > room {
+            // Near the end of the context: keep the first `room` nodes (parents come first;
+            // the kept nodes keep their indices, and the heads' tree loses the same nodes).
+            let keep: Vec<bool> = (0..tree.len()).map(|i| i < room).collect();
+            tree = tree.retain(&keep);
+            let keep: Vec<bool> = heads_map.iter().map(|&i| i < room).collect();
+            heads_tree = heads_tree.retain(&keep);
+            heads_map.truncate(heads_tree.len());
+        }
+        Ok(DraftedTree {
+            tree,
+            heads_tree,
+            heads_map,
         })
     }
 
@@ -474,6 +463,88 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
 }
 
 /// What one step drafts.
+/// One step's tree: the whole tree verified, the heads' part of it, and where each node of the
+/// heads' part is in the whole tree.
+struct DraftedTree {
+    tree: TokenTree,
+    heads_tree: TokenTree,
+    heads_map: Vec<usize>,
+}
+
+/// The verify stage: one forward over the whole tree (depth positions, tree mask).
+fn verify<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    tree: &TokenTree,
+    cache: &mut s4c_models::KvCache<B>,
+) -> Result<s4c_models::LmOutput<B>> {
+    let flat = tree.flatten();
+    let base = cache.len();
+    let positions: Vec<usize> = flat.depths.iter().map(|&d| base + d).collect();
+    let mask = AttentionMask::tree(base, tree.len(), &flat.mask.to_dense())
+        .ok_or_else(|| EngineError::InvalidOption("internal: tree mask size".into()))?;
+    Ok(model.forward(&Input::tree(&flat.tokens, positions, &mask), cache)?)
+}
+
+/// The tokens a step gives after `done` new ones: cut after a stop token or at the token
+/// limit, with the reason generation ends there, if it does.
+fn emitted_tokens(
+    mut emitted: Vec<u32>,
+    options: &GenerateOptions,
+    done: usize,
+) -> (Vec<u32>, Option<StopReason>) {
+    let mut ended = None;
+    if let Some(i) = emitted.iter().position(|t| options.stop_tokens.contains(t)) {
+        emitted.truncate(i + 1);
+        ended = Some(StopReason::StopToken);
+    }
+    let left = options.max_new_tokens - done;
+    if emitted.len() >= left {
+        emitted.truncate(left);
+        ended = ended.or(Some(StopReason::MaxTokens));
+    }
+    (emitted, ended)
+}
+
+/// What a step teaches: the lookup chain's acceptance (statistics and the sizer), and the
+/// heads' own acceptance along the accepted `path` (the sizer).
+fn learn(
+    plan: &Plan<'_>,
+    tree: &TokenTree,
+    heads_tree: &TokenTree,
+    heads_map: &[usize],
+    path: &[usize],
+    stats: &mut SpecStats,
+    mut sizer: Option<&mut AdaptiveSizer>,
+) {
+    if let Some(draft) = &plan.lookup {
+        // The chain's tokens the accepted branch followed.
+        let accepted = path[1..].iter().map(|&i| tree.node(i).token);
+        let copied = accepted
+            .zip(&draft.tokens)
+            .take_while(|(a, b)| a == *b)
+            .count();
+        stats.lookup_steps += 1;
+        stats.lookup_proposed += draft.tokens.len();
+        stats.lookup_accepted += copied;
+        if let Some(s) = sizer.as_deref_mut() {
+            s.record_lookup(draft.matched, draft.tokens.len(), copied);
+        }
+    }
+    if let Some(s) = sizer {
+        // The heads' own acceptance: the accepted path as far as it is in their tree.
+        let mut in_heads = vec![usize::MAX; tree.len()];
+        for (old, &new) in heads_map.iter().enumerate() {
+            in_heads[new] = old;
+        }
+        let heads_path: Vec<usize> = path
+            .iter()
+            .map(|&i| in_heads[i])
+            .take_while(|&i| i != usize::MAX)
+            .collect();
+        s.record_acceptance(heads_tree, &heads_path);
+    }
+}
+
 struct Plan<'s> {
     /// The heads' part of the tree.
     heads: Heads<'s>,
