@@ -64,15 +64,5 @@ pub fn template_ids<B: Backend>(
 
 /// The tokens that end an answer: the model's EOS ids and the chat template's end-of-turn tokens.
 pub fn stop_tokens<B: Backend>(m: &LoadedModel<B>) -> Vec<u32> {
-    let mut v = m.model.config().eos_token_ids.clone();
-    if let Some(t) = &m.template {
-        v.extend(
-            t.stop_strings()
-                .iter()
-                .filter_map(|s| m.tokenizer.token_id(s)),
-        );
-    }
-    v.sort_unstable();
-    v.dedup();
-    v
+    engine::stop_tokens(m, m.template.as_ref())
 }

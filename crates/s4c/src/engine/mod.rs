@@ -704,7 +704,10 @@ impl<B: Backend> TextEngine for Engine<B> {
 }
 
 /// The tokens that end an answer: the model's EOS ids and `template`'s end-of-turn tokens.
-fn stop_tokens<B: Backend>(m: &LoadedModel<B>, template: Option<&ChatTemplate>) -> Vec<u32> {
+pub(crate) fn stop_tokens<B: Backend>(
+    m: &LoadedModel<B>,
+    template: Option<&ChatTemplate>,
+) -> Vec<u32> {
     let mut v = m.model.config().eos_token_ids.clone();
     if let Some(t) = template {
         v.extend(

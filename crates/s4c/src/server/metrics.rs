@@ -41,96 +41,89 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let ratio = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+        let rows: [(&str, &str, &str, f64); 12] = [
+            (
+                "s4c_requests_total",
+                "counter",
+                "Generation requests received.",
+                get(&self.requests),
+            ),
+            (
+                "s4c_request_errors_total",
+                "counter",
+                "Requests answered with an error (4xx or 5xx).",
+                get(&self.errors),
+            ),
+            (
+                "s4c_requests_rejected_total",
+                "counter",
+                "Requests refused with 429 because the queue was full.",
+                get(&self.rejected),
+            ),
+            (
+                "s4c_requests_cancelled_total",
+                "counter",
+                "Generations stopped because the client disconnected.",
+                get(&self.cancelled),
+            ),
+            (
+                "s4c_queue_depth",
+                "gauge",
+                "Requests waiting for an engine.",
+                get(&self.queued),
+            ),
+            (
+                "s4c_requests_running",
+                "gauge",
+                "Requests being generated.",
+                get(&self.running),
+            ),
+            (
+                "s4c_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of finished generations.",
+                get(&self.prompt_tokens),
+            ),
+            (
+                "s4c_generated_tokens_total",
+                "counter",
+                "New tokens of finished generations.",
+                get(&self.generated_tokens),
+            ),
+            (
+                "s4c_draft_tokens_total",
+                "counter",
+                "Draft tokens verified.",
+                get(&self.draft_tokens),
+            ),
+            (
+                "s4c_draft_tokens_accepted_total",
+                "counter",
+                "Draft tokens the target accepted.",
+                get(&self.draft_accepted),
+            ),
+            (
+                "s4c_mean_accepted_length",
+                "gauge",
+                "Mean new tokens per target forward (tau) over finished generations.",
+                ratio(get(&self.generated_tokens), get(&self.steps)),
+            ),
+            (
+                "s4c_draft_acceptance_ratio",
+                "gauge",
+                "Accepted share of the verified draft tokens.",
+                ratio(get(&self.draft_accepted), get(&self.draft_tokens)),
+            ),
+        ];
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        for (name, kind, help, value) in rows {
             let _ = writeln!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
-        };
-        metric(
-            "s4c_requests_total",
-            "counter",
-            "Generation requests received.",
-            get(&self.requests) as f64,
-        );
-        metric(
-            "s4c_request_errors_total",
-            "counter",
-            "Requests answered with an error (4xx or 5xx).",
-            get(&self.errors) as f64,
-        );
-        metric(
-            "s4c_requests_rejected_total",
-            "counter",
-            "Requests refused with 429 because the queue was full.",
-            get(&self.rejected) as f64,
-        );
-        metric(
-            "s4c_requests_cancelled_total",
-            "counter",
-            "Generations stopped because the client disconnected.",
-            get(&self.cancelled) as f64,
-        );
-        metric(
-            "s4c_queue_depth",
-            "gauge",
-            "Requests waiting for an engine.",
-            get(&self.queued) as f64,
-        );
-        metric(
-            "s4c_requests_running",
-            "gauge",
-            "Requests being generated.",
-            get(&self.running) as f64,
-        );
-        metric(
-            "s4c_prompt_tokens_total",
-            "counter",
-            "Prompt tokens of finished generations.",
-            get(&self.prompt_tokens) as f64,
-        );
-        metric(
-            "s4c_generated_tokens_total",
-            "counter",
-            "New tokens of finished generations.",
-            get(&self.generated_tokens) as f64,
-        );
-        metric(
-            "s4c_draft_tokens_total",
-            "counter",
-            "Draft tokens verified.",
-            get(&self.draft_tokens) as f64,
-        );
-        metric(
-            "s4c_draft_tokens_accepted_total",
-            "counter",
-            "Draft tokens the target accepted.",
-            get(&self.draft_accepted) as f64,
-        );
-        let steps = get(&self.steps);
-        metric(
-            "s4c_mean_accepted_length",
-            "gauge",
-            "Mean new tokens per target forward (tau) over finished generations.",
-            if steps == 0 {
-                0.0
-            } else {
-                get(&self.generated_tokens) as f64 / steps as f64
-            },
-        );
-        let drafted = get(&self.draft_tokens);
-        metric(
-            "s4c_draft_acceptance_ratio",
-            "gauge",
-            "Accepted share of the verified draft tokens.",
-            if drafted == 0 {
-                0.0
-            } else {
-                get(&self.draft_accepted) as f64 / drafted as f64
-            },
-        );
+        }
         s
     }
 }

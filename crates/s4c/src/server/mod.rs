@@ -227,13 +227,11 @@ type AppState = State<Arc<Shared>>;
 /// Refuses requests while stopping (503) and without the API key (401).
 fn admit(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     if s.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the server is shutting down".into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        });
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is shutting down",
+        ));
     }
     if let Some(key) = &s.api_key {
         let given = headers
@@ -314,20 +312,16 @@ async fn answer(
     if let Err(refused) = queued {
         s.metrics.queued.fetch_sub(1, Ordering::Relaxed);
         return Err(match refused {
-            Refused::Full => ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: "every engine is busy and the queue is full; retry shortly".into(),
-                kind: "rate_limit_error",
-                param: None,
-                code: None,
-            },
-            Refused::Closed => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the server is shutting down".into(),
-                kind: "server_error",
-                param: None,
-                code: None,
-            },
+            Refused::Full => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "every engine is busy and the queue is full; retry shortly",
+            ),
+            Refused::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is shutting down",
+            ),
         });
     }
     let envelope = Envelope {
@@ -455,13 +449,11 @@ fn stream(
 }
 
 fn worker_gone() -> ApiError {
-    ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "the engine stopped before answering".into(),
-        kind: "server_error",
-        param: None,
-        code: None,
-    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the engine stopped before answering",
+    )
 }
 
 /// An engine error as an API error: bad options are the client's (400), the rest the server's.
@@ -471,13 +463,11 @@ fn engine_error(e: EngineError) -> ApiError {
             code: m.contains("context").then_some("context_length_exceeded"),
             ..ApiError::invalid(None, m)
         },
-        e => ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        },
+        e => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        ),
     }
 }
 

@@ -20,6 +20,17 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// An error of `status` and OpenAI `kind`, about no parameter.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
     /// A 400 about `param`.
     pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
         ApiError {

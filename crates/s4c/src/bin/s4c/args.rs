@@ -136,3 +136,29 @@ fn dtype(d: DtypeArg) -> Option<DType> {
         DtypeArg::Bf16 => Some(DType::BF16),
     }
 }
+
+/// The tokio runtime of the server commands (two threads for I/O; the engines have their own).
+pub fn runtime() -> s4c::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| s4c::EngineError::Io {
+            path: "tokio runtime".into(),
+            source,
+        })
+}
+
+/// Writes `text` to `path`, making its folder first.
+pub fn write_file(path: &std::path::Path, text: &str) -> s4c::Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|source| s4c::EngineError::Io {
+            path: d.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| s4c::EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -295,18 +295,7 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|source| EngineError::Io {
-            path: d.to_path_buf(),
-            source,
-        })?;
-    }
-    std::fs::write(path, text).map_err(|source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
+use crate::args::write_file as write;
 
 fn write_outputs(
     json_path: &Path,

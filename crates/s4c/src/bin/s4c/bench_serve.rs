@@ -92,14 +92,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
         ));
     }
     let questions = first_turns(&args.questions, args.max_prompt_chars)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = crate::args::runtime()?;
     runtime.block_on(async {
         let (url, server_info) = match &args.url {
             Some(u) => (loopback(u)?, Value::Null),
@@ -393,15 +386,7 @@ fn chart(levels: &[Level]) -> String {
 }
 
 fn write_outputs(path: &std::path::Path, result: &Value, levels: &[Level]) -> Result<()> {
-    let write = |p: PathBuf, text: String| -> Result<()> {
-        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).map_err(|source| EngineError::Io {
-                path: d.to_path_buf(),
-                source,
-            })?;
-        }
-        std::fs::write(&p, text).map_err(|source| EngineError::Io { path: p, source })
-    };
+    let write = |p: PathBuf, text: String| crate::args::write_file(&p, &text);
     write(
         path.to_path_buf(),
         serde_json::to_string_pretty(result).unwrap_or_default(),

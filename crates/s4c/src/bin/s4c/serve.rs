@@ -66,14 +66,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if let Some(name) = &args.model_name {
         config.model_id = name.clone();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = crate::args::runtime()?;
     runtime.block_on(async {
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
