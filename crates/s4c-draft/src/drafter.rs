@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_models::gguf::GgmlType;
 use s4c_models::quant::{Linear, QMatrix, Threads};
 use s4c_models::CausalLm;
-use s4c_tree::{Candidate, CandidateProvider, TokenTree, ROOT};
+use s4c_tree::{Candidate, CandidateProvider, TokenTree, TreeError, ROOT};
 
 use crate::config::{probe_positions, Coherence, DrafterConfig, Fingerprint};
 use crate::copy::{copy_candidate, push_copy_inputs, CopyCandidate};
@@ -471,7 +471,6 @@ pub struct Drafting<'a, B: Backend, D: Drafter<B>> {
     state_of: Vec<Option<(usize, usize)>>,
     /// States computed by each `expand` call.
     batches: Vec<Tensor<B, 2>>,
-    error: Option<DraftError>,
     elapsed: Duration,
 }
 
@@ -486,14 +485,8 @@ impl<'a, B: Backend, D: Drafter<B>> Drafting<'a, B, D> {
             context,
             state_of: Vec::new(),
             batches: Vec::new(),
-            error: None,
             elapsed: Duration::ZERO,
         }
-    }
-
-    /// The first error the drafter hit (the tree is then smaller than asked), if any.
-    pub fn take_error(&mut self) -> Option<DraftError> {
-        self.error.take()
     }
 
     /// Time spent in the drafter.
@@ -534,12 +527,14 @@ impl<'a, B: Backend, D: Drafter<B>> Drafting<'a, B, D> {
 }
 
 impl<B: Backend, D: Drafter<B>> CandidateProvider for Drafting<'_, B, D> {
-    fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+    fn expand(
+        &mut self,
+        tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> std::result::Result<Vec<Vec<Candidate>>, TreeError> {
         let start = Instant::now();
         let mut out = vec![Vec::new(); nodes.len()];
-        if self.error.is_some() {
-            return out;
-        }
         // One head call per depth among `nodes` (callers pass one depth at a time).
         let mut depths: Vec<usize> = nodes.iter().map(|&n| tree.node(n).depth).collect();
         depths.sort_unstable();
@@ -574,13 +569,10 @@ impl<B: Backend, D: Drafter<B>> CandidateProvider for Drafting<'_, B, D> {
                         out[i] = c;
                     }
                 }
-                Err(e) => {
-                    self.error = Some(e);
-                    break;
-                }
+                Err(e) => return Err(TreeError::Provider(e.to_string())),
             }
         }
         self.elapsed += start.elapsed();
-        out
+        Ok(out)
     }
 }

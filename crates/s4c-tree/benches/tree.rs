@@ -3,6 +3,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use s4c_tree::{
     build_dynamic, Candidate, CandidateProvider, ContextLookup, DynamicConfig, Template, TokenTree,
+    TreeError,
 };
 use std::hint::black_box;
 
@@ -10,18 +11,25 @@ use std::hint::black_box;
 struct Synthetic;
 
 impl CandidateProvider for Synthetic {
-    fn expand(&mut self, _tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
-        nodes
-            .iter()
-            .map(|&n| {
-                (0..k)
-                    .map(|r| Candidate {
-                        token: (n * 31 + r * 7) as u32 % 49_152,
-                        logprob: -0.3 * (r as f32 + 1.0) - 0.01 * (n % 7) as f32,
-                    })
-                    .collect()
-            })
-            .collect()
+    fn expand(
+        &mut self,
+        _tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+        Ok({
+            nodes
+                .iter()
+                .map(|&n| {
+                    (0..k)
+                        .map(|r| Candidate {
+                            token: (n * 31 + r * 7) as u32 % 49_152,
+                            logprob: -0.3 * (r as f32 + 1.0) - 0.01 * (n % 7) as f32,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
     }
 }
 

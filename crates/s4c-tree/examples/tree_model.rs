@@ -14,18 +14,25 @@
 
 use std::error::Error;
 
-use s4c_tree::{AcceptanceStats, Candidate, CandidateProvider, Template, TokenTree};
+use s4c_tree::{AcceptanceStats, Candidate, CandidateProvider, Template, TokenTree, TreeError};
 
 /// Any distinct tokens: only the tree's shape matters here.
 struct Shape;
 
 impl CandidateProvider for Shape {
-    fn expand(&mut self, _tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
-        let ranked = (0..k as u32).map(|r| Candidate {
-            token: r,
-            logprob: 0.0,
-        });
-        nodes.iter().map(|_| ranked.clone().collect()).collect()
+    fn expand(
+        &mut self,
+        _tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+        Ok({
+            let ranked = (0..k as u32).map(|r| Candidate {
+                token: r,
+                logprob: 0.0,
+            });
+            nodes.iter().map(|_| ranked.clone().collect()).collect()
+        })
     }
 }
 

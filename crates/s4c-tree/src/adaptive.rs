@@ -10,15 +10,17 @@
 //! back, trees can grow, and a plain step's own cost is timed rather than inferred.
 //!
 //! ```
-//! use s4c_tree::{AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, CandidateProvider, TokenTree};
+//! use s4c_tree::{AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, CandidateProvider, TokenTree, TreeError};
 //!
 //! // Candidates: token = rank.
 //! struct ByRank;
 //! impl CandidateProvider for ByRank {
-//!     fn expand(&mut self, _: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+//!     fn expand(&mut self, _: &TokenTree, nodes: &[usize], k: usize) -> Result<Vec<Vec<Candidate>>, TreeError> {
+//!         Ok({
 //!         let list: Vec<Candidate> =
 //!             (0..k as u32).map(|r| Candidate { token: r, logprob: -1.0 }).collect();
 //!         vec![list; nodes.len()]
+//!         })
 //!     }
 //! }
 //! // Prior: the top candidate is accepted 90% of the time at every depth.
@@ -332,7 +334,7 @@ impl AdaptiveSizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Candidate;
+    use crate::{Candidate, TreeError};
 
     /// Prior: rank 0 accepted `top1` per mille at every depth, other ranks 5%; as held-out
     /// counts are, depth `d + 1` is tried only as often as depth `d`'s top candidate was accepted.
@@ -355,14 +357,21 @@ mod tests {
     /// Candidates: token = rank.
     struct ByRank;
     impl crate::CandidateProvider for ByRank {
-        fn expand(&mut self, _: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
-            let list: Vec<Candidate> = (0..k as u32)
-                .map(|r| Candidate {
-                    token: r,
-                    logprob: -1.0,
-                })
-                .collect();
-            vec![list; nodes.len()]
+        fn expand(
+            &mut self,
+            _: &TokenTree,
+            nodes: &[usize],
+            k: usize,
+        ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+            Ok({
+                let list: Vec<Candidate> = (0..k as u32)
+                    .map(|r| Candidate {
+                        token: r,
+                        logprob: -1.0,
+                    })
+                    .collect();
+                vec![list; nodes.len()]
+            })
         }
     }
 

@@ -91,7 +91,7 @@ pub fn build_dynamic(
     let mut tree = TokenTree::with_capacity(root_token, 1 + k + (config.max_depth - 1) * k * k);
     let mut frontier = vec![ROOT];
     for _ in 0..config.max_depth {
-        let cands = provider.expand(&tree, &frontier, config.top_k);
+        let cands = provider.expand(&tree, &frontier, config.top_k)?;
         let mut added = vec![];
         for (&parent, list) in frontier.iter().zip(&cands) {
             for (rank, c) in list.iter().take(config.top_k).enumerate() {

@@ -33,6 +33,9 @@ pub enum TreeError {
     /// A node budget, depth or width of zero.
     #[error("{0} must be at least 1")]
     ZeroBudget(&'static str),
+    /// The candidate provider failed.
+    #[error("drafting failed: {0}")]
+    Provider(String),
     /// The candidate provider returned fewer candidates than the template needs.
     #[error("node {node} needs candidate rank {rank}, but the provider returned {got}")]
     TooFewCandidates {

@@ -11,15 +11,17 @@
 //! ([`cost`]). This crate knows nothing of Burn.
 //!
 //! ```
-//! use s4c_tree::{Template, TokenTree, Candidate, CandidateProvider};
+//! use s4c_tree::{Template, TokenTree, Candidate, CandidateProvider, TreeError};
 //!
 //! // Candidates: at every node, token = parent token + rank + 1.
 //! struct Plus;
 //! impl CandidateProvider for Plus {
-//!     fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+//!     fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Result<Vec<Vec<Candidate>>, TreeError> {
+//!         Ok({
 //!         nodes.iter().map(|&n| (0..k as u32)
 //!             .map(|r| Candidate { token: tree.node(n).token + r + 1, logprob: -(r as f32) - 1.0 })
 //!             .collect()).collect()
+//!         })
 //!     }
 //! }
 //! let template = Template::new(vec![vec![0], vec![1], vec![0, 0]]).unwrap();
@@ -64,6 +66,12 @@ pub struct Candidate {
 /// Called once per depth with every node to expand at that depth, so a drafter can batch them;
 /// it may condition on each node's path (S4C's syntactic coherence) by reading `tree`.
 pub trait CandidateProvider {
-    /// For each of `nodes`, up to `k` candidates, best first.
-    fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>>;
+    /// For each of `nodes`, up to `k` candidates, best first; an error (say, the drafter's
+    /// forward failed) ends the tree's construction.
+    fn expand(
+        &mut self,
+        tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError>;
 }

@@ -176,7 +176,7 @@ impl Template {
                 slot_of.push(parents.len() - 1);
                 k = k.max(self.paths[i][d - 1] + 1);
             }
-            let cands = provider.expand(&tree, &parents, k);
+            let cands = provider.expand(&tree, &parents, k)?;
             for (i, slot) in (start..end).zip(slot_of) {
                 let rank = self.paths[i][d - 1];
                 let list = cands.get(slot).map(Vec::as_slice).unwrap_or(&[]);

@@ -37,11 +37,18 @@ impl Hashed {
 }
 
 impl CandidateProvider for Hashed {
-    fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
-        nodes
-            .iter()
-            .map(|&n| self.list(&tree.tokens_to(n), k))
-            .collect()
+    fn expand(
+        &mut self,
+        tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+        Ok({
+            nodes
+                .iter()
+                .map(|&n| self.list(&tree.tokens_to(n), k))
+                .collect()
+        })
     }
 }
 
@@ -183,9 +190,11 @@ proptest! {
         // Token = 10 × rank + depth lets us read the rank path back from the tree.
         struct Ranks;
         impl CandidateProvider for Ranks {
-            fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
+            fn expand(&mut self, tree: &TokenTree, nodes: &[usize], k: usize) -> Result<Vec<Vec<Candidate>>, TreeError> {
+                Ok({
                 nodes.iter().map(|&n| (0..k).map(|r| Candidate {
                     token: (10 * r + tree.node(n).depth + 1) as u32, logprob: -(r as f32) }).collect()).collect()
+                })
             }
         }
         let t = template.build(0, &mut Ranks).unwrap();
@@ -366,4 +375,56 @@ fn acceptance_stats_and_cost_aware_sizing() {
     assert_eq!(small.nodes, 1);
     assert!((small.expected_tau - 2.0).abs() < 1e-9);
     assert!((steep.at(50) - (10.0 + 90.0 * 47.0 / 61.0)).abs() < 1e-9);
+}
+
+/// A provider that fails at the second depth.
+struct Failing;
+
+impl CandidateProvider for Failing {
+    fn expand(
+        &mut self,
+        tree: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+        if nodes.iter().any(|&n| tree.node(n).depth > 0) {
+            return Err(TreeError::Provider("the drafter's forward failed".into()));
+        }
+        Ok(nodes
+            .iter()
+            .map(|_| {
+                (0..k as u32)
+                    .map(|token| Candidate {
+                        token,
+                        logprob: -1.0,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn a_failing_provider_ends_tree_construction_with_its_error() {
+    let want = TreeError::Provider("the drafter's forward failed".into());
+    let err = Template::chain(3)
+        .unwrap()
+        .build(1, &mut Failing)
+        .unwrap_err();
+    assert_eq!(err, want);
+    let config = DynamicConfig {
+        top_k: 2,
+        max_depth: 3,
+        max_nodes: 8,
+    };
+    assert_eq!(build_dynamic(1, &config, &mut Failing).unwrap_err(), want);
+    // One depth only: the provider never fails.
+    assert_eq!(
+        Template::chain(1)
+            .unwrap()
+            .build(1, &mut Failing)
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -4,24 +4,31 @@
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use s4c_tree::{Candidate, CandidateProvider, Template, TokenTree};
+use s4c_tree::{Candidate, CandidateProvider, Template, TokenTree, TreeError};
 use s4c_verify::{Acceptor, GreedyAcceptor, Proposal, SamplingAcceptor, SamplingParams};
 use std::hint::black_box;
 
 struct Fixed;
 impl CandidateProvider for Fixed {
-    fn expand(&mut self, _t: &TokenTree, nodes: &[usize], k: usize) -> Vec<Vec<Candidate>> {
-        nodes
-            .iter()
-            .map(|&n| {
-                (0..k)
-                    .map(|r| Candidate {
-                        token: (n * 10 + r) as u32,
-                        logprob: -1.0,
-                    })
-                    .collect()
-            })
-            .collect()
+    fn expand(
+        &mut self,
+        _t: &TokenTree,
+        nodes: &[usize],
+        k: usize,
+    ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+        Ok({
+            nodes
+                .iter()
+                .map(|&n| {
+                    (0..k)
+                        .map(|r| Candidate {
+                            token: (n * 10 + r) as u32,
+                            logprob: -1.0,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
     }
 }
 

@@ -401,11 +401,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             None => self.initial_for_last(history, device)?,
         };
         let mut drafting = Drafting::new(self.drafter, state, text);
-        let tree = build(&mut drafting)?;
-        if let Some(e) = drafting.take_error() {
-            return Err(e.into());
-        }
-        Ok(tree)
+        Ok(build(&mut drafting)?)
     }
 
     /// The initial state of the last row of `history` (its window: the rows before it).
