@@ -15,7 +15,6 @@ use s4c_draft::data::{distill, Dataset, DistillOptions};
 use s4c_draft::train::{train, TrainOptions};
 use s4c_draft::{fingerprint, Coherence, DrafterConfig};
 use s4c_models::testing::counting_model;
-use s4c_models::CausalLm;
 use s4c_tree::Template;
 use s4c_verify::GreedyAcceptor;
 use std::ops::ControlFlow;

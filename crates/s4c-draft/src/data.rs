@@ -642,7 +642,7 @@ pub fn distill_to_dir<B: Backend, M: CausalLm<B>>(
     }
     std::fs::create_dir_all(dir).map_err(|e| DraftError::io(dir, e))?;
     let mut ds = Dataset {
-        hidden: model.config().hidden_size,
+        hidden: model.dims().hidden_size,
         top_k: options.top_k,
         sequences: Vec::with_capacity(prompts.len()),
     };

@@ -163,7 +163,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
         target: &M,
     ) -> Result<Self> {
         config.validate().map_err(DraftError::InvalidOption)?;
-        let v = target.config().vocab_size;
+        let v = target.dims().vocab_size;
         if vocab.len() != config.draft_vocab || vocab.iter().any(|&t| t as usize >= v) {
             return Err(DraftError::InvalidOption(format!(
                 "draft vocabulary must list {} ids below {v}",
@@ -180,7 +180,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
         let device = target.device().clone();
         let head = target.lm_head_weight();
         // Tied embeddings are the LM head's rows: one copy serves both.
-        let embed = if target.config().tie_word_embeddings {
+        let embed = if target.dims().tied_embeddings {
             head.clone()
         } else {
             target.embed(Tensor::arange(0..v as i64, &device))
@@ -437,7 +437,7 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
 
 /// The fingerprint of `target`, to store with heads and to check them against.
 pub fn fingerprint<B: Backend, M: CausalLm<B>>(target: &M) -> Result<Fingerprint> {
-    let c = target.config();
+    let c = target.dims();
     let w = target.lm_head_weight();
     let [v, h] = w.dims();
     let pos = probe_positions(v, h);

@@ -333,7 +333,7 @@ where
     M: CausalLm<B::InnerBackend>,
 {
     let device = target.device();
-    let v = target.config().vocab_size;
+    let v = target.dims().vocab_size;
     let embed = target.embed(Tensor::arange(0..v as i64, device));
     let ids: Vec<i64> = vocab.iter().map(|&t| t as i64).collect();
     let full_head = target.lm_head_weight();
@@ -399,7 +399,7 @@ where
         )));
     }
     let device: B::Device = target.device().clone();
-    let vsize = target.config().vocab_size;
+    let vsize = target.dims().vocab_size;
     let index = draft_index(&vocab, vsize);
     let (train_set, held) = split(data, options.held_out_every);
     let ex = examples(&train_set);

@@ -45,7 +45,7 @@ pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use host::HostTensor;
 pub use llama::Llama;
-pub use lm::{CausalLm, Input, LmOutput, Logits, SequenceInput};
+pub use lm::{CausalLm, Input, LmOutput, Logits, ModelDims, SequenceInput};
 pub use loader::{
     build_model, convert_to_hf, load, EngineKind, LoadOptions, LoadedModel, ModelFiles,
 };

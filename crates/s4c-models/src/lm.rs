@@ -3,7 +3,6 @@
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::cache::KvCache;
-use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::mask::AttentionMask;
 
@@ -60,10 +59,23 @@ pub struct LmOutput<B: Backend> {
     pub features: Tensor<B, 2>,
 }
 
+/// The sizes every causal language model has, whatever its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelDims {
+    /// Tokens in the vocabulary (rows of the LM head).
+    pub vocab_size: usize,
+    /// Width of the features (final-norm hidden states).
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Whether the input embedding is the LM head's matrix (tied weights).
+    pub tied_embeddings: bool,
+}
+
 /// A causal language model that can verify token trees.
 pub trait CausalLm<B: Backend> {
-    /// The model's hyper-parameters.
-    fn config(&self) -> &LlamaConfig;
+    /// Its vocabulary, feature width and depth.
+    fn dims(&self) -> ModelDims;
     /// The device its weights live on.
     fn device(&self) -> &B::Device;
     /// The largest position + 1 this instance supports (the most tokens a cache can hold).

@@ -63,12 +63,12 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     reps: usize,
 ) -> Result<CostProfile> {
     let reps = reps.max(1);
-    let vocab = model.config().vocab_size as u32;
+    let vocab = model.dims().vocab_size as u32;
     let max = *CURVE_SIZES.last().unwrap_or(&1);
     let mut cache = model.new_cache(prefix + max);
     let ctx: Vec<u32> = (0..prefix as u32).map(|i| (i * 31 + 7) % vocab).collect();
     let out = model.forward(&Input::causal(&ctx, 0, Logits::Last), &mut cache)?;
-    let hidden = model.config().hidden_size;
+    let hidden = model.dims().hidden_size;
     let feature = out.features.slice([prefix - 1..prefix, 0..hidden]);
     let mut verify = vec![Vec::new(); CURVE_SIZES.len()];
     // Drafting: one level for 1 node and for 16 nodes.

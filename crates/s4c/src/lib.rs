@@ -45,7 +45,7 @@ pub use engine::{
 pub use error::{EngineError, Result};
 
 use burn::tensor::backend::Backend;
-use s4c_models::{CausalLm, ChatTemplate, LoadedModel};
+use s4c_models::{ChatTemplate, LoadedModel};
 
 /// The ids of `text` as `template` renders it, after the model's BOS where the template needs
 /// one (the rendered text holds none).

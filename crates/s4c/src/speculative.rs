@@ -182,7 +182,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         options.validate(prompt.len(), context)?;
         let start = Instant::now();
         let model = self.model;
-        let hidden = model.config().hidden_size;
+        let hidden = model.dims().hidden_size;
         let device = model.device().clone();
         let w = self.drafter.window();
         // Room for the whole answer plus one tree beyond it.

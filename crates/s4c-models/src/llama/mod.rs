@@ -10,7 +10,7 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::cpu::{CpuModel, WeightFormat};
 use crate::error::{ModelError, Result};
-use crate::lm::{CausalLm, Input, LmOutput, SequenceInput};
+use crate::lm::{CausalLm, Input, LmOutput, ModelDims, SequenceInput};
 use crate::quant::Threads;
 use crate::weights::WeightSource;
 use tensors::TensorLlama;
@@ -110,6 +110,11 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
     /// Which engine runs the forward: `cpu` or `tensors`.
     pub fn engine(&self) -> &'static str {
         match self.engine {
@@ -207,8 +212,13 @@ fn host_values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Vec<f32>> 
 }
 
 impl<B: Backend> CausalLm<B> for Llama<B> {
-    fn config(&self) -> &LlamaConfig {
-        &self.config
+    fn dims(&self) -> ModelDims {
+        ModelDims {
+            vocab_size: self.config.vocab_size,
+            hidden_size: self.config.hidden_size,
+            num_layers: self.config.num_layers,
+            tied_embeddings: self.config.tie_word_embeddings,
+        }
     }
 
     fn device(&self) -> &B::Device {
