@@ -482,3 +482,94 @@ fn the_official_openai_python_client_works_with_the_server() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("as expected"), "{log}");
 }
+
+/// The value of metric `name` on the shared server.
+fn metric(name: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", base()))
+        .bearer_auth(KEY)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    use std::io::Read;
+    let before = metric("s4c_requests_cancelled_total");
+    let mut r = client()
+        .post(format!("{}/v1/chat/completions", base()))
+        .bearer_auth(KEY)
+        .json(&json!({
+            "messages": [{"role": "user", "content":
+                "Write the numbers from 1 to 1000 in words, separated by commas."}],
+            "temperature": 0, "max_tokens": 3000, "stream": true,
+        }))
+        .send()
+        .unwrap();
+    let mut first = [0u8; 64];
+    r.read_exact(&mut first).unwrap();
+    drop(r);
+    // The worker notices at its next token and stops; the request is counted as cancelled.
+    let started = std::time::Instant::now();
+    while metric("s4c_requests_cancelled_total") <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the generation was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shutdown_lets_requests_in_flight_finish_and_refuses_new_ones() {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let server = Server::start(ServerConfig::new(builder())).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            url_tx
+                .send(format!("http://{}", listener.local_addr().unwrap()))
+                .unwrap();
+            server
+                .serve(listener, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    });
+    let url = url_rx.recv().unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let in_flight = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut r = client()
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&json!({"messages": [{"role": "user", "content": QUESTION}],
+                              "temperature": 0, "max_tokens": 40, "stream": true}))
+                .send()
+                .unwrap();
+            let mut buf = [0u8; 16];
+            r.read_exact(&mut buf).unwrap();
+            first_tx.send(()).unwrap();
+            let mut rest = String::new();
+            r.read_to_string(&mut rest).unwrap();
+            rest
+        })
+    };
+    first_rx.recv().unwrap();
+    stop_tx.send(()).unwrap();
+    let rest = in_flight.join().unwrap();
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    assert!(server.join().unwrap().is_ok());
+    // The listener is closed: new requests are refused.
+    assert!(client().get(format!("{url}/health")).send().is_err());
+}
