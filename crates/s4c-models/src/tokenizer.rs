@@ -73,6 +73,9 @@ impl Tokenizer {
             .meta_ints("tokenizer.ggml.token_type")
             .unwrap_or_default();
         let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+        // Llama 3's BPE takes a pre-token that is a whole vocabulary entry as it is (its
+        // tokenizer.json sets `ignore_merges`; llama.cpp does the same for this pre-tokenizer).
+        let ignore_merges = matches!(pre, "llama-bpe" | "llama3");
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre_tokenizer = match pre {
             "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -111,7 +114,7 @@ impl Tokenizer {
             "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                 "vocab": vocab, "merges": merges},
         }))
     }
