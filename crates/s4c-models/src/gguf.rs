@@ -372,6 +372,21 @@ impl GgufFile {
         }
     }
 
+    /// An array of numbers (integers read as floats too).
+    pub fn meta_floats(&self, key: &str) -> Option<Vec<f64>> {
+        match self.metadata.get(key)? {
+            MetaValue::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    MetaValue::Float(f) => Some(*f),
+                    MetaValue::Int(i) => Some(*i as f64),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
     /// An array of integers.
     pub fn meta_ints(&self, key: &str) -> Option<Vec<i128>> {
         match self.metadata.get(key)? {

@@ -57,10 +57,14 @@ impl Tokenizer {
     /// The `tokenizer.json` equivalent of GGUF tokenizer metadata.
     pub fn gguf_to_json(gguf: &GgufFile) -> Result<Value> {
         let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("");
+        if model == "llama" {
+            return spm_to_json(gguf);
+        }
         if model != "gpt2" {
             return Err(ModelError::Tokenizer(format!(
-                "GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\"); \
-                 use the model's Hugging Face folder with its tokenizer.json instead"
+                "GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" and \
+                 SentencePiece \"llama\"); use the model's Hugging Face folder with its \
+                 tokenizer.json instead"
             )));
         }
         let tokens = gguf
@@ -175,4 +179,82 @@ impl StreamDecoder {
         self.emitted = text.len();
         Ok(piece)
     }
+}
+
+/// The `tokenizer.json` equivalent of a SentencePiece BPE vocabulary in GGUF metadata
+/// (`tokenizer.ggml.model` = `llama`: Llama 2, Vicuna, Mistral, TinyLlama): pieces with scores,
+/// `▁` for spaces, a space put before the text, bytes of unknown characters as `<0xXX>` pieces.
+/// Merges come from the scores: two pieces merge when their concatenation is a piece, higher
+/// scores first — the order SentencePiece's BPE merges in.
+fn spm_to_json(gguf: &GgufFile) -> Result<Value> {
+    let tokens = gguf
+        .meta_strings("tokenizer.ggml.tokens")
+        .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+    let scores = gguf
+        .meta_floats("tokenizer.ggml.scores")
+        .unwrap_or_default();
+    let types = gguf
+        .meta_ints("tokenizer.ggml.token_type")
+        .unwrap_or_default();
+    let ty = |id: usize| types.get(id).copied().unwrap_or(1);
+    let index: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(id, _)| ty(id) == 1)
+        .map(|(id, t)| (*t, id))
+        .collect();
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = vec![];
+    for (id, t) in tokens.iter().enumerate().filter(|&(id, _)| ty(id) == 1) {
+        for (i, _) in t.char_indices().skip(1) {
+            let (a, b) = (&t[..i], &t[i..]);
+            if let (Some(&ia), Some(_)) = (index.get(a), index.get(b)) {
+                merges.push((scores.get(id).copied().unwrap_or(0.0), id, ia, a, b));
+            }
+        }
+    }
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let merges: Vec<String> = merges.iter().map(|m| format!("{} {}", m.3, m.4)).collect();
+    let mut vocab = serde_json::Map::new();
+    let mut added = vec![];
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+        // 2 = unknown, 3 = control, 4 = user-defined: matched whole in the input text.
+        if matches!(ty(id), 2..=4) {
+            added.push(
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty(id) != 4}),
+            );
+        }
+    }
+    let unk = tokens
+        .iter()
+        .enumerate()
+        .find(|&(id, _)| ty(id) == 2)
+        .map(|(_, t)| t.to_string());
+    let prefix = !matches!(
+        gguf.metadata().get("tokenizer.ggml.add_space_prefix"),
+        Some(crate::gguf::MetaValue::Bool(false))
+    );
+    let mut normalizers = vec![];
+    if prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": usize::from(prefix), "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    }))
 }

@@ -1,7 +1,7 @@
 //! s4c's tokenizers built from GGUF metadata alone, against llama.cpp's tokenizer test suite:
 //! the vocabulary files `ggml-vocab-*.gguf` with their `.inp` texts and `.out` token ids, as
 //! shipped in the pinned llama-cpp-python source distribution (llama.cpp's
-//! `tests/test-tokenizer-0`, special tokens not added). The test fetches them into
+//! `tests/test-tokenizer-0`, special tokens not added), and decoding gives the text back. The test fetches them into
 //! `target/llama-cpp-vocab` with pip (or reads `$S4C_LLAMA_CPP_VOCAB`); offline, it says so and
 //! passes without checking.
 
@@ -12,7 +12,7 @@ use s4c_models::gguf::GgufFile;
 use s4c_models::Tokenizer;
 
 /// The vocabularies s4c claims to read from GGUF metadata.
-const SUPPORTED: [&str; 2] = ["gpt-2", "llama-bpe"];
+const SUPPORTED: [&str; 3] = ["gpt-2", "llama-bpe", "llama-spm"];
 
 const SDIST: &str = "llama-cpp-python==0.3.36";
 
@@ -104,7 +104,10 @@ fn gguf_tokenizers_match_llama_cpp_on_its_test_vocabularies() {
             .iter()
             .filter_map(|(text, want)| {
                 let got = tok.encode(text).unwrap();
-                (got != *want).then(|| format!("{text:?}: got {got:?}, llama.cpp {want:?}"))
+                let back = tok.decode(&got, false).unwrap();
+                (got != *want || back != *text).then(|| {
+                    format!("{text:?}: got {got:?} (decoded {back:?}), llama.cpp {want:?}")
+                })
             })
             .collect();
         report.push(format!(
