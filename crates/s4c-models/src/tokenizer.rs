@@ -29,6 +29,9 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 /// The Llama 3 pre-tokenizer split pattern.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's split pattern: Llama 3's with single digits.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 impl Tokenizer {
     /// Parses the text of a `tokenizer.json`.
     pub fn from_json(text: &str) -> Result<Self> {
@@ -87,13 +90,14 @@ impl Tokenizer {
             "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}),
             "default" | "gpt2" | "gpt-2" => byte_level,
-            other => {
-                return Err(ModelError::Tokenizer(format!(
-                    "GGUF pre-tokenizer {other:?} is not supported (smollm, llama-bpe, gpt2); \
+            other => return Err(ModelError::Tokenizer(format!(
+                "GGUF pre-tokenizer {other:?} is not supported (smollm, llama-bpe, qwen2, gpt2); \
                      use the model's Hugging Face folder with its tokenizer.json instead"
-                )))
-            }
+            ))),
         };
         let mut vocab = serde_json::Map::new();
         let mut added = vec![];
