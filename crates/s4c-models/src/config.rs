@@ -55,6 +55,17 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The context s4c supports for a model of context `context` whose attention may be limited
+/// to a sliding window (Mistral): within the window, attending over everything is the same
+/// computation, so the usable context is cut to the window (longer prompts are refused with the
+/// context-length error) instead of answering differently from the model past it.
+fn within_window(context: usize, window: Option<u64>) -> usize {
+    match window {
+        Some(w) if w > 0 && (w as usize) < context => w as usize,
+        _ => context,
+    }
+}
+
 fn invalid(source_name: &str, reason: impl Into<String>) -> ModelError {
     ModelError::InvalidConfig {
         source_name: source_name.to_string(),
@@ -150,10 +161,12 @@ impl LlamaConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: obj
-                .get("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(2048) as usize,
+            max_position_embeddings: within_window(
+                obj.get("max_position_embeddings")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2048) as usize,
+                obj.get("sliding_window").and_then(Value::as_u64),
+            ),
             tie_word_embeddings: obj
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -223,7 +236,10 @@ impl LlamaConfig {
                 .unwrap_or(1e-5),
             rope_theta: gguf.meta_f64("llama.rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: u("context_length").unwrap_or(2048),
+            max_position_embeddings: within_window(
+                u("context_length").unwrap_or(2048),
+                gguf.meta_u64("llama.attention.sliding_window"),
+            ),
             tie_word_embeddings: !gguf.has_tensor("output.weight"),
             bos_token_id: gguf
                 .meta_u64("tokenizer.ggml.bos_token_id")
@@ -359,6 +375,25 @@ impl LlamaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sliding_window_bounds_the_context() {
+        let text = |window: &str| {
+            format!(
+                r#"{{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,
+                "num_attention_heads":4,"num_key_value_heads":1,"vocab_size":32,
+                "max_position_embeddings":32768,"sliding_window":{window}}}"#
+            )
+        };
+        let ctx = |w: &str| {
+            LlamaConfig::from_hf_json(&text(w), "config.json")
+                .unwrap()
+                .max_position_embeddings
+        };
+        assert_eq!(ctx("4096"), 4096);
+        assert_eq!(ctx("null"), 32768);
+        assert_eq!(ctx("65536"), 32768);
+    }
 
     #[test]
     fn reads_smollm2_style_config() {

@@ -94,10 +94,12 @@ impl Tokenizer {
                 {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}),
             "default" | "gpt2" | "gpt-2" => byte_level,
-            other => return Err(ModelError::Tokenizer(format!(
+            other => {
+                return Err(ModelError::Tokenizer(format!(
                 "GGUF pre-tokenizer {other:?} is not supported (smollm, llama-bpe, qwen2, gpt2); \
                      use the model's Hugging Face folder with its tokenizer.json instead"
-            ))),
+            )))
+            }
         };
         let mut vocab = serde_json::Map::new();
         let mut added = vec![];
