@@ -39,7 +39,7 @@ mkdir -p "$PEERS"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 if [ ! -d "$SRC" ]; then
-    "$VENV/bin/pip" download -q --no-deps --no-binary :all: -d "$PEERS" \
+    "$VENV/bin/pip" download -q --no-deps --no-binary llama-cpp-python -d "$PEERS" \
         "llama-cpp-python==$LLAMA_CPP_PYTHON"
     tar -xzf "$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$PEERS"
 fi
@@ -51,7 +51,7 @@ if [ ! -x "$TOOLS/llama-bench" ] || [ ! -x "$TOOLS/llama-lookup" ]; then
 fi
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        "$VENV/bin/pip" install -q --no-deps --no-binary :all: \
+        "$VENV/bin/pip" install -q --no-deps --no-binary llama-cpp-python \
         "$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
 fi
 

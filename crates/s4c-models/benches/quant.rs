@@ -1,7 +1,8 @@
 //! The CPU kernels of `s4c_models::quant` on the default model's weight shapes (SmolLM2-135M:
 //! per layer the fused q/k/v `[960, 576]`, output `[576, 576]`, fused gate/up `[3072, 576]` and
 //! down `[576, 1536]`, 30 layers, then the LM head `[49152, 576]`), random weights in the default
-//! file's types (Q4_1 layers, Q8_0 head) and in Q4_K/Q6_K and F16, for the row counts of a decode
+//! file's types (Q4_1 layers, Q8_0 head) and in Q4_K/Q6_K (inputs widened to 768, whole
+//! super-blocks of 256) and F16, for the row counts of a decode
 //! step (1) and of verification trees and prompt blocks (2–64). One sample multiplies by every
 //! matrix once, as a forward does; throughput is the weight bytes read per sample (GB/s), next to
 //! a plain copy of as many bytes (`memcpy`) measured in the same run.
@@ -20,6 +21,12 @@ use s4c_models::testing::{random_matrix, SplitMix};
 const SHAPES: [(usize, usize); 4] = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
 
 fn model(layers: GgmlType, head: GgmlType) -> Vec<Linear> {
+    // K-quant rows hold super-blocks of 256: their inputs are widened from 576 to 768.
+    let per_block = layers
+        .block()
+        .map_or(1, |(n, _)| n)
+        .max(head.block().map_or(1, |(n, _)| n));
+    let width = |n: usize| n.div_ceil(per_block) * per_block;
     let mut seed = 1;
     let mut next = || {
         seed += 1;
@@ -28,11 +35,11 @@ fn model(layers: GgmlType, head: GgmlType) -> Vec<Linear> {
     let mut mats = vec![];
     for _ in 0..30 {
         for (out, inp) in SHAPES {
-            let m = random_matrix(layers, out, inp, next()).expect("kernel type");
+            let m = random_matrix(layers, out, width(inp), next()).expect("kernel type");
             mats.push(Linear::new(vec![m]).expect("one part"));
         }
     }
-    let h = random_matrix(head, 49_152, 576, next()).expect("kernel type");
+    let h = random_matrix(head, 49_152, width(576), next()).expect("kernel type");
     mats.push(Linear::new(vec![h]).expect("one part"));
     mats
 }

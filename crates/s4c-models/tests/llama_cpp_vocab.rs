@@ -37,8 +37,9 @@ fn vocab_dir() -> Option<PathBuf> {
             "download",
             "--quiet",
             "--no-deps",
+            // The source distribution of this package only; its build tools come as wheels.
             "--no-binary",
-            ":all:",
+            "llama-cpp-python",
         ])
         .arg(SDIST)
         .arg("-d")

@@ -7,8 +7,13 @@
 //! stored in **pairs** (64 values of one row side by side, for 512-bit kernels; an odd last block
 //! is paired with zeros).
 
+use rayon::prelude::*;
+
 /// Values per block.
 pub(crate) const QK: usize = 32;
+
+/// From this many rows on, quantization runs on the thread pool.
+const PARALLEL_ROWS: usize = 4;
 
 /// `rows` activation rows of `cols` values (a multiple of 32), quantized block by block.
 ///
@@ -37,6 +42,9 @@ pub struct Q8Acts {
 
 impl Q8Acts {
     /// Quantizes `rows` rows of `cols` values (`cols` a multiple of 32).
+    ///
+    /// Blocks of many rows are quantized in parallel on the current Rayon pool (the kernels
+    /// call this inside their [`super::Threads`]); each value is the same either way.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
         debug_assert_eq!(x.len(), rows * cols);
         debug_assert!(cols.is_multiple_of(QK));
@@ -51,24 +59,63 @@ impl Q8Acts {
             ds16: vec![0.0; 2 * rows * nb],
             d16: vec![0.0; rows * pairs * 16],
         };
-        for (r, xr) in x.chunks_exact(cols).enumerate() {
-            for (b, xs) in xr.chunks_exact(QK).enumerate() {
-                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let at = ((b / 2) * rows + r) * 2 + b % 2;
-                a.d[at] = d;
-                let qs = &mut a.q[at * QK..(at + 1) * QK];
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    *q = (v * id).round() as i8;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2");
+        // Pair `p` of every row: values, scales and the 512-bit kernels' scale lanes, each a
+        // contiguous range.
+        let pair = |(p, ((q, d), d16)): (usize, ((&mut [i8], &mut [f32]), &mut [f32]))| {
+            for r in 0..rows {
+                for h in 0..2 {
+                    let b = 2 * p + h;
+                    if b >= nb {
+                        continue;
+                    }
+                    let xs = &x[r * cols + b * QK..][..QK];
+                    let qs = &mut q[(2 * r + h) * QK..][..QK];
+                    #[cfg(target_arch = "x86_64")]
+                    let db = if avx2 {
+                        // SAFETY: AVX2 was detected above.
+                        unsafe { quantize_block_avx2(xs, qs) }
+                    } else {
+                        quantize_block(xs, qs)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let db = quantize_block(xs, qs);
+                    d[2 * r + h] = db;
+                    d16[r * 16 + 8 * h..][..8].fill(db);
                 }
-                let sum = |q: &[i8]| d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
-                a.ds[r * nb + b] = sum(qs);
-                a.ds16[2 * (r * nb + b)] = sum(&qs[..QK / 2]);
-                a.ds16[2 * (r * nb + b) + 1] = sum(&qs[QK / 2..]);
-                let (p, h) = (b / 2, b % 2);
-                a.d16[(p * rows + r) * 16 + 8 * h..][..8].fill(d);
             }
+        };
+        let (q, d, d16) = (rows * 2 * QK, rows * 2, rows * 16);
+        if rows >= PARALLEL_ROWS {
+            let (q, d, d16) = (
+                a.q.par_chunks_mut(q),
+                a.d.par_chunks_mut(d),
+                a.d16.par_chunks_mut(d16),
+            );
+            q.zip(d).zip(d16).enumerate().for_each(pair);
+        } else {
+            let (q, d, d16) = (a.q.chunks_mut(q), a.d.chunks_mut(d), a.d16.chunks_mut(d16));
+            q.zip(d).zip(d16).enumerate().for_each(pair);
+        }
+        // The sums of each block and half-block, row by row.
+        let (qv, dv) = (&a.q, &a.d);
+        let sums = |(r, (ds, ds16)): (usize, (&mut [f32], &mut [f32]))| {
+            for b in 0..nb {
+                let at = ((b / 2) * rows + r) * 2 + b % 2;
+                let (qs, d) = (&qv[at * QK..(at + 1) * QK], dv[at]);
+                let sum = |q: &[i8]| d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
+                ds[b] = sum(qs);
+                ds16[2 * b] = sum(&qs[..QK / 2]);
+                ds16[2 * b + 1] = sum(&qs[QK / 2..]);
+            }
+        };
+        if rows >= PARALLEL_ROWS {
+            let (ds, ds16) = (a.ds.par_chunks_mut(nb), a.ds16.par_chunks_mut(2 * nb));
+            ds.zip(ds16).enumerate().for_each(sums);
+        } else {
+            let (ds, ds16) = (a.ds.chunks_mut(nb), a.ds16.chunks_mut(2 * nb));
+            ds.zip(ds16).enumerate().for_each(sums);
         }
         a
     }
@@ -97,9 +144,90 @@ impl Q8Acts {
     }
 }
 
+/// One block: `q = round(x / d)` (halves away from zero) with `d = max|x| / 127`; returns `d`.
+fn quantize_block(xs: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round() as i8;
+    }
+    d
+}
+
+/// [`quantize_block`] on 256-bit vectors, with the same result bit for bit.
+///
+/// # Safety
+/// The CPU has AVX2; `xs` and `qs` hold 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(xs: &[f32], qs: &mut [i8]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() == QK && qs.len() == QK);
+    let p = xs.as_ptr();
+    let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = _mm256_and_ps(v[0], abs);
+    for v in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_and_ps(*v, abs));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let amax = lanes.iter().fold(0f32, |m, v| m.max(*v));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let sign = _mm256_set1_ps(-0.0);
+    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+    let ints = v.map(|v| {
+        // Round halves away from zero as `f32::round`: truncate, then step away from zero
+        // where the dropped fraction is at least one half.
+        let y = _mm256_mul_ps(v, id);
+        let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+        let step = _mm256_or_ps(_mm256_and_ps(y, sign), one);
+        let up = _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), step);
+        _mm256_cvtps_epi32(_mm256_add_ps(t, up))
+    });
+    // i32 → i16 → i8 with saturation (the values fit), then the lanes back in order.
+    let w0 = _mm256_packs_epi32(ints[0], ints[1]);
+    let w1 = _mm256_packs_epi32(ints[2], ints[3]);
+    let b = _mm256_packs_epi16(w0, w1);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.as_mut_ptr().cast(), b);
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_vector_quantizer_equals_the_scalar_one_bit_for_bit() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = crate::testing::SplitMix(5);
+        for case in 0..2000 {
+            let scale = [1e-3, 1.0, 37.0, 1e4][case % 4];
+            let mut xs: Vec<f32> = (0..QK).map(|_| rng.symmetric() * scale).collect();
+            if case % 7 == 0 {
+                // Values that land on halves once scaled: 127 · k / 2 for a block maximum of 127.
+                for (i, x) in xs.iter_mut().enumerate() {
+                    *x = (i as f32 - 16.0) * 0.5;
+                }
+                xs[0] = 127.0;
+            }
+            if case == 1 {
+                xs.fill(0.0);
+            }
+            let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+            let d1 = quantize_block(&xs, &mut q1);
+            // SAFETY: AVX2 was detected above.
+            let d2 = unsafe { quantize_block_avx2(&xs, &mut q2) };
+            assert_eq!((d1.to_bits(), q1), (d2.to_bits(), q2), "{xs:?}");
+        }
+    }
 
     #[test]
     fn quantization_error_is_within_half_a_step_and_sums_match() {

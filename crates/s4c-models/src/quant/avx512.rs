@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::acts::{Q8Acts, QK};
+use super::packed::{act_index, Packed, PackedKind, GROUP};
 use super::x86::{f16_at, high, hsum, hsum128};
 use super::QMatrix;
 use crate::gguf::GgmlType;
@@ -359,5 +360,94 @@ pub(crate) unsafe fn rows(m: &QMatrix, range: Range<usize>, a: &Q8Acts, out: &mu
         GgmlType::Q4K => rows_of::<Q4K>(m, range, a, out),
         GgmlType::Q6K => rows_of::<Q6K>(m, range, a, out),
         _ => unreachable!("dense types take f32 activations"),
+    }
+}
+
+/// Most activation rows per tile of the interleaved kernel.
+const PACKED_TILE: usize = 8;
+
+/// The 16-row accumulators of `R` activation rows (from `r0`) against group `g` of `p`: lane `j`
+/// of `out[i]` is row `16g + j` times activation row `r0 + i` (see [`super::packed`]).
+#[inline(always)]
+unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
+    let kind = p.kind;
+    let (vb, rec) = (kind.value_bytes(), kind.record_bytes());
+    let base = p.data.as_ptr().add(g * p.blocks * rec);
+    let (q, d, ds) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr());
+    let low = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); R];
+    // The first tile asks for the next group's records while it computes (the later tiles of
+    // this group find theirs in cache).
+    let ahead = (r0 == 0).then(|| base.wrapping_add(p.blocks * rec));
+    for b in 0..p.blocks {
+        let r = base.add(b * rec);
+        if let Some(next) = ahead {
+            for line in (0..rec).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * rec + line).cast());
+            }
+        }
+        let mut w = [_mm512_setzero_si512(); 8];
+        match kind {
+            PackedKind::Q8_0 => {
+                for (k, w) in w.iter_mut().enumerate() {
+                    *w = _mm512_loadu_si512(r.add(64 * k).cast());
+                }
+            }
+            PackedKind::Q4_0 | PackedKind::Q4_1 => {
+                for k in 0..4 {
+                    let v = _mm512_loadu_si512(r.add(64 * k).cast());
+                    w[k] = _mm512_and_si512(v, low);
+                    w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                }
+            }
+        }
+        let ws = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb).cast()));
+        let wm = match kind {
+            PackedKind::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb + 32).cast())),
+            PackedKind::Q4_0 => _mm512_mul_ps(ws, _mm512_set1_ps(-8.0)),
+            PackedKind::Q8_0 => _mm512_mul_ps(ws, _mm512_set1_ps(-128.0)),
+        };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let at = act_index(a, r0 + i, b);
+            let x = q.add(at * QK).cast::<i32>();
+            let mut s = _mm512_setzero_si512();
+            for (k, w) in w.iter().enumerate() {
+                let xk = _mm512_set1_epi32(x.add(k).read_unaligned());
+                s = _mm512_dpbusd_epi32(s, *w, xk);
+            }
+            let scale = _mm512_mul_ps(ws, _mm512_set1_ps(*d.add(at)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *acc);
+            let sx = _mm512_set1_ps(*ds.add((r0 + i) * p.blocks + b));
+            *acc = _mm512_fmadd_ps(wm, sx, *acc);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * GROUP), *acc);
+    }
+}
+
+/// `out[gi · n · 16 + i · 16 + j] = W[16g + j] · x_i` for the `gi`-th group `g` of `groups` and
+/// every activation row `i` (`n` of them): [`super::packed::reference`], bit for bit.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(crate) unsafe fn packed(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut [f32]) {
+    let n = a.rows;
+    debug_assert!(out.len() >= groups.len() * n * GROUP);
+    for (gi, g) in groups.enumerate() {
+        let o = out.as_mut_ptr().add(gi * n * GROUP);
+        let mut r0 = 0;
+        while r0 < n {
+            let dst = o.add(r0 * GROUP);
+            match n - r0 {
+                1 => packed_tile::<1>(p, g, a, r0, dst),
+                2 => packed_tile::<2>(p, g, a, r0, dst),
+                3 => packed_tile::<3>(p, g, a, r0, dst),
+                4 => packed_tile::<4>(p, g, a, r0, dst),
+                5 => packed_tile::<5>(p, g, a, r0, dst),
+                6 => packed_tile::<6>(p, g, a, r0, dst),
+                7 => packed_tile::<7>(p, g, a, r0, dst),
+                _ => packed_tile::<8>(p, g, a, r0, dst),
+            }
+            r0 += PACKED_TILE;
+        }
     }
 }

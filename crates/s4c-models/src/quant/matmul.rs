@@ -1,16 +1,17 @@
 //! The threaded product `y = x · Wᵀ` over weight matrices of any kernel type.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
 use super::acts::Q8Acts;
+use super::packed::{Packed, GROUP};
 use super::{portable, Isa, IsaKind, QMatrix};
 use crate::error::{ModelError, Result};
 
-/// Weight rows per parallel task.
-const TASK_ROWS: usize = 16;
+/// Weight rows per parallel task: one group of the interleaved kernel.
+const TASK_ROWS: usize = GROUP;
 
 /// The threads the kernels run on, and the instruction set they use.
 ///
@@ -81,6 +82,26 @@ struct Scratch {
 }
 
 impl Isa {
+    /// Whether this instruction set has the interleaved kernel of [`super::packed`].
+    pub(super) fn packs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 == IsaKind::Avx512Vnni {
+            return true;
+        }
+        false
+    }
+
+    /// `out[i · 16 + j] = W[16g + j] · x_i` for group `g` of `p` and every activation row `i`.
+    pub(super) fn packed(self, p: &Packed, g: usize, a: &Q8Acts, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 == IsaKind::Avx512Vnni {
+            // SAFETY: the instructions were detected on this CPU (`Isa`); `out` holds one group.
+            unsafe { super::avx512::packed(p, g..g + 1, a, out) };
+            return;
+        }
+        super::packed::reference(p, g..g + 1, a, out)
+    }
+
     /// `out[k · n + i] = W[rows.start + k] · x_i` for weight rows `rows` of `m` and every
     /// activation row `i` (`n` of them).
     fn rows(
@@ -127,11 +148,15 @@ impl Isa {
 
 /// A linear layer `[out, in]` made of one or more weight matrices stacked by rows (fused
 /// projections such as query, key and value), possibly of different storage types.
+///
+/// On CPUs with AVX-512 VNNI, Q4_0, Q4_1 and Q8_0 parts are repacked 16 rows at a time on first
+/// use ([`super::packed`]); the repacked copy then replaces the file's pages in memory.
 #[derive(Debug, Clone)]
 pub struct Linear {
     parts: Vec<QMatrix>,
     out: usize,
     inp: usize,
+    packed: Arc<OnceLock<Vec<Option<Packed>>>>,
 }
 
 /// Where a product writes: `rows` rows of `stride` values. Tasks write disjoint columns.
@@ -153,6 +178,14 @@ impl Out {
     unsafe fn write(&self, row: usize, col: usize, v: f32) {
         *self.ptr.add(row * self.stride + col) = v
     }
+
+    /// Writes `v` at row `row`, from column `col` on.
+    ///
+    /// # Safety
+    /// The columns are inside the buffer, and no other task writes them.
+    unsafe fn write_run(&self, row: usize, col: usize, v: &[f32]) {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(row * self.stride + col), v.len())
+    }
 }
 
 impl Linear {
@@ -171,7 +204,33 @@ impl Linear {
             )));
         }
         let out = parts.iter().map(QMatrix::rows).sum();
-        Ok(Linear { parts, out, inp })
+        Ok(Linear {
+            parts,
+            out,
+            inp,
+            packed: Arc::default(),
+        })
+    }
+
+    /// The parts repacked for `isa`'s interleaved kernel (`None` for parts it does not take, or
+    /// every part where `isa` has no such kernel).
+    fn packed(&self, isa: Isa) -> Option<&[Option<Packed>]> {
+        if !isa.packs() {
+            return None;
+        }
+        let packed = self.packed.get_or_init(|| {
+            self.parts
+                .iter()
+                .map(|p| {
+                    let packed = Packed::new(p);
+                    if packed.is_some() {
+                        p.bytes.release_pages();
+                    }
+                    packed
+                })
+                .collect()
+        });
+        Some(packed)
     }
 
     /// Output features.
@@ -198,11 +257,7 @@ impl Linear {
         if m == 0 {
             return y;
         }
-        let q8 = self
-            .parts
-            .iter()
-            .any(QMatrix::quantized)
-            .then(|| Q8Acts::quantize(x, m, self.inp));
+        let quantized = self.parts.iter().any(QMatrix::quantized);
         let mut tasks = Vec::new();
         let mut col = 0;
         for (i, p) in self.parts.iter().enumerate() {
@@ -216,13 +271,25 @@ impl Linear {
             stride: self.out,
         };
         let isa = threads.isa();
+        let packed = quantized.then(|| self.packed(isa)).flatten();
         threads.install(|| {
+            let q8 = quantized.then(|| Q8Acts::quantize(x, m, self.inp));
             // Scratch space once per worker split, not per task.
             let init = || (Vec::new(), Scratch::default());
             tasks
                 .par_iter()
                 .for_each_init(init, |(buf, scratch), (i, col, rows)| {
                     let part = &self.parts[*i];
+                    if let (Some(a), Some(Some(p))) = (&q8, packed.map(|p| &p[*i])) {
+                        buf.resize(GROUP * m, 0.0);
+                        isa.packed(p, rows.start / GROUP, a, buf);
+                        for (k, row) in buf.chunks_exact(GROUP).enumerate() {
+                            // SAFETY: `k < m`, `col + rows.end <= out`; this task alone writes
+                            // these columns.
+                            unsafe { dst.write_run(k, col + rows.start, &row[..rows.len()]) };
+                        }
+                        return;
+                    }
                     let acts = match (&q8, part.quantized()) {
                         (Some(a), true) => Acts::Q8(a),
                         _ => Acts::F32(x),

@@ -22,6 +22,7 @@ mod acts;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod matmul;
+mod packed;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -139,6 +140,21 @@ impl WeightBytes {
         match self {
             WeightBytes::Owned(v) => v,
             WeightBytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
+    }
+}
+
+impl WeightBytes {
+    /// Lets the kernel drop mapped pages from memory (they are read back from the file if used
+    /// again): for matrices whose repacked copy the kernels use instead.
+    pub(crate) fn release_pages(&self) {
+        #[cfg(unix)]
+        if let WeightBytes::Mapped { map, offset, len } = self {
+            // SAFETY: the map is a read-only file mapping: dropped pages hold nothing that the
+            // file does not, and reading them again faults them back in.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *offset, *len)
+            };
         }
     }
 }
