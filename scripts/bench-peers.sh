@@ -55,7 +55,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
         "$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
 fi
 
-cargo build --release -q -p s4c --examples
+cargo build --release -q -p s4c --bins --examples
 cargo build --release -q -p s4c-models --examples
 "$VENV/bin/python" scripts/bench_peers.py --llama-bench "$TOOLS/llama-bench" \
     --llama-lookup "$TOOLS/llama-lookup" \

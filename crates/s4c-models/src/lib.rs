@@ -37,7 +37,7 @@ pub mod weights;
 
 /// Revision of the forward's implementation, bumped whenever a change makes forwards cost
 /// differently (so cost-aware trees re-measure latency curves they cached for an older one).
-pub const FORWARD_REVISION: u32 = 5;
+pub const FORWARD_REVISION: u32 = 6;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};

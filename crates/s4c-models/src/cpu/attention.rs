@@ -121,12 +121,19 @@ impl Head<'_> {
     /// `out = softmax(q·Kᵀ · scale) · V` over the visible keys, in slot order.
     #[inline(always)]
     fn attend(&self, q: &[f32], out: &mut [f32]) {
+        self.attend_with(q, out, ops::dot)
+    }
+
+    /// [`Head::attend`] with the dot product `dot`.
+    #[inline(always)]
+    fn attend_with(&self, q: &[f32], out: &mut [f32], dot: impl Fn(&[f32], &[f32]) -> f32) {
         let (keys, values) = (&self.kv.keys[self.layer], &self.kv.values[self.layer]);
-        let mut scores: Vec<f32> = self
-            .keys
-            .iter()
-            .map(|&j| ops::dot(q, &keys[self.kv.slot(self.kv_head, j)]) * self.scale)
-            .collect();
+        // A plain loop, not an iterator adapter: adapters are functions of their own that would
+        // not be compiled for the caller's instruction set.
+        let mut scores = Vec::with_capacity(self.keys.len());
+        for &j in self.keys {
+            scores.push(dot(q, &keys[self.kv.slot(self.kv_head, j)]) * self.scale);
+        }
         ops::softmax(&mut scores);
         out.fill(0.0);
         for (&j, &p) in self.keys.iter().zip(&scores) {
@@ -138,7 +145,8 @@ impl Head<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
-        self.attend(q, out)
+        // SAFETY: this function is compiled with AVX2.
+        self.attend_with(q, out, |a, b| unsafe { ops::dot_avx(a, b) })
     }
 }
 

@@ -27,6 +27,31 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// [`dot`] on 256-bit vectors, the same operations in the same order (so the same bits).
+///
+/// # Safety
+/// Only for code compiled with AVX (it is inlined into such functions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let whole = n - n % LANES;
+    let mut acc = _mm256_setzero_ps();
+    for c in (0..whole).step_by(LANES) {
+        let x = _mm256_loadu_ps(a.as_ptr().add(c));
+        let y = _mm256_loadu_ps(b.as_ptr().add(c));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+    }
+    let mut lanes = [0f32; LANES];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    let mut s = reduce(lanes);
+    for (x, y) in a[whole..n].iter().zip(&b[whole..n]) {
+        s += x * y;
+    }
+    s
+}
+
 /// The sum of eight lanes in a fixed pairwise order.
 #[inline(always)]
 fn reduce(a: [f32; LANES]) -> f32 {

@@ -12,6 +12,9 @@ use rayon::prelude::*;
 /// Values per block.
 pub(crate) const QK: usize = 32;
 
+/// One pair's values, scales and scale lanes for every row.
+type PairRanges<'a> = ((&'a mut [i8], &'a mut [f32]), &'a mut [f32]);
+
 /// From this many rows on, quantization runs on the thread pool.
 const PARALLEL_ROWS: usize = 4;
 
@@ -63,7 +66,7 @@ impl Q8Acts {
         let avx2 = is_x86_feature_detected!("avx2");
         // Pair `p` of every row: values, scales and the 512-bit kernels' scale lanes, each a
         // contiguous range.
-        let pair = |(p, ((q, d), d16)): (usize, ((&mut [i8], &mut [f32]), &mut [f32]))| {
+        let pair = |(p, ((q, d), d16)): (usize, PairRanges<'_>)| {
             for r in 0..rows {
                 for h in 0..2 {
                     let b = 2 * p + h;
