@@ -207,14 +207,37 @@ impl<B: Backend> MultiHeadDrafter<B> {
     /// ([`s4c_models::quant`]) on `threads`: for a target on the CPU engine, where the backend's
     /// product of a few rows by the `[hidden, draft_vocab]` head (a drafting level's largest)
     /// runs on one thread. The logits are read on the host anyway, so nothing else moves.
-    pub fn with_host_head(mut self, threads: Threads) -> Result<Self> {
+    ///
+    /// `target_head` is the target's whole LM head `[vocab, hidden]` in its storage type
+    /// (`Llama::lm_head_matrix`): the draft vocabulary's rows are taken from it as they are (a
+    /// Q8_0 head stays Q8_0: a quarter of the bytes per drafting level). Without it the copy is
+    /// `f32`.
+    pub fn with_host_head(
+        mut self,
+        threads: Threads,
+        target_head: Option<&QMatrix>,
+    ) -> Result<Self> {
         let head = self.head();
         let [dv, hidden] = head.dims();
-        let w = to_host(head)?;
-        let m = QMatrix::from_f32(dv, hidden, &w, GgmlType::F32)
-            .and_then(|m| Linear::new(vec![m]))
-            .map_err(|e| DraftError::InvalidOption(e.to_string()))?;
-        self.host_head = Some((m, threads));
+        let invalid = |e: s4c_models::ModelError| DraftError::InvalidOption(e.to_string());
+        let m = match target_head {
+            Some(t) => {
+                if t.cols() != hidden || t.rows() != self.full_head.dims()[0] {
+                    return Err(DraftError::InvalidOption(format!(
+                        "the target's LM head is {}×{}, the drafter's {}×{hidden}",
+                        t.rows(),
+                        t.cols(),
+                        self.full_head.dims()[0]
+                    )));
+                }
+                let rows: Vec<usize> = self.vocab.iter().map(|&t| t as usize).collect();
+                t.select_rows(&rows).map_err(invalid)?
+            }
+            None => {
+                QMatrix::from_f32(dv, hidden, &to_host(head)?, GgmlType::F32).map_err(invalid)?
+            }
+        };
+        self.host_head = Some((Linear::new(vec![m]).map_err(invalid)?, threads));
         Ok(self)
     }
 

@@ -9,7 +9,8 @@ use s4c_draft::{
     fingerprint, io, Coherence, DraftError, Drafter, DrafterConfig, Drafting, Heads,
     MultiHeadDrafter,
 };
-use s4c_models::quant::{Isa, Threads};
+use s4c_models::gguf::GgmlType;
+use s4c_models::quant::{Isa, QMatrix, Threads};
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Llama};
 use s4c_tree::{build_dynamic, CandidateProvider, DynamicConfig, Template, TokenTree};
@@ -68,26 +69,40 @@ fn shapes_and_candidates() {
 fn the_host_head_drafts_what_the_backend_head_drafts() {
     let t = target(4);
     let d = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5).unwrap();
-    let dh = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5)
-        .unwrap()
-        .with_host_head(Threads::new(2, Isa::detect()).unwrap())
-        .unwrap();
-    assert!(dh.host_head() && !d.host_head());
+    let threads = Threads::new(2, Isa::detect()).unwrap();
+    // The head copied from the drafter's tensor, and taken row by row from the target's matrix.
+    let w = host(t.lm_head_weight());
     let h = 32;
-    for n in [1usize, 3, 7] {
-        let s = features(n, h, n as u64);
-        let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
-        let (sa, ca) = d.expand(1, s.clone(), &toks, &[], 5).unwrap();
-        let (sb, cb) = dh.expand(1, s, &toks, &[], 5).unwrap();
-        assert_eq!(host(sa), host(sb));
-        for (a, b) in ca.iter().zip(&cb) {
-            assert_eq!(a.len(), 5);
-            for (x, y) in a.iter().zip(b) {
-                assert_eq!(x.token, y.token);
-                assert!((x.logprob - y.logprob).abs() < 1e-4, "{x:?} vs {y:?}");
+    let matrix = QMatrix::from_f32(VOCAB, h, &w, GgmlType::F32).unwrap();
+    for source in [None, Some(&matrix)] {
+        let dh = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5)
+            .unwrap()
+            .with_host_head(threads.clone(), source)
+            .unwrap();
+        assert!(dh.host_head() && !d.host_head());
+        for n in [1usize, 3, 7] {
+            let s = features(n, h, n as u64);
+            let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
+            let (sa, ca) = d.expand(1, s.clone(), &toks, &[], 5).unwrap();
+            let (sb, cb) = dh.expand(1, s, &toks, &[], 5).unwrap();
+            assert_eq!(host(sa), host(sb));
+            for (a, b) in ca.iter().zip(&cb) {
+                assert_eq!(a.len(), 5);
+                for (x, y) in a.iter().zip(b) {
+                    assert_eq!(x.token, y.token);
+                    assert!((x.logprob - y.logprob).abs() < 1e-4, "{x:?} vs {y:?}");
+                }
             }
         }
     }
+    // A head of another shape is refused.
+    let wrong = QMatrix::from_f32(VOCAB - 1, h, &w[..(VOCAB - 1) * h], GgmlType::F32).unwrap();
+    let e = MultiHeadDrafter::random(config(&t, Coherence::Full), &t, 5)
+        .unwrap()
+        .with_host_head(threads, Some(&wrong))
+        .err()
+        .expect("a head of the wrong shape");
+    assert!(e.to_string().contains("LM head"), "{e}");
 }
 
 #[test]

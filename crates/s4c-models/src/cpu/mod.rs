@@ -179,6 +179,11 @@ impl CpuModel {
     }
 
     /// The LM head's weights `[vocab, hidden]` in `f32`.
+    /// The LM head's matrix in its storage type.
+    pub(crate) fn lm_head_matrix(&self) -> &QMatrix {
+        &self.lm_head.parts()[0]
+    }
+
     pub(crate) fn lm_head_weight(&self) -> Vec<f32> {
         self.lm_head
             .parts()

@@ -11,7 +11,7 @@ use crate::config::LlamaConfig;
 use crate::cpu::{CpuModel, WeightFormat};
 use crate::error::{ModelError, Result};
 use crate::lm::{CausalLm, Input, LmOutput, ModelDims, SequenceInput};
-use crate::quant::Threads;
+use crate::quant::{QMatrix, Threads};
 use crate::weights::WeightSource;
 use tensors::TensorLlama;
 
@@ -143,6 +143,15 @@ impl<B: Backend> Llama<B> {
     pub fn threads(&self) -> Option<&Threads> {
         match &self.engine {
             Engine::Cpu(m) => Some(m.threads()),
+            Engine::Tensors(_) => None,
+        }
+    }
+
+    /// The LM head's weights `[vocab, hidden]` in their storage type, on the CPU engine (a
+    /// drafter multiplies its rows there: [`crate::quant::QMatrix::select_rows`]).
+    pub fn lm_head_matrix(&self) -> Option<&QMatrix> {
+        match &self.engine {
+            Engine::Cpu(m) => Some(m.lm_head_matrix()),
             Engine::Tensors(_) => None,
         }
     }

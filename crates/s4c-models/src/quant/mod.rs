@@ -291,6 +291,26 @@ impl QMatrix {
         Ok(out)
     }
 
+    /// Rows `ids` in order, as a new matrix of the same type (a copy of their bytes).
+    pub fn select_rows(&self, ids: &[usize]) -> Result<Self> {
+        let mut bytes = Vec::with_capacity(ids.len() * self.row_bytes());
+        for &r in ids {
+            if r >= self.rows {
+                return Err(ModelError::InvalidInput(format!(
+                    "row {r} of a matrix of {} rows",
+                    self.rows
+                )));
+            }
+            bytes.extend_from_slice(self.row(r));
+        }
+        Self::new(
+            self.ty,
+            ids.len(),
+            self.cols,
+            WeightBytes::Owned(Arc::new(bytes)),
+        )
+    }
+
     /// The same matrix converted to `ty` (F32, F16 or BF16): a dense copy of the values.
     pub fn to_dense(&self, ty: GgmlType) -> Result<Self> {
         if ty == self.ty {

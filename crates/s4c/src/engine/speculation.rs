@@ -118,7 +118,7 @@ pub(crate) fn find_heads<B: Backend>(
 ) -> Result<Option<(PathBuf, MultiHeadDrafter<B>)>> {
     let place = |d: MultiHeadDrafter<B>| -> Result<MultiHeadDrafter<B>> {
         Ok(match m.model.threads() {
-            Some(t) => d.with_host_head(t.clone())?,
+            Some(t) => d.with_host_head(t.clone(), m.model.lm_head_matrix())?,
             None => d,
         })
     };
