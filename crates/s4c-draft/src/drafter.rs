@@ -138,7 +138,7 @@ pub struct MultiHeadDrafter<B: Backend> {
     config: DrafterConfig,
     heads: Heads<B>,
     /// `[vocab, hidden]` the target's input embedding.
-    embed: Tensor<B, 2>,
+    embed: TargetRows<B>,
     /// `[hidden, draft_vocab]` the target's LM head restricted to the draft vocabulary.
     head_t: Tensor<B, 2>,
     /// Draft-vocabulary index → token id.
@@ -147,7 +147,7 @@ pub struct MultiHeadDrafter<B: Backend> {
     index: Vec<i32>,
     /// `[vocab, hidden]` the target's whole LM head (context copy scores candidates outside the
     /// draft vocabulary with it).
-    full_head: Tensor<B, 2>,
+    full_head: TargetRows<B>,
     /// A host copy of the LM head `[draft_vocab, hidden]` (see
     /// [`MultiHeadDrafter::with_host_head`]).
     host_head: Option<(Linear, Threads)>,
@@ -178,18 +178,38 @@ impl<B: Backend> MultiHeadDrafter<B> {
             )));
         }
         let device = target.device().clone();
-        let head = target.lm_head_weight();
-        // Tied embeddings are the LM head's rows: one copy serves both.
-        let embed = if target.dims().tied_embeddings {
-            head.clone()
-        } else {
-            target.embed(Tensor::arange(0..v as i64, &device))
-        };
-        let full_head = head.clone();
-        let head = if vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize) {
-            head
-        } else {
-            head.select(0, ids_tensor::<B>(&vocab, &device))
+        let tied = target.dims().tied_embeddings;
+        let whole = vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize);
+        let (embed, full_head, head) = match target.lm_head_matrix() {
+            // The head stays in the target's memory, in its storage type: rows are read from it
+            // as drafting needs them, and only the draft vocabulary's rows become a tensor.
+            Some(m) => {
+                let rows: Vec<usize> = vocab.iter().map(|&t| t as usize).collect();
+                let head = TargetRows::Host(m.select_rows(&rows)?).to_tensor(&device)?;
+                let host = TargetRows::Host(m.clone());
+                let embed = if tied {
+                    host.clone()
+                } else {
+                    TargetRows::Tensor(target.embed(Tensor::arange(0..v as i64, &device)))
+                };
+                (embed, host, head)
+            }
+            None => {
+                let head = target.lm_head_weight();
+                // Tied embeddings are the LM head's rows: one copy serves both.
+                let embed = if tied {
+                    head.clone()
+                } else {
+                    target.embed(Tensor::arange(0..v as i64, &device))
+                };
+                let full = head.clone();
+                let head = if whole {
+                    head
+                } else {
+                    head.select(0, ids_tensor::<B>(&vocab, &device))
+                };
+                (TargetRows::Tensor(embed), TargetRows::Tensor(full), head)
+            }
         };
         Ok(MultiHeadDrafter {
             index: crate::heads::draft_index(&vocab, v),
@@ -222,12 +242,12 @@ impl<B: Backend> MultiHeadDrafter<B> {
         let invalid = |e: s4c_models::ModelError| DraftError::InvalidOption(e.to_string());
         let m = match target_head {
             Some(t) => {
-                if t.cols() != hidden || t.rows() != self.full_head.dims()[0] {
+                if t.cols() != hidden || t.rows() != self.full_head.rows() {
                     return Err(DraftError::InvalidOption(format!(
                         "the target's LM head is {}×{}, the drafter's {}×{hidden}",
                         t.rows(),
                         t.cols(),
-                        self.full_head.dims()[0]
+                        self.full_head.rows()
                     )));
                 }
                 let rows: Vec<usize> = self.vocab.iter().map(|&t| t as usize).collect();
@@ -300,12 +320,13 @@ impl<B: Backend> MultiHeadDrafter<B> {
     }
 
     /// The target's tensors the heads read (training and evaluation build batches from them).
-    pub fn frozen(&self) -> crate::heads::Frozen<B> {
-        crate::heads::Frozen {
-            embed: self.embed.clone(),
+    pub fn frozen(&self) -> Result<crate::heads::Frozen<B>> {
+        let device = self.head_t.device();
+        Ok(crate::heads::Frozen {
+            embed: self.embed.to_tensor(&device)?,
             head: self.head(),
-            full_head: self.full_head.clone(),
-        }
+            full_head: self.full_head.to_tensor(&device)?,
+        })
     }
 
     /// Host logits `host` `[m, draft_vocab]` of `states` with the copy bonus `bonus` `[m, copy]`
@@ -339,10 +360,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
             let device = states.device();
             let toks: Vec<u32> = rows.iter().filter_map(|&i| outside[i]).collect();
             let row_ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
-            let w = self
-                .full_head
-                .clone()
-                .select(0, ids_tensor::<B>(&toks, &device));
+            let w = self.full_head.select(&toks, &device)?;
             let s = states.clone().select(0, ids_tensor::<B>(&row_ids, &device));
             to_host((s * w).sum_dim(1))?
         };
@@ -359,6 +377,50 @@ impl<B: Backend> MultiHeadDrafter<B> {
             scores[i * width + col as usize] += picked;
         }
         Ok((scores, width, outside))
+    }
+}
+
+/// Rows `[vocab, hidden]` of the target (its LM head or embedding): a backend tensor, or the
+/// target's own matrix on the host in its storage type, read row by row (no copy).
+#[derive(Debug, Clone)]
+enum TargetRows<B: Backend> {
+    Tensor(Tensor<B, 2>),
+    Host(QMatrix),
+}
+
+impl<B: Backend> TargetRows<B> {
+    /// Rows.
+    fn rows(&self) -> usize {
+        match self {
+            TargetRows::Tensor(t) => t.dims()[0],
+            TargetRows::Host(m) => m.rows(),
+        }
+    }
+
+    /// Rows `ids` as an `f32` tensor `[ids.len(), hidden]` on `device`.
+    fn select(&self, ids: &[u32], device: &B::Device) -> Result<Tensor<B, 2>> {
+        match self {
+            TargetRows::Tensor(t) => Ok(t.clone().select(0, ids_tensor::<B>(ids, device))),
+            TargetRows::Host(m) => {
+                let rows: Vec<usize> = ids.iter().map(|&t| t as usize).collect();
+                let v = m.dequantize_rows(&rows)?;
+                Ok(Tensor::from_data(
+                    TensorData::new(v, [ids.len(), m.cols()]),
+                    device,
+                ))
+            }
+        }
+    }
+
+    /// All rows as a tensor on `device` (for training and evaluation).
+    fn to_tensor(&self, device: &B::Device) -> Result<Tensor<B, 2>> {
+        match self {
+            TargetRows::Tensor(t) => Ok(t.clone()),
+            TargetRows::Host(m) => Ok(Tensor::from_data(
+                TensorData::new(m.dequantize(), [m.rows(), m.cols()]),
+                device,
+            )),
+        }
     }
 }
 
@@ -413,9 +475,7 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         let emb = if self.config.coherence == Coherence::Independent {
             parents.zeros_like()
         } else {
-            self.embed
-                .clone()
-                .select(0, ids_tensor::<B>(tokens, &parents.device()))
+            self.embed.select(tokens, &parents.device())?
         };
         let states = self.heads.step(depth, parents, emb);
         let host = match &self.host_head {

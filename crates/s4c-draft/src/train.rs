@@ -672,7 +672,7 @@ pub fn evaluate<B: Backend>(
     data: &Dataset,
     answers_only: bool,
 ) -> Result<Evaluation> {
-    let frozen = drafter.frozen();
+    let frozen = drafter.frozen()?;
     let config = drafter.config();
     let k = config.heads;
     let vocab = drafter.vocab();

@@ -5,6 +5,7 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::mask::AttentionMask;
+use crate::quant::QMatrix;
 
 /// Which rows of logits a forward pass computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,12 @@ pub trait CausalLm<B: Backend> {
     fn lm_head(&self, features: Tensor<B, 2>) -> Tensor<B, 2>;
     /// The LM head's weights `[vocab, hidden]` in the compute type (drafters share them).
     fn lm_head_weight(&self) -> Tensor<B, 2>;
+    /// The LM head's weights `[vocab, hidden]` in their storage type on the host, where the
+    /// model keeps them there (the CPU engine): drafters then read its rows as they need them
+    /// instead of holding an `f32` copy. `None` by default.
+    fn lm_head_matrix(&self) -> Option<&QMatrix> {
+        None
+    }
     /// Runs the new tokens against the cache, appends their keys and values, and returns their
     /// logits and features. No host synchronisation happens inside.
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>>;

@@ -147,15 +147,6 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// The LM head's weights `[vocab, hidden]` in their storage type, on the CPU engine (a
-    /// drafter multiplies its rows there: [`crate::quant::QMatrix::select_rows`]).
-    pub fn lm_head_matrix(&self) -> Option<&QMatrix> {
-        match &self.engine {
-            Engine::Cpu(m) => Some(m.lm_head_matrix()),
-            Engine::Tensors(_) => None,
-        }
-    }
-
     fn validate(&self, input: &Input<'_>, cache: &KvCache<B>) -> Result<()> {
         let n = input.tokens.len();
         if n == 0 {
@@ -277,6 +268,13 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
                 self.tensor(m.lm_head(&x, n), n, self.config.vocab_size)
             }
             Engine::Tensors(t) => t.lm_head(features),
+        }
+    }
+
+    fn lm_head_matrix(&self) -> Option<&QMatrix> {
+        match &self.engine {
+            Engine::Cpu(m) => Some(m.lm_head_matrix()),
+            Engine::Tensors(_) => None,
         }
     }
 
