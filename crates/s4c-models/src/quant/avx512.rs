@@ -376,6 +376,12 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
     let (q, d, ds) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr());
     let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
+    // Q4_K's super-block scales, loaded at each super-block's first block.
+    let supers = p
+        .supers
+        .as_ptr()
+        .wrapping_add(g * (p.blocks / 8) * PackedKind::SUPER_BYTES);
+    let (mut d_super, mut dmin_super) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     // The first tile asks for the next group's records while it computes (the later tiles of
     // this group find theirs in cache).
     let ahead = (r0 == 0).then(|| base.wrapping_add(p.blocks * rec));
@@ -393,7 +399,7 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
                     *w = _mm512_loadu_si512(r.add(64 * k).cast());
                 }
             }
-            PackedKind::Q4_0 | PackedKind::Q4_1 => {
+            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => {
                 for k in 0..4 {
                     let v = _mm512_loadu_si512(r.add(64 * k).cast());
                     w[k] = _mm512_and_si512(v, low);
@@ -401,11 +407,31 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
                 }
             }
         }
-        let ws = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb).cast()));
-        let wm = match kind {
-            PackedKind::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb + 32).cast())),
-            PackedKind::Q4_0 => _mm512_mul_ps(ws, _mm512_set1_ps(-8.0)),
-            PackedKind::Q8_0 => _mm512_mul_ps(ws, _mm512_set1_ps(-128.0)),
+        let (ws, wm) = match kind {
+            PackedKind::Q4K => {
+                if b % 8 == 0 {
+                    let sup = supers.add((b / 8) * PackedKind::SUPER_BYTES);
+                    d_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.cast()));
+                    dmin_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.add(32).cast()));
+                }
+                let u8s = |p: *const u8| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
+                };
+                let m = _mm512_mul_ps(dmin_super, u8s(r.add(vb + GROUP)));
+                (
+                    _mm512_mul_ps(d_super, u8s(r.add(vb))),
+                    _mm512_xor_ps(m, _mm512_set1_ps(-0.0)),
+                )
+            }
+            _ => {
+                let ws = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb).cast()));
+                let wm = match kind {
+                    PackedKind::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb + 32).cast())),
+                    PackedKind::Q4_0 => _mm512_mul_ps(ws, _mm512_set1_ps(-8.0)),
+                    _ => _mm512_mul_ps(ws, _mm512_set1_ps(-128.0)),
+                };
+                (ws, wm)
+            }
         };
         for (i, acc) in acc.iter_mut().enumerate() {
             let at = act_index(a, r0 + i, b);

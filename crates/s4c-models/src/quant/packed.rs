@@ -1,4 +1,5 @@
-//! Weight matrices repacked 16 rows at a time for the AVX-512 VNNI kernels.
+//! Weight matrices repacked 16 rows at a time for the AVX-512 VNNI kernels (Q4_0, Q4_1, Q8_0,
+//! Q4_K).
 //!
 //! In a file, a row's blocks follow each other. Here the blocks of 16 rows are interleaved: for
 //! each group of 16 rows and each block of 32 columns, one record holds the block's values so that
@@ -19,8 +20,8 @@
 //! ```
 //!
 //! with `u` the weight values as unsigned integers (Q4: the nibble, Q8_0: `w + 128`), `q` the
-//! activation values, and `m_w` the weight block's minimum (Q4_1), `−8·d` (Q4_0) or `−128·d`
-//! (Q8_0). [`reference`] computes exactly that in plain Rust; the kernel's tests compare the two
+//! activation values, and `m_w` the weight block's minimum (Q4_1), `−8·d` (Q4_0), `−128·d`
+//! (Q8_0) or `−(dmin · m)` (Q4_K, whose `d_w` is `d · sc`). [`reference`] computes exactly that in plain Rust; the kernel's tests compare the two
 //! bit for bit.
 
 use std::ops::Range;
@@ -43,6 +44,9 @@ pub(crate) enum PackedKind {
     Q4_1,
     /// Q8_0: `w + 128` as unsigned bytes, scale; offset `−128·d`.
     Q8_0,
+    /// Q4_K: nibbles, 6-bit scale and minimum per block of 32, `d` and `dmin` per super-block
+    /// of 256 (kept apart, [`Packed::supers`]); scale `d · sc`, minimum `−(dmin · m)`.
+    Q4K,
 }
 
 impl PackedKind {
@@ -51,6 +55,7 @@ impl PackedKind {
             GgmlType::Q4_0 => Some(PackedKind::Q4_0),
             GgmlType::Q4_1 => Some(PackedKind::Q4_1),
             GgmlType::Q8_0 => Some(PackedKind::Q8_0),
+            GgmlType::Q4K => Some(PackedKind::Q4K),
             _ => None,
         }
     }
@@ -58,12 +63,13 @@ impl PackedKind {
     /// Bytes of values per record: 16 rows × 16 bytes of nibbles, or 16 rows × 32 bytes.
     pub(crate) const fn value_bytes(self) -> usize {
         match self {
-            PackedKind::Q4_0 | PackedKind::Q4_1 => GROUP * QK / 2,
+            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => GROUP * QK / 2,
             PackedKind::Q8_0 => GROUP * QK,
         }
     }
 
-    /// Bytes per record: values, 16 f16 scales, and 16 f16 minimums for Q4_1.
+    /// Bytes per record: values, 16 f16 scales, and 16 f16 minimums for Q4_1; for Q4_K
+    /// values, 16 6-bit scales and 16 6-bit minimums (a byte each).
     pub(crate) const fn record_bytes(self) -> usize {
         let mins = match self {
             PackedKind::Q4_1 => 2 * GROUP,
@@ -72,11 +78,14 @@ impl PackedKind {
         self.value_bytes() + 2 * GROUP + mins
     }
 
+    /// Bytes per super-block of 256 columns kept apart: Q4_K's 16 `d` and 16 `dmin` (f16).
+    pub(crate) const SUPER_BYTES: usize = 4 * GROUP;
+
     /// The minimum of a block from its scale and stored minimum.
     fn min(self, d: f32, m: f32) -> f32 {
         match self {
             PackedKind::Q4_0 => -8.0 * d,
-            PackedKind::Q4_1 => m,
+            PackedKind::Q4_1 | PackedKind::Q4K => m,
             PackedKind::Q8_0 => -128.0 * d,
         }
     }
@@ -89,6 +98,8 @@ pub(crate) struct Packed {
     pub(crate) rows: usize,
     pub(crate) blocks: usize,
     pub(crate) data: Vec<u8>,
+    /// Q4_K: group `g`, super-block `s` at `(g · blocks / 8 + s) · 64`: 16 `d`, then 16 `dmin`.
+    pub(crate) supers: Vec<u8>,
 }
 
 impl std::fmt::Debug for Packed {
@@ -109,10 +120,13 @@ impl Packed {
         let groups = rows.div_ceil(GROUP);
         let rec = kind.record_bytes();
         let mut data = vec![0u8; groups * blocks * rec];
+        if kind == PackedKind::Q4K {
+            return Some(Self::q4k(m, rows, blocks));
+        }
         let src_block = match kind {
             PackedKind::Q4_0 => 18,
             PackedKind::Q4_1 => 20,
-            PackedKind::Q8_0 => 34,
+            _ => 34,
         };
         for r in 0..rows {
             let (g, j) = (r / GROUP, r % GROUP);
@@ -122,7 +136,7 @@ impl Packed {
                 let dst = &mut data[(g * blocks + b) * rec..][..rec];
                 let vb = kind.value_bytes();
                 match kind {
-                    PackedKind::Q4_0 | PackedKind::Q4_1 => {
+                    PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => {
                         let qs = &src[src_block - QK / 2..];
                         for k in 0..4 {
                             dst[(k * GROUP + j) * 4..][..4].copy_from_slice(&qs[4 * k..4 * k + 4]);
@@ -147,7 +161,75 @@ impl Packed {
             rows,
             blocks,
             data,
+            supers: Vec::new(),
         })
+    }
+
+    /// Q4_K: each sub-block of 32 becomes a record (its nibbles in the order of the others, its
+    /// 6-bit scale and minimum), each super-block's `d` and `dmin` go to [`Packed::supers`].
+    fn q4k(m: &QMatrix, rows: usize, blocks: usize) -> Self {
+        let kind = PackedKind::Q4K;
+        let (groups, rec, vb) = (
+            rows.div_ceil(GROUP),
+            kind.record_bytes(),
+            kind.value_bytes(),
+        );
+        let sb = blocks / 8;
+        let mut data = vec![0u8; groups * blocks * rec];
+        let mut supers = vec![0u8; groups * sb * PackedKind::SUPER_BYTES];
+        for r in 0..rows {
+            let (g, j) = (r / GROUP, r % GROUP);
+            let row = m.row(r);
+            for s in 0..sb {
+                let blk = &row[s * 144..(s + 1) * 144];
+                let sup = &mut supers[(g * sb + s) * PackedKind::SUPER_BYTES..];
+                sup[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+                sup[2 * GROUP + 2 * j..][..2].copy_from_slice(&blk[2..4]);
+                for t in 0..8 {
+                    let (sc, mn) = crate::gguf::scale_min_k4(t, &blk[4..16]);
+                    let run = &blk[16 + 32 * (t / 2)..][..32];
+                    let value = |v: usize| (run[v] >> (4 * (t % 2))) & 0x0F;
+                    let dst = &mut data[(g * blocks + s * 8 + t) * rec..][..rec];
+                    for k in 0..4 {
+                        for i in 0..4 {
+                            let (lo, hi) = (value(4 * k + i), value(16 + 4 * k + i));
+                            dst[(k * GROUP + j) * 4 + i] = lo | (hi << 4);
+                        }
+                    }
+                    dst[vb + j] = sc;
+                    dst[vb + GROUP + j] = mn;
+                }
+            }
+        }
+        Packed {
+            kind,
+            rows,
+            blocks,
+            data,
+            supers,
+        }
+    }
+
+    /// The scale and minimum of row `j` of group `g` in block `b` (the kernels' operands).
+    pub(crate) fn scale_min(&self, g: usize, b: usize, j: usize) -> (f32, f32) {
+        let f = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+        let rec = self.record(g, b);
+        let vb = self.kind.value_bytes();
+        match self.kind {
+            PackedKind::Q4K => {
+                let sup = &self.supers[(g * self.blocks / 8 + b / 8) * PackedKind::SUPER_BYTES..];
+                let (d, dmin) = (f(&sup[2 * j..]), f(&sup[2 * GROUP + 2 * j..]));
+                (d * rec[vb + j] as f32, -(dmin * rec[vb + GROUP + j] as f32))
+            }
+            kind => {
+                let d = f(&rec[vb + 2 * j..]);
+                let m = match kind {
+                    PackedKind::Q4_1 => f(&rec[vb + 2 * GROUP + 2 * j..]),
+                    _ => 0.0,
+                };
+                (d, kind.min(d, m))
+            }
+        }
     }
 
     /// Groups of 16 rows.
@@ -172,7 +254,6 @@ pub(crate) fn act_index(a: &Q8Acts, r: usize, b: usize) -> usize {
 /// `out[i · 16 + j] = W[16g + j] · x_i` for each group `g` of `groups` (one after the other) and
 /// every activation row `i`, computed as the module documentation says, in plain Rust.
 pub(crate) fn reference(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut [f32]) {
-    let f = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
     let n = a.rows;
     for (gi, g) in groups.enumerate() {
         let out = &mut out[gi * n * GROUP..(gi + 1) * n * GROUP];
@@ -181,7 +262,6 @@ pub(crate) fn reference(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut 
                 let mut acc = 0f32;
                 for b in 0..p.blocks {
                     let rec = p.record(g, b);
-                    let vb = p.kind.value_bytes();
                     let at = act_index(a, i, b);
                     let q = &a.q[at * QK..(at + 1) * QK];
                     let mut sum = 0i32;
@@ -200,13 +280,9 @@ pub(crate) fn reference(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut 
                         };
                         sum += u as i32 * x as i32;
                     }
-                    let d = f(&rec[vb + 2 * j..]);
-                    let m = match p.kind {
-                        PackedKind::Q4_1 => f(&rec[vb + 2 * GROUP + 2 * j..]),
-                        _ => 0.0,
-                    };
+                    let (d, m) = p.scale_min(g, b, j);
                     acc = (sum as f32).mul_add(d * a.d[at], acc);
-                    acc = p.kind.min(d, m).mul_add(a.ds[i * p.blocks + b], acc);
+                    acc = m.mul_add(a.ds[i * p.blocks + b], acc);
                 }
                 out[i * GROUP + j] = acc;
             }
@@ -222,9 +298,15 @@ mod tests {
 
     #[test]
     fn every_interleaved_kernel_equals_the_reference_bit_for_bit() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            // 19 blocks: tiles of 8 activation rows, then the rest, for each count of rows.
-            let (rows, cols) = (48, 608);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+        ] {
+            // 19 blocks (Q4_K: 16): tiles of 8 activation rows, then the rest, for each count.
+            let rows = 48;
+            let cols = if ty == GgmlType::Q4K { 512 } else { 608 };
             let p = Packed::new(&random_matrix(ty, rows, cols, 17).unwrap()).unwrap();
             for n in [1, 2, 3, 7, 8, 9, 16, 21] {
                 let x: Vec<f32> = (0..n * cols)
@@ -254,8 +336,14 @@ mod tests {
     #[test]
     fn the_reference_on_packed_records_equals_the_dot_products_of_the_file_layout() {
         // 40 rows: two whole groups and one padded with zero rows.
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let (rows, cols, n) = (40, 96, 3);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+        ] {
+            let (rows, n) = (40, 3);
+            let cols = if ty == GgmlType::Q4K { 512 } else { 96 };
             let m = random_matrix(ty, rows, cols, 5).unwrap();
             let p = Packed::new(&m).unwrap();
             let x: Vec<f32> = (0..n * cols)
