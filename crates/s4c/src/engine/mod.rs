@@ -377,13 +377,7 @@ impl<B: Backend> Engine<B> {
             drop(seqs);
             drop(outs);
             if let Err(e) = stepped {
-                // A failed forward fails every request it carried.
-                let msg = e.to_string();
-                for r in running.drain(..) {
-                    (r.job.done)(Err(EngineError::InvalidOption(format!(
-                        "batched decoding failed: {msg}"
-                    ))));
-                }
+                fail_all(&mut running, "batched decoding", &e);
             }
         }
     }
@@ -430,12 +424,7 @@ impl<B: Backend> Engine<B> {
         drop(seqs);
         drop(outs);
         if let Err(e) = prefilled {
-            let msg = e.to_string();
-            for r in ready.drain(..) {
-                (r.job.done)(Err(EngineError::InvalidOption(format!(
-                    "batched prefill failed: {msg}"
-                ))));
-            }
+            fail_all(&mut ready, "batched prefill", &e);
         }
         ready
     }
@@ -638,6 +627,15 @@ impl<B: Backend> Running<B> {
             .out
             .complete(Mode::Plain, self.prompt, run, &mut *job.on_text);
         (job.done)(result);
+    }
+}
+
+/// A failed batched forward (`what`) fails every request it carried.
+fn fail_all<B: Backend>(running: &mut Vec<Running<B>>, what: &str, e: &impl std::fmt::Display) {
+    for r in running.drain(..) {
+        (r.job.done)(Err(EngineError::InvalidOption(format!(
+            "{what} failed: {e}"
+        ))));
     }
 }
 
