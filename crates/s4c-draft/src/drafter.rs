@@ -179,14 +179,12 @@ impl<B: Backend> MultiHeadDrafter<B> {
         }
         let device = target.device().clone();
         let tied = target.dims().tied_embeddings;
-        let whole = vocab.len() == v && vocab.iter().enumerate().all(|(i, &t)| i == t as usize);
         let (embed, full_head, head) = match target.lm_head_matrix() {
             // The head stays in the target's memory, in its storage type: rows are read from it
             // as drafting needs them, and only the draft vocabulary's rows become a tensor.
             Some(m) => {
-                let rows: Vec<usize> = vocab.iter().map(|&t| t as usize).collect();
-                let head = TargetRows::Host(m.select_rows(&rows)?).to_tensor(&device)?;
                 let host = TargetRows::Host(m.clone());
+                let head = host.select(&vocab, &device)?;
                 let embed = if tied {
                     host.clone()
                 } else {
@@ -203,7 +201,8 @@ impl<B: Backend> MultiHeadDrafter<B> {
                     target.embed(Tensor::arange(0..v as i64, &device))
                 };
                 let full = head.clone();
-                let head = if whole {
+                let whole = vocab.iter().enumerate().all(|(i, &t)| i == t as usize);
+                let head = if vocab.len() == v && whole {
                     head
                 } else {
                     head.select(0, ids_tensor::<B>(&vocab, &device))

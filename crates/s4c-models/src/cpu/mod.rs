@@ -178,12 +178,12 @@ impl CpuModel {
         self.lm_head.forward(features, n, &self.threads)
     }
 
-    /// The LM head's weights `[vocab, hidden]` in `f32`.
     /// The LM head's matrix in its storage type.
     pub(crate) fn lm_head_matrix(&self) -> &QMatrix {
         &self.lm_head.parts()[0]
     }
 
+    /// The LM head's weights `[vocab, hidden]` in `f32`.
     pub(crate) fn lm_head_weight(&self) -> Vec<f32> {
         self.lm_head
             .parts()

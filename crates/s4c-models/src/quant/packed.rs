@@ -21,8 +21,8 @@
 //!
 //! with `u` the weight values as unsigned integers (Q4: the nibble, Q8_0: `w + 128`), `q` the
 //! activation values, and `m_w` the weight block's minimum (Q4_1), `−8·d` (Q4_0), `−128·d`
-//! (Q8_0) or `−(dmin · m)` (Q4_K, whose `d_w` is `d · sc`). [`reference`] computes exactly that in plain Rust; the kernel's tests compare the two
-//! bit for bit.
+//! (Q8_0) or `−(dmin · m)` (Q4_K, whose `d_w` is `d · sc`). [`reference`] computes exactly that
+//! in plain Rust; the kernel's tests compare the two bit for bit.
 
 use std::ops::Range;
 
@@ -117,12 +117,11 @@ impl Packed {
     pub(crate) fn new(m: &QMatrix) -> Option<Self> {
         let kind = PackedKind::of(m.ty())?;
         let (rows, blocks) = (m.rows(), m.cols() / QK);
-        let groups = rows.div_ceil(GROUP);
-        let rec = kind.record_bytes();
-        let mut data = vec![0u8; groups * blocks * rec];
         if kind == PackedKind::Q4K {
             return Some(Self::q4k(m, rows, blocks));
         }
+        let (rec, vb) = (kind.record_bytes(), kind.value_bytes());
+        let mut data = vec![0u8; rows.div_ceil(GROUP) * blocks * rec];
         let src_block = match kind {
             PackedKind::Q4_0 => 18,
             PackedKind::Q4_1 => 20,
@@ -134,20 +133,17 @@ impl Packed {
             for b in 0..blocks {
                 let src = &row[b * src_block..(b + 1) * src_block];
                 let dst = &mut data[(g * blocks + b) * rec..][..rec];
-                let vb = kind.value_bytes();
-                match kind {
-                    PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => {
-                        let qs = &src[src_block - QK / 2..];
-                        for k in 0..4 {
-                            dst[(k * GROUP + j) * 4..][..4].copy_from_slice(&qs[4 * k..4 * k + 4]);
+                if kind == PackedKind::Q8_0 {
+                    for k in 0..8 {
+                        for t in 0..4 {
+                            dst[(k * GROUP + j) * 4 + t] = src[2 + 4 * k + t] ^ 0x80;
                         }
                     }
-                    PackedKind::Q8_0 => {
-                        for k in 0..8 {
-                            for t in 0..4 {
-                                dst[(k * GROUP + j) * 4 + t] = src[2 + 4 * k + t] ^ 0x80;
-                            }
-                        }
+                } else {
+                    // Q4_0 and Q4_1 nibbles are already in the records' order.
+                    let qs = &src[src_block - QK / 2..];
+                    for k in 0..4 {
+                        dst[(k * GROUP + j) * 4..][..4].copy_from_slice(&qs[4 * k..4 * k + 4]);
                     }
                 }
                 dst[vb + 2 * j..][..2].copy_from_slice(&src[..2]);
