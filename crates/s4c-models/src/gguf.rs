@@ -219,6 +219,30 @@ impl GgufFile {
         // SAFETY: the map is read-only and lives as long as `GgufFile`; a file truncated while
         // mapped is the user's doing, as with any memory-mapped loader.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, "GGUF", e))?;
+        Self::index(path, mmap)
+    }
+
+    /// Indexes a GGUF file held in memory (copied into an anonymous map); `name` stands for its
+    /// path in errors. For files that are not on disk, and for fuzzing the reader.
+    pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
+        let path = name.into();
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))
+            .map_err(|e| ModelError::io(&path, "GGUF", e))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map
+            .make_read_only()
+            .map_err(|e| ModelError::io(&path, "GGUF", e))?;
+        if bytes.is_empty() {
+            return Err(ModelError::InvalidGguf {
+                path,
+                reason: "the file is empty".into(),
+            });
+        }
+        Self::index(path, map)
+    }
+
+    /// Reads the header, metadata and tensor directory of a mapped file.
+    fn index(path: PathBuf, mmap: Mmap) -> Result<Self> {
         let bad = |reason: String| ModelError::InvalidGguf {
             path: path.clone(),
             reason,
@@ -274,10 +298,13 @@ impl GgufFile {
             data_start,
         };
         for (name, info) in &gguf.tensors {
-            if let Some(bytes) = gguf.byte_len(info) {
-                let end = data_start
-                    .checked_add(info.offset)
-                    .and_then(|s| s.checked_add(bytes));
+            if let Some((per_block, block_bytes)) = info.ty.block() {
+                let end = info
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .and_then(|n| n.div_ceil(per_block).checked_mul(block_bytes))
+                    .and_then(|bytes| data_start.checked_add(info.offset)?.checked_add(bytes));
                 if end.is_none_or(|e| e > gguf.mmap.len()) {
                     return Err(ModelError::InvalidGguf {
                         path: gguf.path.clone(),
@@ -291,6 +318,8 @@ impl GgufFile {
         Ok(gguf)
     }
 
+    /// The tensor's size in bytes (`None` for types this reader cannot read); `index` checked that
+    /// it fits the file.
     fn byte_len(&self, info: &TensorInfo) -> Option<usize> {
         let (per_block, bytes) = info.ty.block()?;
         let n: usize = info.shape.iter().product();

@@ -85,8 +85,10 @@ impl SafetensorsWeights {
                 what: "model.safetensors or model.safetensors.index.json",
             });
         };
-        let mut files = vec![];
-        let mut index = HashMap::new();
+        let mut weights = SafetensorsWeights {
+            files: vec![],
+            index: HashMap::new(),
+        };
         for name in shard_names {
             let path = dir.join(&name);
             let file =
@@ -94,17 +96,47 @@ impl SafetensorsWeights {
             // SAFETY: read-only map kept alive with the struct.
             let mmap =
                 unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, "shard", e))?;
-            let st =
-                SafeTensors::deserialize(&mmap).map_err(|e| ModelError::InvalidSafetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            for n in st.names() {
-                index.insert(n.to_string(), files.len());
-            }
-            files.push((path, Arc::new(mmap)));
+            weights.add_shard(path, mmap)?;
         }
-        Ok(SafetensorsWeights { files, index })
+        Ok(weights)
+    }
+
+    /// One safetensors file held in memory (copied into an anonymous map); `name` stands for its
+    /// path in errors. For weights that are not on disk, and for fuzzing the reader.
+    pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
+        let path = name.into();
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))
+            .map_err(|e| ModelError::io(&path, "safetensors", e))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map
+            .make_read_only()
+            .map_err(|e| ModelError::io(&path, "safetensors", e))?;
+        let mut weights = SafetensorsWeights {
+            files: vec![],
+            index: HashMap::new(),
+        };
+        weights.add_shard(path, map)?;
+        Ok(weights)
+    }
+
+    /// The names of all tensors, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.index.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Checks one shard's header and indexes its tensors.
+    fn add_shard(&mut self, path: PathBuf, mmap: Mmap) -> Result<()> {
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::InvalidSafetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        for n in st.names() {
+            self.index.insert(n.to_string(), self.files.len());
+        }
+        self.files.push((path, Arc::new(mmap)));
+        Ok(())
     }
 }
 
