@@ -22,6 +22,64 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+impl Llama3RopeScaling {
+    /// What a rotary frequency `freq` (radians per position) is divided by: 1 for short
+    /// wavelengths, `factor` for long ones, a smooth blend between.
+    pub fn divisor(&self, freq: f64) -> f64 {
+        let old = self.original_max_position_embeddings as f64;
+        let wavelen = 2.0 * std::f64::consts::PI / freq;
+        if wavelen < old / self.high_freq_factor {
+            1.0
+        } else if wavelen > old / self.low_freq_factor {
+            self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            1.0 / ((1.0 - smooth) / self.factor + smooth)
+        }
+    }
+
+    /// The Llama 3.x scaling whose divisors are `factors` (one per rotary frequency of
+    /// `rope_theta` and `head_dim`), as llama.cpp stores it in GGUF files (`rope_freqs.weight`):
+    /// `None` when every factor is 1, an error when they are not Llama 3.x's.
+    fn from_factors(
+        factors: &[f32],
+        rope_theta: f64,
+        head_dim: usize,
+    ) -> std::result::Result<Option<Self>, String> {
+        if factors.len() != head_dim / 2 {
+            return Err(format!(
+                "rope_freqs.weight has {} factors, expected head_dim / 2 = {}",
+                factors.len(),
+                head_dim / 2
+            ));
+        }
+        if factors.iter().all(|&f| f == 1.0) {
+            return Ok(None);
+        }
+        let scaling = Llama3RopeScaling {
+            factor: factors.iter().fold(1f32, |a, &b| a.max(b)) as f64,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let matches = factors.iter().enumerate().all(|(i, &f)| {
+            let freq = 1.0 / rope_theta.powf(2.0 * i as f64 / head_dim as f64);
+            (scaling.divisor(freq) - f as f64).abs() <= 1e-5 * scaling.factor
+        });
+        if matches {
+            Ok(Some(scaling))
+        } else {
+            Err(
+                "rope_freqs.weight holds rotary factors other than Llama 3.x scaling \
+                 (factor, low_freq_factor 1, high_freq_factor 4, 8192 positions); \
+                 use the model's Hugging Face folder instead"
+                    .into(),
+            )
+        }
+    }
+}
+
 /// Hyper-parameters of a Llama-family decoder (Llama 1/2/3, Vicuna, SmolLM2, TinyLlama).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -221,6 +279,15 @@ impl LlamaConfig {
                     .meta_u64("llama.rope.scaling.original_context_length")
                     .unwrap_or(8192) as usize,
             }),
+            _ if gguf.has_tensor("rope_freqs.weight") => {
+                let factors = gguf.tensor("rope_freqs.weight")?;
+                Llama3RopeScaling::from_factors(
+                    &factors.data,
+                    gguf.meta_f64("llama.rope.freq_base").unwrap_or(10_000.0),
+                    head_dim,
+                )
+                .map_err(|reason| invalid(&name, reason))?
+            }
             _ => None,
         };
         let cfg = LlamaConfig {

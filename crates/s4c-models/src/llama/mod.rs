@@ -21,26 +21,10 @@ pub fn inv_frequencies(config: &LlamaConfig) -> Vec<f64> {
     let base: Vec<f64> = (0..d / 2)
         .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / d as f64))
         .collect();
-    let Some(rs) = config.rope_scaling else {
-        return base;
-    };
-    let old = rs.original_max_position_embeddings as f64;
-    let low_wavelen = old / rs.low_freq_factor;
-    let high_wavelen = old / rs.high_freq_factor;
-    base.into_iter()
-        .map(|f| {
-            let wavelen = 2.0 * std::f64::consts::PI / f;
-            if wavelen < high_wavelen {
-                f
-            } else if wavelen > low_wavelen {
-                f / rs.factor
-            } else {
-                let smooth = (old / wavelen - rs.low_freq_factor)
-                    / (rs.high_freq_factor - rs.low_freq_factor);
-                (1.0 - smooth) * f / rs.factor + smooth * f
-            }
-        })
-        .collect()
+    match config.rope_scaling {
+        Some(rs) => base.into_iter().map(|f| f / rs.divisor(f)).collect(),
+        None => base,
+    }
 }
 
 enum Engine<B: Backend> {
