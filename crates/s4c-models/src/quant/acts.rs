@@ -2,7 +2,8 @@
 //! llama.cpp quantizes activations to `Q8_0`/`Q8_K` blocks).
 //!
 //! Each row is cut into blocks of 32 values. A block has a scale `d = max|x| / 127` and the values
-//! `q = round(x / d)` in `-127..=127`; it also keeps `d · Σq` (for weight types with a minimum or
+//! `q = round(x / d)` in `-127..=127`; `d` is then kept in f16, as llama.cpp's `Q8_0`/`Q8_1`
+//! blocks keep it, so that a layer of `Q8_0` weights computes llama.cpp's numbers; it also keeps `d · Σq` (for weight types with a minimum or
 //! an offset) and, per half-block of 16, `d · Σq` (for Q6_K's 16-value sub-blocks). Blocks are
 //! stored in **pairs** (64 values of one row side by side, for 512-bit kernels; an odd last block
 //! is paired with zeros).
@@ -147,7 +148,8 @@ impl Q8Acts {
     }
 }
 
-/// One block: `q = round(x / d)` (halves away from zero) with `d = max|x| / 127`; returns `d`.
+/// One block: `q = round(x / d)` (halves away from zero) with `d = max|x| / 127`; returns `d`
+/// rounded to f16.
 fn quantize_block(xs: &[f32], qs: &mut [i8]) -> f32 {
     let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -155,7 +157,12 @@ fn quantize_block(xs: &[f32], qs: &mut [i8]) -> f32 {
     for (q, &v) in qs.iter_mut().zip(xs) {
         *q = (v * id).round() as i8;
     }
-    d
+    f16_scale(d)
+}
+
+/// A block scale as its f16 storage keeps it.
+fn f16_scale(d: f32) -> f32 {
+    half::f16::from_f32(d).to_f32()
 }
 
 /// [`quantize_block`] on 256-bit vectors, with the same result bit for bit.
@@ -197,7 +204,7 @@ unsafe fn quantize_block_avx2(xs: &[f32], qs: &mut [i8]) -> f32 {
     let b = _mm256_packs_epi16(w0, w1);
     let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(qs.as_mut_ptr().cast(), b);
-    d
+    f16_scale(d)
 }
 
 #[cfg(test)]
@@ -233,6 +240,25 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_llama_cpp_q8_0_blocks() {
+        // llama.cpp's quantize_row_q8_0_ref: d = amax / 127 stored as f16, q = round(x · 127 /
+        // amax) with halves away from zero, from the unrounded scale.
+        let mut rng = crate::testing::SplitMix(9);
+        for case in 0..500 {
+            let scale = [1e-4, 0.3, 5.0, 300.0][case % 4];
+            let xs: Vec<f32> = (0..QK).map(|_| rng.symmetric() * scale).collect();
+            let mut q = [0i8; QK];
+            let d = quantize_block(&xs, &mut q);
+            let amax = xs.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            let want_d = half::f16::from_f32(amax / 127.0).to_f32();
+            assert_eq!(d.to_bits(), want_d.to_bits());
+            for (x, q) in xs.iter().zip(q) {
+                assert_eq!(q as f32, (x * (1.0 / (amax / 127.0))).round(), "{x}");
+            }
+        }
+    }
+
+    #[test]
     fn quantization_error_is_within_half_a_step_and_sums_match() {
         // Two rows of three blocks (one pair, then a block paired with zeros).
         let x: Vec<f32> = (0..192)
@@ -244,7 +270,9 @@ mod tests {
             for b in 0..3 {
                 let (q, d) = a.block(r, b);
                 for (j, &v) in x[r * 96 + b * 32..][..32].iter().enumerate() {
-                    assert!((back[r * 96 + b * 32 + j] - v).abs() <= d * 0.5 + 1e-6);
+                    // Half a step, and the f16 rounding of the scale (2⁻¹¹ of it) over 127 steps.
+                    let bound = d * (0.5 + 127.0 / 2048.0) + 1e-6;
+                    assert!((back[r * 96 + b * 32 + j] - v).abs() <= bound);
                 }
                 let s = |q: &[i8]| q.iter().map(|&q| q as i32).sum::<i32>() as f32 * d;
                 assert_eq!(a.ds[r * 3 + b], s(q));
