@@ -190,15 +190,22 @@ impl ModelFiles {
         let config = LlamaConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
         let weights = SafetensorsWeights::open(dir)?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        // transformers saves the template as chat_template.jinja (newer) or inside
+        // tokenizer_config.json (older); the file wins, as in transformers.
+        let template = std::fs::read_to_string(dir.join("chat_template.jinja"))
             .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| match v.get("chat_template")? {
-                Value::String(s) => Some(s.clone()),
-                Value::Array(a) => a
-                    .iter()
-                    .find_map(|t| t.get("template")?.as_str().map(str::to_string)),
-                _ => None,
+            .or_else(|| {
+                let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+                match serde_json::from_str::<Value>(&text)
+                    .ok()?
+                    .get("chat_template")?
+                {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Array(a) => a
+                        .iter()
+                        .find_map(|t| t.get("template")?.as_str().map(str::to_string)),
+                    _ => None,
+                }
             })
             .map(|j| model_template(&j, &tokenizer, &config))
             .transpose()?;

@@ -82,7 +82,8 @@ impl Tokenizer {
         let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
         // Llama 3's BPE takes a pre-token that is a whole vocabulary entry as it is (its
         // tokenizer.json sets `ignore_merges`; llama.cpp does the same for this pre-tokenizer).
-        let ignore_merges = matches!(pre, "llama-bpe" | "llama3");
+        let llama3 = matches!(pre, "llama-bpe" | "llama3");
+        let ignore_merges = llama3;
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre_tokenizer = match pre {
             "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -121,7 +122,7 @@ impl Tokenizer {
             "added_tokens": added,
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
-            "post_processor": null,
+            "post_processor": post_processor(gguf, &tokens, llama3),
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
@@ -137,6 +138,14 @@ impl Tokenizer {
     /// Token ids of `text`, special-token strings matched, no BOS/EOS added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a plain-text prompt: [`Tokenizer::encode`] with the BOS (or EOS) the model's
+    /// tokenizer adds around a text — Llama 2 and Llama 3 put BOS first, SmolLM2 adds nothing —
+    /// as transformers' `tokenizer(text)` and llama.cpp do.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, true).map_err(tok_err)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -162,10 +171,17 @@ impl Tokenizer {
 }
 
 /// Turns a stream of token ids into a stream of text pieces, holding back incomplete UTF-8.
+///
+/// Each step decodes a short window of recent ids twice — up to the last step and up to now —
+/// and gives out the difference (as text-generation servers do), so the pieces add up to the
+/// decoding of all ids even where a tokenizer decodes a token differently at the start of a text.
 #[derive(Debug, Clone, Default)]
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the window.
+    prefix: usize,
+    /// End of the window's text already given out.
+    read: usize,
 }
 
 impl StreamDecoder {
@@ -177,14 +193,64 @@ impl StreamDecoder {
     /// Adds tokens and returns the newly completed text (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, new: &[u32]) -> Result<String> {
         self.ids.extend_from_slice(new);
-        let text = tok.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        self.next_piece(tok, false)
+    }
+
+    /// Ends the stream: the text still held back (an unfinished character shows as U+FFFD).
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
+        self.next_piece(tok, true)
+    }
+
+    fn next_piece(&mut self, tok: &Tokenizer, last: bool) -> Result<String> {
+        let before = tok.decode(&self.ids[self.prefix..self.read], true)?;
+        let text = tok.decode(&self.ids[self.prefix..], true)?;
+        if !last && (text.len() <= before.len() || text.ends_with('\u{FFFD}')) {
             return Ok(String::new());
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(piece)
+        let mut at = before.len().min(text.len());
+        while !text.is_char_boundary(at) {
+            at += 1;
+        }
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(text[at..].to_string())
     }
+}
+
+/// The post-processor that puts BOS (and EOS) around a plain-text prompt where the file says so
+/// (`tokenizer.ggml.add_bos_token`, `add_eos_token`; without them, BOS where llama.cpp adds it by
+/// default: `bos_default`).
+fn post_processor(gguf: &GgufFile, tokens: &[&str], bos_default: bool) -> Value {
+    let token = |key: &str| {
+        let id = gguf.meta_u64(key)?;
+        Some((id, *tokens.get(usize::try_from(id).ok()?)?))
+    };
+    let add_bos = gguf
+        .meta_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(bos_default);
+    let add_eos = gguf
+        .meta_bool("tokenizer.ggml.add_eos_token")
+        .unwrap_or(false);
+    let bos = token("tokenizer.ggml.bos_token_id").filter(|_| add_bos);
+    let eos = token("tokenizer.ggml.eos_token_id").filter(|_| add_eos);
+    if bos.is_none() && eos.is_none() {
+        return Value::Null;
+    }
+    let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let sequence = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
+    let mut single = vec![];
+    let mut pair = vec![];
+    let mut specials = serde_json::Map::new();
+    for (seq, out) in [("A", &mut single), ("B", &mut pair)] {
+        out.extend(bos.map(|(_, t)| special(t)));
+        out.push(sequence(seq));
+        out.extend(eos.map(|(_, t)| special(t)));
+    }
+    let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
+    for (id, t) in bos.into_iter().chain(eos) {
+        specials.insert(t.to_string(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    }
+    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
 }
 
 /// The `tokenizer.json` equivalent of a SentencePiece BPE vocabulary in GGUF metadata
@@ -253,7 +319,7 @@ fn spm_to_json(gguf: &GgufFile) -> Result<Value> {
         "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": null,
-        "post_processor": null,
+        "post_processor": post_processor(gguf, &tokens, true),
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
             {"type": "ByteFallback"},

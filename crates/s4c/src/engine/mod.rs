@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{backend::Backend, DType};
 use s4c_models::{
-    load, CausalLm, ChatTemplate, EngineKind, LoadOptions, LoadedModel, TemplateKind,
+    load, CausalLm, ChatTemplate, EngineKind, LoadOptions, LoadedModel, TemplateKind, Tokenizer,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -278,11 +278,12 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The token ids of a prompt: chat messages rendered with the chat template (after BOS where
-    /// it needs one), plain text as it is, ids unchanged.
+    /// it needs one), plain text after the BOS its tokenizer adds (Llama 2 and 3 do, SmolLM2
+    /// does not), ids unchanged.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Ids(ids) => ids.clone(),
-            Prompt::Text(text) => self.m.tokenizer.encode(text)?,
+            Prompt::Text(text) => self.m.tokenizer.encode_prompt(text)?,
             Prompt::Chat(messages) => {
                 let t = self.template.as_ref().ok_or_else(|| {
                     EngineError::InvalidOption(
@@ -326,7 +327,7 @@ impl<B: Backend> Engine<B> {
         let run = self.generate_tokens(&prompt, &options, mode, &mut |ids| {
             out.push(&self.m.tokenizer, ids, on_text)
         })?;
-        out.complete(mode, prompt, run, on_text)
+        out.complete(&self.m.tokenizer, mode, prompt, run, on_text)
     }
 
     /// Answers several requests together: every step decodes one token of each running request
@@ -348,7 +349,7 @@ impl<B: Backend> Engine<B> {
             let mut i = 0;
             while i < running.len() {
                 if running[i].seq.pending().is_none() {
-                    running.swap_remove(i).complete();
+                    running.swap_remove(i).complete(&self.m.tokenizer);
                 } else {
                     i += 1;
                 }
@@ -570,6 +571,7 @@ impl Output {
     /// The completion of a finished generation; the text held back goes to `on_text`.
     fn complete(
         self,
+        tokenizer: &Tokenizer,
         mode: Mode,
         prompt: Vec<u32>,
         run: TokenRun,
@@ -579,7 +581,7 @@ impl Output {
             return Err(e.into());
         }
         let stopped = self.stream.stopped();
-        let (rest, text) = self.stream.finish();
+        let (rest, text) = self.stream.finish(tokenizer)?;
         if !rest.is_empty() && !self.cancelled {
             // The end of the answer: no stop string followed what was held back.
             let _ = on_text(&rest);
@@ -612,7 +614,7 @@ struct Running<B: Backend> {
 
 impl<B: Backend> Running<B> {
     /// Hands the completion to the job's `done`.
-    fn complete(self) {
+    fn complete(self, tokenizer: &Tokenizer) {
         let g = self.seq.finish();
         let run = TokenRun {
             new_ids: g.new_ids,
@@ -625,7 +627,7 @@ impl<B: Backend> Running<B> {
         let mut job = self.job;
         let result = self
             .out
-            .complete(Mode::Plain, self.prompt, run, &mut *job.on_text);
+            .complete(tokenizer, Mode::Plain, self.prompt, run, &mut *job.on_text);
         (job.done)(result);
     }
 }

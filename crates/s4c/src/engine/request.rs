@@ -13,7 +13,8 @@ use crate::speculative::SpecStats;
 pub enum Prompt {
     /// Chat messages, rendered with the model's chat template (the assistant's turn opened).
     Chat(Vec<Message>),
-    /// Text as it is (no template, no BOS added).
+    /// Text, no template: after the BOS the model's tokenizer puts first (Llama 2 and 3 do,
+    /// SmolLM2 does not), as llama.cpp and transformers' `tokenizer(text)` do.
     Text(String),
     /// Token ids as they are.
     Ids(Vec<u32>),

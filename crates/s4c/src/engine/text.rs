@@ -89,8 +89,18 @@ impl TextStream {
         self.stopped
     }
 
-    /// Ends the stream: the text held back (no stop string followed it) and the whole text.
-    pub fn finish(mut self) -> (String, String) {
+    /// Ends the stream: the text held back (no stop string followed it, or an unfinished
+    /// character) and the whole text.
+    pub fn finish(mut self, tok: &Tokenizer) -> s4c_models::Result<(String, String)> {
+        if !self.stopped {
+            let piece = self.decoder.finish(tok)?;
+            self.push_text(&piece);
+        }
+        Ok(self.finish_text())
+    }
+
+    /// [`Self::finish`] after the last decoded text.
+    fn finish_text(mut self) -> (String, String) {
         self.stopped = true;
         let rest = self.take_ready();
         (rest, self.text)
@@ -114,7 +124,7 @@ mod tests {
             shown += &s.take_ready();
         }
         let stopped = s.stopped();
-        let (rest, all) = s.finish();
+        let (rest, all) = s.finish_text();
         (shown + &rest, all, stopped)
     }
 
