@@ -4,6 +4,7 @@
 #
 #   scripts/bench-peers.sh [--questions FILE] [--max-new-tokens N] [--threads N]
 #                          [--limit-per-task N] [--out PREFIX]
+#   scripts/bench-peers.sh --setup-only    # build llama.cpp and llama-cpp-python, measure nothing
 #
 # Measures llama.cpp plain decoding (through llama-cpp-python) and its prompt-lookup speculation
 # (`llama-lookup`),
@@ -53,6 +54,10 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
         "$VENV/bin/pip" install -q --no-deps --no-binary llama-cpp-python \
         "$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
+fi
+
+if [ "${1:-}" = "--setup-only" ]; then
+    exit 0
 fi
 
 cargo build --release -q -p s4c --bins --examples

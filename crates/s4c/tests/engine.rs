@@ -239,3 +239,35 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
         assert_eq!(streamed, &c.text);
     }
 }
+
+/// A tiny random-weight Llama 2 shaped model (crates/s4c-models/tests/fixtures/family): from its
+/// Hugging Face folder and from its GGUF file, a plain-text prompt gets the BOS its tokenizer adds
+/// and both modes answer with HF transformers' greedy tokens (S4C without heads verifies chains
+/// found in the context).
+#[test]
+fn a_llama2_model_answers_text_prompts_as_transformers_does() {
+    let dir = repo().join("crates/s4c-models/tests/fixtures/family/llama2");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    for file in ["hf", "model.f16.gguf"] {
+        for mode in [Mode::Plain, Mode::S4c] {
+            let e = EngineBuilder::new(dir.join(file))
+                .mode(mode)
+                .build::<Flex>(&Default::default())
+                .unwrap();
+            for (i, text) in reference["texts"].as_array().unwrap().iter().enumerate() {
+                let want: Vec<u32> =
+                    serde_json::from_value(reference["files"][file][i]["greedy_new_ids"].clone())
+                        .unwrap();
+                let r = Request::text(text.as_str().unwrap()).max_new_tokens(want.len());
+                let (c, _) = answer(&e, &r);
+                let prompt: Vec<u32> =
+                    serde_json::from_value(reference["text_ids"][i].clone()).unwrap();
+                assert_eq!(c.prompt_ids, prompt, "{file} {mode:?}");
+                assert_eq!(c.prompt_ids[0], 1, "BOS first");
+                assert_eq!(c.new_ids, want, "{file} {mode:?} text {i}");
+            }
+        }
+    }
+}
