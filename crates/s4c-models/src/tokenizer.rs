@@ -35,9 +35,18 @@ const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{
 impl Tokenizer {
     /// Parses the text of a `tokenizer.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = text
-            .parse()
-            .map_err(|e| ModelError::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
+        let malformed = |e: &dyn std::fmt::Display| {
+            ModelError::Tokenizer(format!(
+                "malformed tokenizer.json: {e}; re-download the model's tokenizer files"
+            ))
+        };
+        // The tokenizers crate panics on some syntax errors (inside a decoder, say) instead of
+        // failing: check the syntax first, and turn any panic left into the same error.
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| malformed(&e))?;
+        let inner: tokenizers::Tokenizer =
+            std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+                .map_err(|_| malformed(&"the tokenizers crate could not read it"))?
+                .map_err(|e| malformed(&e))?;
         Ok(Tokenizer {
             inner,
             json: text.to_string(),

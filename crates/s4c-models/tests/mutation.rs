@@ -1,5 +1,6 @@
 //! Parsers never panic on malformed input: seeded mutations (proptest) of a small valid GGUF
-//! file, of `config.json` and of chat templates must give `Ok` or a typed error; count and length
+//! file, of `config.json`, of a `tokenizer.json` and of chat templates must give `Ok` or a typed
+//! error (`fuzz/` runs the same parsers under cargo-fuzz); count and length
 //! fields that claim more than the file holds are refused before anything is allocated.
 
 use proptest::prelude::*;
@@ -142,6 +143,26 @@ fn counts_beyond_the_file_are_refused_before_allocating() {
     }
 }
 
+#[test]
+fn a_syntax_error_inside_a_tokenizer_json_decoder_is_an_error() {
+    // The tokenizers crate panics on this one by itself (found by fuzz/fuzz_targets/tokenizer_json.rs).
+    let text = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type" "Fuse"},
+        "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}"#;
+    match Tokenizer::from_json(text) {
+        Err(ModelError::Tokenizer(reason)) => assert!(reason.contains("malformed"), "{reason}"),
+        other => panic!("{:?}", other.map(|t| t.vocab_size())),
+    }
+}
+
+/// A Llama 2 style `tokenizer.json` (SentencePiece BPE with byte fallback, 448 tokens).
+fn fixture_tokenizer_json() -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/family/llama2/hf/tokenizer.json");
+    std::fs::read_to_string(p).unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
 
@@ -179,6 +200,28 @@ proptest! {
         text.truncate(cut.index(text.len() + 1).max(1));
         let text = String::from_utf8_lossy(&text);
         let _ = LlamaConfig::from_hf_json(&text, "config.json");
+    }
+
+    #[test]
+    fn mutated_tokenizer_json_never_panics(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 32u8..127), 1..6),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut text = fixture_tokenizer_json().into_bytes();
+        for (at, byte) in edits {
+            let i = at.index(text.len());
+            text[i] = byte;
+        }
+        if truncate {
+            text.truncate(cut.index(text.len()));
+        }
+        let text = String::from_utf8_lossy(&text);
+        if let Ok(t) = Tokenizer::from_json(&text) {
+            if let Ok(ids) = t.encode_prompt("Hello world, ünïcode 🦙") {
+                let _ = t.decode(&ids, true);
+            }
+        }
     }
 
     #[test]
