@@ -51,9 +51,14 @@ pub fn curve_from_samples(samples: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
+/// Timed rounds of [`measure`] stop at this many seconds' worth (at least one is timed): a 7B
+/// model on a small CPU gets a coarser curve in bounded time instead of minutes of profiling.
+const MEASURE_BUDGET_S: f64 = 15.0;
+
 /// Measures `model`'s verify latency at [`CURVE_SIZES`] after `prefix` cached tokens, and
-/// `drafter`'s cost per level and per node: `reps` rounds over every size in turn after a
-/// warm-up round (so a burst of other work on the machine touches all sizes alike), reduced by
+/// `drafter`'s cost per level and per node: up to `reps` rounds over every size in turn after a
+/// warm-up round (so a burst of other work on the machine touches all sizes alike; fewer when
+/// the warm-up round shows they would take more than [`MEASURE_BUDGET_S`]), reduced by
 /// [`curve_from_samples`].
 pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     model: &M,
@@ -73,7 +78,10 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     let mut verify = vec![Vec::new(); CURVE_SIZES.len()];
     // Drafting: one level for 1 node and for 16 nodes.
     let mut draft = [Vec::new(), Vec::new()];
-    for round in 0..=reps {
+    let mut rounds = reps;
+    let mut round = 0;
+    while round <= rounds {
+        let started = Instant::now();
         for (i, &n) in CURVE_SIZES.iter().enumerate() {
             let toks: Vec<u32> = (0..n as u32).map(|j| (j * 13 + 5) % vocab).collect();
             // A chain-shaped tree: any tree of n nodes costs the same forward.
@@ -97,6 +105,11 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
                 draft[i].push(t.elapsed().as_secs_f64());
             }
         }
+        if round == 0 {
+            let warm_up = started.elapsed().as_secs_f64();
+            rounds = reps.min(((MEASURE_BUDGET_S / warm_up) as usize).max(1));
+        }
+        round += 1;
     }
     let points = CURVE_SIZES
         .iter()
