@@ -444,6 +444,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rope_freq_factors_are_recognised_as_llama3_scaling_or_refused() {
+        // Llama 3.1 8B: head_dim 128, theta 500000, factor 8.
+        let want = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let factors: Vec<f32> = (0..64)
+            .map(|i| want.divisor(1.0 / 500_000f64.powf(2.0 * i as f64 / 128.0)) as f32)
+            .collect();
+        assert!(factors.iter().any(|&f| f == 1.0) && factors.iter().any(|&f| f == 8.0));
+        assert!(
+            factors.iter().any(|&f| f > 1.0 && f < 8.0),
+            "the blend is exercised"
+        );
+        let got = Llama3RopeScaling::from_factors(&factors, 500_000.0, 128).unwrap();
+        assert_eq!(got, Some(want));
+        assert_eq!(
+            Llama3RopeScaling::from_factors(&[1.0; 64], 500_000.0, 128),
+            Ok(None)
+        );
+        assert!(Llama3RopeScaling::from_factors(&factors[..32], 500_000.0, 128).is_err());
+        let mut other = factors.clone();
+        other[40] *= 1.5;
+        assert!(Llama3RopeScaling::from_factors(&other, 500_000.0, 128).is_err());
+    }
+
+    #[test]
     fn a_sliding_window_bounds_the_context() {
         let text = |window: &str| {
             format!(

@@ -311,3 +311,25 @@ fn streamed_text_adds_up_to_the_decoded_text() {
         }
     }
 }
+
+#[test]
+fn mistral_context_ends_at_its_sliding_window() {
+    // The HF folder names a window of 256 (within it, attending over everything is the same
+    // computation): a position past it is refused with a message, not answered differently.
+    let m = load_file("mistral", "hf", EngineKind::Cpu, None);
+    assert_eq!(m.model.max_positions(), 256);
+    let tokens = vec![5u32; 257];
+    let mut cache = m.model.new_cache(tokens.len());
+    let err = m
+        .model
+        .forward(&Input::causal(&tokens, 0, Logits::Last), &mut cache)
+        .err()
+        .expect("a position past the window is refused");
+    // The cache itself holds no more than the window.
+    assert!(err.to_string().contains("capacity of 256"), "{err}");
+    let mut cache = m.model.new_cache(256);
+    assert!(m
+        .model
+        .forward(&Input::causal(&tokens[..256], 0, Logits::Last), &mut cache)
+        .is_ok());
+}

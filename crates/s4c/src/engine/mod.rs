@@ -176,13 +176,15 @@ impl EngineBuilder {
             chat_template: template.as_ref().map(|t| t.describe()),
         };
         let stop_tokens = stop_tokens(&m, template.as_ref());
-        Ok(Engine {
+        let engine = Engine {
             m,
             spec,
             template,
             stop_tokens,
             info,
-        })
+        };
+        engine.warm_up()?;
+        Ok(engine)
     }
 
     /// [`Self::build`] on the default device of the backend chosen at run time, behind
@@ -265,6 +267,16 @@ impl<B: Backend> Engine<B> {
     /// The loaded model: network, tokenizer, chat template.
     pub fn model(&self) -> &LoadedModel<B> {
         &self.m
+    }
+
+    /// Generates a few tokens once, so that one-time work — weights repacked for the kernels on
+    /// their first use, mapped pages read in, thread pools started — is done at load time and
+    /// not inside the first request's timings.
+    fn warm_up(&self) -> Result<()> {
+        let token = self.m.model.config().bos_token_id.unwrap_or(0);
+        let request = Request::new(Prompt::Ids(vec![token])).max_new_tokens(4);
+        self.generate(&request, &mut |_| ControlFlow::Continue(()))?;
+        Ok(())
     }
 
     /// What the engine runs.
