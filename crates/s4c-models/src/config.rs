@@ -455,7 +455,7 @@ mod tests {
         let factors: Vec<f32> = (0..64)
             .map(|i| want.divisor(1.0 / 500_000f64.powf(2.0 * i as f64 / 128.0)) as f32)
             .collect();
-        assert!(factors.iter().any(|&f| f == 1.0) && factors.iter().any(|&f| f == 8.0));
+        assert!(factors.contains(&1.0) && factors.contains(&8.0));
         assert!(
             factors.iter().any(|&f| f > 1.0 && f < 8.0),
             "the blend is exercised"
