@@ -211,6 +211,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `bytes` copied into an anonymous read-only map, where a mapped file would be.
+pub(crate) fn map_bytes(bytes: &[u8], path: &Path, what: &'static str) -> Result<Mmap> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))
+        .map_err(|e| ModelError::io(path, what, e))?;
+    map[..bytes.len()].copy_from_slice(bytes);
+    map.make_read_only()
+        .map_err(|e| ModelError::io(path, what, e))
+}
+
 impl GgufFile {
     /// Opens and indexes a GGUF file (metadata and tensor directory; no tensor is read yet).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -226,18 +235,13 @@ impl GgufFile {
     /// path in errors. For files that are not on disk, and for fuzzing the reader.
     pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
         let path = name.into();
-        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))
-            .map_err(|e| ModelError::io(&path, "GGUF", e))?;
-        map[..bytes.len()].copy_from_slice(bytes);
-        let map = map
-            .make_read_only()
-            .map_err(|e| ModelError::io(&path, "GGUF", e))?;
         if bytes.is_empty() {
             return Err(ModelError::InvalidGguf {
                 path,
                 reason: "the file is empty".into(),
             });
         }
+        let map = map_bytes(bytes, &path, "GGUF")?;
         Self::index(path, map)
     }
 

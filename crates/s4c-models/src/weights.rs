@@ -105,12 +105,7 @@ impl SafetensorsWeights {
     /// path in errors. For weights that are not on disk, and for fuzzing the reader.
     pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
         let path = name.into();
-        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))
-            .map_err(|e| ModelError::io(&path, "safetensors", e))?;
-        map[..bytes.len()].copy_from_slice(bytes);
-        let map = map
-            .make_read_only()
-            .map_err(|e| ModelError::io(&path, "safetensors", e))?;
+        let map = crate::gguf::map_bytes(bytes, &path, "safetensors")?;
         let mut weights = SafetensorsWeights {
             files: vec![],
             index: HashMap::new(),

@@ -13,9 +13,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::DType;
 use s4c_models::{load, CausalLm, EngineKind, Input, LoadOptions, LoadedModel, Logits, Message};
 use serde_json::Value;
+
+mod common;
+use common::{argmax, floats, ids, rows};
 
 type B = Flex;
 
@@ -44,38 +47,6 @@ fn load_file(member: &str, file: &str, engine: EngineKind, dtype: Option<DType>)
     let path = dir(member).join(file);
     load::<B>(&path, &Default::default(), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
-    let [n, v] = t.dims();
-    let data = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    (0..n).map(|i| data[i * v..(i + 1) * v].to_vec()).collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// The prompts of a member: its texts (BOS first, as its tokenizer adds it) and its chat.

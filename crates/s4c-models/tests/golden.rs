@@ -7,9 +7,11 @@ use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use burn::tensor::DType;
-use burn::tensor::Tensor;
 use s4c_models::{load, CausalLm, EngineKind, Input, LoadOptions, LoadedModel, Logits, Message};
 use serde_json::Value;
+
+mod common;
+use common::{argmax, floats, ids, rows};
 
 type B = Flex;
 
@@ -54,22 +56,6 @@ fn models() -> [&'static LoadedModel<B>; 2] {
     ]
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 fn prompt_ids(case: &Value) -> Vec<u32> {
     let m = model();
     let text = case["text"].as_str().unwrap();
@@ -84,22 +70,6 @@ fn prompt_ids(case: &Value) -> Vec<u32> {
     } else {
         m.tokenizer.encode(text).unwrap()
     }
-}
-
-fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
-    let [n, v] = t.dims();
-    let data = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    (0..n).map(|i| data[i * v..(i + 1) * v].to_vec()).collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]
