@@ -8,7 +8,7 @@
 //!
 //! Trees are built from a static [`Template`] (Medusa's top-k index paths), dynamically
 //! ([`build_dynamic`], EAGLE-2's best-first expansion), or sized by the backend's verify cost
-//! ([`cost`]). This crate knows nothing of Burn.
+//! ([`choose_size`], [`AdaptiveSizer`]). This crate knows nothing of Burn.
 //!
 //! ```
 //! use s4c_tree::{Template, TokenTree, Candidate, CandidateProvider, TreeError};
@@ -34,17 +34,17 @@
 
 #![warn(missing_docs)]
 
-pub mod adaptive;
-pub mod cost;
-pub mod dynamic;
-pub mod error;
-pub mod flat;
-pub mod lookup;
-pub mod template;
-pub mod tree;
+mod adaptive;
+mod cost;
+mod dynamic;
+mod error;
+mod flat;
+mod lookup;
+mod template;
+mod tree;
 
 pub use adaptive::{AdaptiveConfig, AdaptiveSizer, StepChoice};
-pub use cost::{AcceptanceStats, LatencyCurve, SizeChoice};
+pub use cost::{choose_size, AcceptanceStats, LatencyCurve, SizeChoice};
 pub use dynamic::{build_dynamic, DynamicConfig};
 pub use error::TreeError;
 pub use flat::{AncestorMask, FlatTree};

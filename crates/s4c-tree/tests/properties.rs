@@ -1,8 +1,8 @@
 //! Property tests of trees on random inputs, and the bundled templates.
 
 use proptest::prelude::*;
-use s4c_tree::cost::{choose_size, AcceptanceStats, LatencyCurve};
 use s4c_tree::*;
+use s4c_tree::{choose_size, AcceptanceStats, LatencyCurve};
 
 /// Deterministic candidates: hash of the node's path gives tokens and log-probabilities.
 struct Hashed {

@@ -6,7 +6,7 @@
 //!   plain greedy decoding. Only argmax ids cross to the host.
 //! - [`SamplingAcceptor`]: lossless speculative sampling over a tree (multi-candidate
 //!   rejection sampling); the emitted tokens follow exactly the target distribution after
-//!   temperature, top-k and top-p — the same [`sampling`] code plain decoding uses.
+//!   temperature, top-k and top-p — the same [`Sampler`] code plain decoding uses.
 //! - [`TypicalAcceptor`]: Medusa's typical acceptance. **Lossy**: faster, but its output does
 //!   not follow the target distribution. Never the default.
 //!
@@ -25,15 +25,19 @@
 
 #![warn(missing_docs)]
 
-pub mod acceptor;
-pub mod greedy;
-pub mod sampling;
-pub mod speculative;
-pub mod typical;
+mod acceptor;
+mod greedy;
+mod sampling;
+mod speculative;
+mod typical;
 
-pub use acceptor::{Acceptor, GreedyAcceptor, SamplingAcceptor, TypicalAcceptor, VerifyError};
+pub use acceptor::{
+    read_argmax, read_row, Acceptor, GreedyAcceptor, SamplingAcceptor, TypicalAcceptor, VerifyError,
+};
 pub use greedy::accept_greedy;
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{sample_index, Sampler, SamplingParams};
+#[doc(hidden)]
+pub use speculative::accept_sampling_impl;
 pub use speculative::{accept_sampling, Proposal};
 pub use typical::{accept_typical, TypicalParams};
 

@@ -5,9 +5,9 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use s4c_tree::{Template, TokenTree, ROOT};
-use s4c_verify::sampling::{sample_index, SamplingParams};
-use s4c_verify::speculative::accept_sampling_impl;
+use s4c_verify::accept_sampling_impl;
 use s4c_verify::{accept_sampling, Proposal};
+use s4c_verify::{sample_index, SamplingParams};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 const V: usize = 5;

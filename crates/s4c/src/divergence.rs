@@ -14,7 +14,7 @@
 
 use burn::tensor::backend::Backend;
 use s4c_models::{CausalLm, Input, Logits};
-use s4c_verify::acceptor::read_row;
+use s4c_verify::read_row;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use s4c_models::{CausalLm, Input, KvCache, Logits, SequenceInput};
-use s4c_verify::acceptor::{read_argmax, read_row};
-use s4c_verify::sampling::Sampler;
+use s4c_verify::Sampler;
 use s4c_verify::SamplingParams;
+use s4c_verify::{read_argmax, read_row};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};

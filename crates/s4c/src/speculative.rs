@@ -12,7 +12,7 @@ use s4c_tree::{
     build_dynamic, AdaptiveSizer, ContextLookup, DynamicConfig, LookupDraft, Template, TokenTree,
     TreeError,
 };
-use s4c_verify::sampling::Sampler;
+use s4c_verify::Sampler;
 use s4c_verify::{Acceptor, Proposal};
 use serde::Serialize;
 
@@ -66,7 +66,7 @@ pub struct SpecStats {
     pub accepted: usize,
     /// Steps that drafted nothing (the root alone: a plain decoding step).
     pub plain_steps: usize,
-    /// Steps whose tree held a chain copied from the context (see [`s4c_tree::lookup`]).
+    /// Steps whose tree held a chain copied from the context (see [`s4c_tree::ContextLookup`]).
     pub lookup_steps: usize,
     /// Tokens of those chains.
     pub lookup_proposed: usize,

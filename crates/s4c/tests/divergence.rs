@@ -8,7 +8,7 @@ use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::EngineError;
 use s4c_models::testing::tiny_model;
 use s4c_models::{CausalLm, Input, Llama, Logits};
-use s4c_verify::acceptor::read_row;
+use s4c_verify::read_row;
 use std::ops::ControlFlow;
 
 type B = Flex;
