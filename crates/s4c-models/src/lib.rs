@@ -19,21 +19,22 @@
 
 #![warn(missing_docs)]
 
-pub mod cache;
-pub mod chat;
-pub mod config;
-pub mod cpu;
-pub mod error;
+mod cache;
+mod chat;
+mod config;
+mod cpu;
+mod error;
 pub mod gguf;
-pub mod host;
-pub mod llama;
-pub mod lm;
-pub mod loader;
-pub mod mask;
+mod host;
+mod llama;
+mod lm;
+mod loader;
+mod mask;
 pub mod quant;
+#[doc(hidden)]
 pub mod testing;
-pub mod tokenizer;
-pub mod weights;
+mod tokenizer;
+mod weights;
 
 /// Revision of the forward's implementation, bumped whenever a change makes forwards cost
 /// differently (so cost-aware trees re-measure latency curves they cached for an older one).
@@ -41,7 +42,8 @@ pub const FORWARD_REVISION: u32 = 6;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};
-pub use config::LlamaConfig;
+pub use config::{Llama3RopeScaling, LlamaConfig};
+pub use cpu::{RotaryLayout, WeightFormat};
 pub use error::{ModelError, Result};
 pub use host::HostTensor;
 pub use llama::Llama;
@@ -51,4 +53,4 @@ pub use loader::{
 };
 pub use mask::AttentionMask;
 pub use tokenizer::{StreamDecoder, Tokenizer};
-pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};
+pub use weights::{write_safetensors, GgufWeights, SafetensorsWeights, WeightSource};

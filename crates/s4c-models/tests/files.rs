@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor};
 use s4c_models::testing::random_weights;
-use s4c_models::weights::write_safetensors;
+
 use s4c_models::{
-    build_model, CausalLm, HostTensor, Input, Llama, LlamaConfig, LoadOptions, Logits, ModelError,
-    ModelFiles, SafetensorsWeights, WeightSource,
+    build_model, write_safetensors, CausalLm, HostTensor, Input, Llama, LlamaConfig, LoadOptions,
+    Logits, ModelError, ModelFiles, SafetensorsWeights, WeightSource,
 };
 
 type B = Flex;
