@@ -65,7 +65,7 @@ pub struct Fingerprint {
     pub vocab_size: usize,
     /// Decoder layers.
     pub num_layers: usize,
-    /// A few LM-head values at fixed positions ([`probe_positions`]); compared with a tolerance
+    /// A few LM-head values at fixed positions (`probe_positions`); compared with a tolerance
     /// so the same model loaded as f32, f16 or from a converted folder still matches.
     pub lm_head_probe: Vec<f32>,
 }
@@ -136,7 +136,7 @@ pub struct DrafterConfig {
     pub coherence: Coherence,
     /// Context copy: each head adds a bonus, read from its state, to the token that followed the
     /// most recent earlier occurrence of its branch's last `copy` tokens (or fewer) in the text
-    /// ([`crate::copy`]); 0 = off (heads made before the option existed, and
+    /// ([`crate::copy_candidate`]); 0 = off (heads made before the option existed, and
     /// [`DrafterConfig::new`]; `s4c train-heads` uses 8).
     #[serde(default)]
     pub copy: usize,

@@ -10,7 +10,7 @@
 //! [`DrafterConfig::copy`]: crate::DrafterConfig::copy
 //!
 //! ```
-//! use s4c_draft::copy::{copy_candidate, CopyCandidate};
+//! use s4c_draft::{copy_candidate, CopyCandidate};
 //!
 //! // "a b c d a b": the suffix "a b" occurred before, followed by "c".
 //! let text = [1, 2, 3, 4, 1, 2];

@@ -42,7 +42,7 @@ pub trait Drafter<B: Backend> {
         window: Tensor<B, 3>,
         valid: Tensor<B, 2>,
     ) -> Tensor<B, 2>;
-    /// The longest suffix its context copy matches ([`crate::copy`]); 0 (the default): it does
+    /// The longest suffix its context copy matches ([`crate::copy_candidate`]); 0 (the default): it does
     /// not copy, and [`Drafter::expand`] gets no candidates.
     fn copy(&self) -> usize {
         0

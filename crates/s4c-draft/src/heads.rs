@@ -165,7 +165,7 @@ impl<B: Backend> Heads<B> {
     }
 
     /// Head `k`'s copy bonuses `[n, copy]` (one per matched suffix length) of its `states`, if
-    /// it copies ([`crate::copy`]).
+    /// it copies ([`crate::copy_candidate`]).
     pub fn copy_bonus(&self, k: usize, states: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         self.blocks[k].copy.as_ref().map(|l| l.forward(states))
     }

@@ -31,16 +31,17 @@
 
 #![warn(missing_docs)]
 
-pub mod config;
-pub mod copy;
+mod config;
+mod copy;
 pub mod data;
-pub mod error;
+mod error;
 pub mod heads;
 
 pub use config::{Coherence, DrafterConfig, Fingerprint};
+pub use copy::{copy_candidate, CopyCandidate};
 pub use error::{DraftError, Result};
 pub use heads::Heads;
-pub mod drafter;
+mod drafter;
 pub mod io;
 
 pub use drafter::{fingerprint, Drafter, Drafting, MultiHeadDrafter, NoDrafter};

@@ -4,7 +4,7 @@
 use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use s4c_draft::copy::copy_candidate;
+use s4c_draft::copy_candidate;
 use s4c_draft::{
     fingerprint, io, Coherence, DraftError, Drafter, DrafterConfig, Drafting, Heads,
     MultiHeadDrafter,

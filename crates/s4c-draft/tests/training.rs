@@ -987,7 +987,7 @@ fn heads_with_context_copy_learn_to_copy() {
 
 #[test]
 fn the_copy_bonus_lands_on_each_rows_candidate() {
-    use s4c_draft::copy::copy_candidate;
+    use s4c_draft::copy_candidate;
     use s4c_draft::heads::{batch_logits, COPY_PRIOR};
     let t = target();
     let data = repeating_data(&t, 3, 5, 3);

@@ -178,7 +178,7 @@ impl Drafter<B> for Oracle {
         depth: usize,
         parents: Tensor<B, 2>,
         tokens: &[u32],
-        _copies: &[Option<s4c_draft::copy::CopyCandidate>],
+        _copies: &[Option<s4c_draft::CopyCandidate>],
         k: usize,
     ) -> Result<(Tensor<B, 2>, Vec<Vec<Candidate>>), DraftError> {
         if depth >= self.depth {
