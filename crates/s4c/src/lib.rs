@@ -27,22 +27,24 @@
 
 #![warn(missing_docs)]
 
-pub mod backend;
+mod backend;
 pub mod cost;
-pub mod divergence;
-pub mod engine;
-pub mod error;
-pub mod memory;
+mod divergence;
+mod engine;
+mod error;
+mod memory;
 pub mod plain;
 pub mod server;
 pub mod speculative;
 
 pub use backend::{with_backend, BackendJob, BackendKind};
+pub use divergence::{first_divergence, Divergence, PositionLogits};
 pub use engine::{
-    BatchJob, Completion, Engine, EngineBuilder, EngineInfo, FinishReason, HeadsChoice, Mode,
-    Prompt, Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
+    heads_search_path, BatchJob, Completion, Engine, EngineBuilder, EngineInfo, FinishReason,
+    HeadsChoice, Mode, Prompt, Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
 };
 pub use error::{EngineError, Result};
+pub use memory::peak_rss_mib;
 
 use burn::tensor::backend::Backend;
 use s4c_models::{ChatTemplate, LoadedModel};

@@ -3,7 +3,7 @@
 //! the whole sequence with every row's logits).
 
 use burn::backend::Flex;
-use s4c::divergence::first_divergence;
+use s4c::first_divergence;
 use s4c::plain::{generate_plain, GenerateOptions};
 use s4c::EngineError;
 use s4c_models::testing::tiny_model;

@@ -288,7 +288,7 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
         "tasks": tasks,
         "overall": overall,
         "questions": records,
-        "peak_rss_mib": s4c::memory::peak_rss_mib(),
+        "peak_rss_mib": s4c::peak_rss_mib(),
     });
     write_outputs(&args.json, &result, &tasks, &overall)?;
     println!("{}", markdown(&tasks, &overall));

@@ -230,6 +230,6 @@ fn report(engine: &dyn TextEngine, a: &Completion) -> Value {
         "engine": info.engine,
         "heads": spec.then(|| info.heads.as_ref().map(|h| h.display().to_string())).flatten(),
         "tree": if spec { info.tree.clone() } else { None },
-        "peak_rss_mib": s4c::memory::peak_rss_mib(),
+        "peak_rss_mib": s4c::peak_rss_mib(),
     })
 }
