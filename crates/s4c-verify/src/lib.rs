@@ -11,7 +11,7 @@
 //!   not follow the target distribution. Never the default.
 //!
 //! ```
-//! use s4c_verify::{accept_greedy, sampling::argmax};
+//! use s4c_verify::{accept_greedy, argmax};
 //! use s4c_tree::TokenTree;
 //! // Root 5 with children 7 (rank 0) and 8 (rank 1); 8 has child 9.
 //! let tree = TokenTree::from_parents(&[5, 7, 8, 9], &[0, 0, 0, 2], &[]).unwrap();
@@ -35,7 +35,7 @@ pub use acceptor::{
     read_argmax, read_row, Acceptor, GreedyAcceptor, SamplingAcceptor, TypicalAcceptor, VerifyError,
 };
 pub use greedy::accept_greedy;
-pub use sampling::{sample_index, Sampler, SamplingParams};
+pub use sampling::{argmax, sample_index, Sampler, SamplingParams};
 #[doc(hidden)]
 pub use speculative::accept_sampling_impl;
 pub use speculative::{accept_sampling, Proposal};
