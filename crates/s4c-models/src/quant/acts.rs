@@ -64,7 +64,7 @@ impl Q8Acts {
             d16: vec![0.0; rows * pairs * 16],
         };
         #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c");
         // Pair `p` of every row: values, scales and the 512-bit kernels' scale lanes, each a
         // contiguous range.
         let pair = |(p, ((q, d), d16)): (usize, PairRanges<'_>)| {
@@ -78,7 +78,7 @@ impl Q8Acts {
                     let qs = &mut q[(2 * r + h) * QK..][..QK];
                     #[cfg(target_arch = "x86_64")]
                     let db = if avx2 {
-                        // SAFETY: AVX2 was detected above.
+                        // SAFETY: AVX2 and F16C were detected above.
                         unsafe { quantize_block_avx2(xs, qs) }
                     } else {
                         quantize_block(xs, qs)
@@ -165,12 +165,13 @@ fn f16_scale(d: f32) -> f32 {
     half::f16::from_f32(d).to_f32()
 }
 
-/// [`quantize_block`] on 256-bit vectors, with the same result bit for bit.
+/// [`quantize_block`] on 256-bit vectors, with the same result bit for bit (the scale's f16
+/// rounding by the F16C instructions, a few cycles instead of a software conversion).
 ///
 /// # Safety
-/// The CPU has AVX2; `xs` and `qs` hold 32 values.
+/// The CPU has AVX2 and F16C; `xs` and `qs` hold 32 values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn quantize_block_avx2(xs: &[f32], qs: &mut [i8]) -> f32 {
     use std::arch::x86_64::*;
     debug_assert!(xs.len() == QK && qs.len() == QK);
@@ -204,7 +205,8 @@ unsafe fn quantize_block_avx2(xs: &[f32], qs: &mut [i8]) -> f32 {
     let b = _mm256_packs_epi16(w0, w1);
     let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(qs.as_mut_ptr().cast(), b);
-    f16_scale(d)
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d));
+    _mm_cvtss_f32(_mm_cvtph_ps(h))
 }
 
 #[cfg(test)]
@@ -214,12 +216,12 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_vector_quantizer_equals_the_scalar_one_bit_for_bit() {
-        if !is_x86_feature_detected!("avx2") {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
             return;
         }
         let mut rng = crate::testing::SplitMix(5);
         for case in 0..2000 {
-            let scale = [1e-3, 1.0, 37.0, 1e4][case % 4];
+            let scale = [1e-6, 1e-3, 1.0, 37.0, 1e4, 1e7][case % 6];
             let mut xs: Vec<f32> = (0..QK).map(|_| rng.symmetric() * scale).collect();
             if case % 7 == 0 {
                 // Values that land on halves once scaled: 127 · k / 2 for a block maximum of 127.
@@ -233,7 +235,7 @@ mod tests {
             }
             let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
             let d1 = quantize_block(&xs, &mut q1);
-            // SAFETY: AVX2 was detected above.
+            // SAFETY: AVX2 and F16C were detected above.
             let d2 = unsafe { quantize_block_avx2(&xs, &mut q2) };
             assert_eq!((d1.to_bits(), q1), (d2.to_bits(), q2), "{xs:?}");
         }
