@@ -30,12 +30,4 @@ pub fn rows(t: Tensor<Flex, 2>) -> Vec<Vec<f32>> {
 }
 
 /// The index of the largest value (the first of equal ones).
-pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use s4c_verify::argmax;
