@@ -305,3 +305,32 @@ fn mistral_context_ends_at_its_sliding_window() {
         .forward(&Input::causal(&tokens[..256], 0, Logits::Last), &mut cache)
         .is_ok());
 }
+
+#[test]
+fn a_converted_llama3_gguf_keeps_its_rotary_scaling_and_bos() {
+    // `s4c convert` writes the rope_freqs.weight factors back as config.json's llama3
+    // rope_scaling, and the GGUF's add-BOS rule as tokenizer.json's post-processor.
+    let r = reference("llama3");
+    let out = std::env::temp_dir().join(format!("s4c-family-convert-{}", std::process::id()));
+    s4c_models::convert_to_hf(&dir("llama3").join("model.f16.gguf"), &out).unwrap();
+    let converted = load::<B>(&out, &Default::default(), &LoadOptions::default()).unwrap();
+    let scaling = converted
+        .model
+        .config()
+        .rope_scaling
+        .expect("llama3 scaling kept");
+    assert_eq!(scaling.factor, 32.0);
+    let text = r["texts"][0].as_str().unwrap();
+    assert_eq!(
+        converted.tokenizer.encode_prompt(text).unwrap(),
+        ids(&r["text_ids"][0])
+    );
+    logits_match(
+        &converted,
+        &r,
+        &r["files"]["model.f16.gguf"],
+        1e-4,
+        "llama3 converted",
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
