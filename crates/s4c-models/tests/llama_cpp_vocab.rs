@@ -12,7 +12,14 @@ use s4c_models::gguf::GgufFile;
 use s4c_models::Tokenizer;
 
 /// The vocabularies s4c claims to read from GGUF metadata.
-const SUPPORTED: [&str; 5] = ["gpt-2", "llama-bpe", "llama-spm", "qwen2", "starcoder"];
+const SUPPORTED: [&str; 6] = [
+    "gpt-2",
+    "llama-bpe",
+    "llama-spm",
+    "qwen2",
+    "refact",
+    "starcoder",
+];
 
 const SDIST: &str = "llama-cpp-python==0.3.36";
 
