@@ -123,7 +123,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Loads the model, finds the heads and sizes the tree on `device` of backend `B`.
+    /// Loads the model, finds the heads, sizes the tree on `device` of backend `B`, and warms the
+    /// engine up (a four-token generation) so no request pays one-time costs.
     pub fn build<B: Backend>(&self, device: &B::Device) -> Result<Engine<B>> {
         if self.load.max_context < 2 {
             return Err(EngineError::InvalidOption(
