@@ -123,6 +123,19 @@ pub struct TensorInfo {
     pub offset: usize,
 }
 
+impl TensorInfo {
+    /// The tensor's size in bytes: `None` for types this reader cannot read, and for shapes
+    /// whose size overflows.
+    fn byte_len(&self) -> Option<usize> {
+        let (per_block, bytes) = self.ty.block()?;
+        let n = self
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        n.div_ceil(per_block).checked_mul(bytes)
+    }
+}
+
 /// A memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -302,12 +315,9 @@ impl GgufFile {
             data_start,
         };
         for (name, info) in &gguf.tensors {
-            if let Some((per_block, block_bytes)) = info.ty.block() {
+            if info.ty.block().is_some() {
                 let end = info
-                    .shape
-                    .iter()
-                    .try_fold(1usize, |n, &d| n.checked_mul(d))
-                    .and_then(|n| n.div_ceil(per_block).checked_mul(block_bytes))
+                    .byte_len()
                     .and_then(|bytes| data_start.checked_add(info.offset)?.checked_add(bytes));
                 if end.is_none_or(|e| e > gguf.mmap.len()) {
                     return Err(ModelError::InvalidGguf {
@@ -320,14 +330,6 @@ impl GgufFile {
             }
         }
         Ok(gguf)
-    }
-
-    /// The tensor's size in bytes (`None` for types this reader cannot read); `index` checked that
-    /// it fits the file.
-    fn byte_len(&self, info: &TensorInfo) -> Option<usize> {
-        let (per_block, bytes) = info.ty.block()?;
-        let n: usize = info.shape.iter().product();
-        Some(n.div_ceil(per_block) * bytes)
     }
 
     /// The file's path.
@@ -440,8 +442,9 @@ impl GgufFile {
             .tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let len = self
-            .byte_len(info)
+        // `index` refused sizes that overflow: `None` is a type this reader cannot read.
+        let len = info
+            .byte_len()
             .ok_or_else(|| ModelError::UnsupportedTensorType {
                 tensor: name.to_string(),
                 dtype: info.ty.name(),

@@ -85,10 +85,7 @@ impl SafetensorsWeights {
                 what: "model.safetensors or model.safetensors.index.json",
             });
         };
-        let mut weights = SafetensorsWeights {
-            files: vec![],
-            index: HashMap::new(),
-        };
+        let mut weights = Self::empty();
         for name in shard_names {
             let path = dir.join(&name);
             let file =
@@ -106,10 +103,7 @@ impl SafetensorsWeights {
     pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
         let path = name.into();
         let map = crate::gguf::map_bytes(bytes, &path, "safetensors")?;
-        let mut weights = SafetensorsWeights {
-            files: vec![],
-            index: HashMap::new(),
-        };
+        let mut weights = Self::empty();
         weights.add_shard(path, map)?;
         Ok(weights)
     }
@@ -119,6 +113,14 @@ impl SafetensorsWeights {
         let mut names: Vec<&str> = self.index.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    /// No shard yet.
+    fn empty() -> Self {
+        SafetensorsWeights {
+            files: vec![],
+            index: HashMap::new(),
+        }
     }
 
     /// Checks one shard's header and indexes its tensors.
