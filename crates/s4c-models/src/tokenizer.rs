@@ -92,7 +92,6 @@ impl Tokenizer {
         // Llama 3's BPE takes a pre-token that is a whole vocabulary entry as it is (its
         // tokenizer.json sets `ignore_merges`; llama.cpp does the same for this pre-tokenizer).
         let llama3 = matches!(pre, "llama-bpe" | "llama3");
-        let ignore_merges = llama3;
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre_tokenizer = match pre {
             "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -134,7 +133,7 @@ impl Tokenizer {
             "post_processor": post_processor(gguf, &tokens, llama3),
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": llama3,
                 "vocab": vocab, "merges": merges},
         }))
     }
@@ -146,15 +145,19 @@ impl Tokenizer {
 
     /// Token ids of `text`, special-token strings matched, no BOS/EOS added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tok_err)?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, false)
     }
 
     /// Token ids of a plain-text prompt: [`Tokenizer::encode`] with the BOS (or EOS) the model's
     /// tokenizer adds around a text — Llama 2 and Llama 3 put BOS first, SmolLM2 adds nothing —
     /// as transformers' `tokenizer(text)` and llama.cpp do.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(tok_err)?;
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`, with the post-processor's special tokens when `add_special`.
+    fn encode_with(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -245,21 +248,22 @@ fn post_processor(gguf: &GgufFile, tokens: &[&str], bos_default: bool) -> Value 
     if bos.is_none() && eos.is_none() {
         return Value::Null;
     }
-    let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
-    let sequence = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
-    let mut single = vec![];
-    let mut pair = vec![];
-    let mut specials = serde_json::Map::new();
-    for (seq, out) in [("A", &mut single), ("B", &mut pair)] {
-        out.extend(bos.map(|(_, t)| special(t)));
-        out.push(sequence(seq));
-        out.extend(eos.map(|(_, t)| special(t)));
-    }
-    let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
-    for (id, t) in bos.into_iter().chain(eos) {
-        specials.insert(t.to_string(), json!({"id": t, "ids": [id], "tokens": [t]}));
-    }
-    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+    // One sequence between the tokens: [BOS] A [EOS].
+    let around = |seq: &str| {
+        let special = |(_, t): (u64, &str)| json!({"SpecialToken": {"id": t, "type_id": 0}});
+        let mut v: Vec<Value> = bos.map(special).into_iter().collect();
+        v.push(json!({"Sequence": {"id": seq, "type_id": 0}}));
+        v.extend(eos.map(special));
+        v
+    };
+    let specials: serde_json::Map<String, Value> = bos
+        .into_iter()
+        .chain(eos)
+        .map(|(id, t)| (t.to_string(), json!({"id": t, "ids": [id], "tokens": [t]})))
+        .collect();
+    let pair = [around("A"), around("B")].concat();
+    json!({"type": "TemplateProcessing", "single": around("A"), "pair": pair,
+        "special_tokens": specials})
 }
 
 /// The `tokenizer.json` equivalent of a SentencePiece BPE vocabulary in GGUF metadata
