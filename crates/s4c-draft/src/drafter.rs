@@ -42,8 +42,8 @@ pub trait Drafter<B: Backend> {
         window: Tensor<B, 3>,
         valid: Tensor<B, 2>,
     ) -> Tensor<B, 2>;
-    /// The longest suffix its context copy matches ([`crate::copy_candidate`]); 0 (the default): it does
-    /// not copy, and [`Drafter::expand`] gets no candidates.
+    /// The longest suffix its context copy matches ([`crate::copy_candidate`]); 0 (the
+    /// default): it does not copy, and [`Drafter::expand`] gets no candidates.
     fn copy(&self) -> usize {
         0
     }

@@ -145,7 +145,8 @@ fn counts_beyond_the_file_are_refused_before_allocating() {
 
 #[test]
 fn a_syntax_error_inside_a_tokenizer_json_decoder_is_an_error() {
-    // The tokenizers crate panics on this one by itself (found by fuzz/fuzz_targets/tokenizer_json.rs).
+    // The tokenizers crate panics on this one by itself (found by
+    // fuzz/fuzz_targets/tokenizer_json.rs).
     let text = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
         "normalizer": null, "pre_tokenizer": null, "post_processor": null,
         "decoder": {"type" "Fuse"},

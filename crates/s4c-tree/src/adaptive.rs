@@ -222,8 +222,8 @@ impl AdaptiveSizer {
     }
 
     /// What the next step verifies when `lookup` (a chain copied from the context, see
-    /// [`crate::ContextLookup`]) is on offer: the heads' template (or none) and how many of the chain's
-    /// tokens to add, chosen together for the most expected tokens per second. The chain's
+    /// [`crate::ContextLookup`]) is on offer: the heads' template (or none) and how many of the
+    /// chain's tokens to add, chosen together for the most expected tokens per second. The chain's
     /// tokens are priced with their own acceptance rates ([`Self::lookup_rate`]) and counted only
     /// where the heads' tree would not have reached that depth anyway (the two taken as
     /// independent). Probes as [`Self::choose`] does; a probe for one node more also tries one

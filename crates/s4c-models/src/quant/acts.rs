@@ -3,8 +3,9 @@
 //!
 //! Each row is cut into blocks of 32 values. A block has a scale `d = max|x| / 127` and the values
 //! `q = round(x / d)` in `-127..=127`; `d` is then kept in f16, as llama.cpp's `Q8_0`/`Q8_1`
-//! blocks keep it, so that a layer of `Q8_0` weights computes llama.cpp's numbers; it also keeps `d · Σq` (for weight types with a minimum or
-//! an offset) and, per half-block of 16, `d · Σq` (for Q6_K's 16-value sub-blocks). Blocks are
+//! blocks keep it, so that a layer of `Q8_0` weights computes llama.cpp's numbers. A block also
+//! keeps `d · Σq` (for weight types with a minimum or an offset) and, per half-block of 16,
+//! `d · Σq` (for Q6_K's 16-value sub-blocks). Blocks are
 //! stored in **pairs** (64 values of one row side by side, for 512-bit kernels; an odd last block
 //! is paired with zeros).
 
