@@ -275,26 +275,27 @@ def main():
             "chat_ids": chat_ids,
             "files": {},
         }
+        def holding(state):
+            """A model of this member holding `state` (transformers' names; a tied head may be
+            left out)."""
+            m = make_model(cls_name, extra, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id, seed)
+            missing, unexpected = m.load_state_dict(state, strict=False)
+            assert not unexpected, unexpected
+            assert all(k == "lm_head.weight" for k in missing), missing
+            if m.config.tie_word_embeddings:
+                m.tie_weights()
+            return m
+
         # hf/: the weights as saved (rounded to `dtype`), computed in float32.
         state = load_file(hf / "model.safetensors")
-        ref_model = make_model(cls_name, extra, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id, seed)
-        ref_model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        if model.config.tie_word_embeddings:
-            ref_model.tie_weights()
-        reference["files"]["hf"] = outputs(ref_model, prompts + [chat_ids])
+        reference["files"]["hf"] = outputs(holding({k: v.float() for k, v in state.items()}),
+                                           prompts + [chat_ids])
         pre = "llama-bpe" if tok_kind == "llama3" else None
         for outtype in ["f16", "q8_0"]:
             gguf_path = dest / f"model.{outtype}.gguf"
             convert(args.converter, hf, gguf_path, outtype, pre)
-            ref_model = make_model(cls_name, extra, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                                   seed)
-            missing, unexpected = ref_model.load_state_dict(state_from_gguf(gguf_path, model.config),
-                                                            strict=False)
-            assert not unexpected, unexpected
-            assert all(k == "lm_head.weight" for k in missing), missing
-            if model.config.tie_word_embeddings:
-                ref_model.tie_weights()
-            reference["files"][gguf_path.name] = outputs(ref_model, prompts + [chat_ids])
+            reference["files"][gguf_path.name] = outputs(
+                holding(state_from_gguf(gguf_path, model.config)), prompts + [chat_ids])
         with open(dest / "reference.json", "w", encoding="utf-8") as f:
             json.dump(reference, f, ensure_ascii=False, separators=(",", ":"))
         size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
