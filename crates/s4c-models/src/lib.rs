@@ -36,9 +36,10 @@ pub mod testing;
 mod tokenizer;
 mod weights;
 
-/// Revision of the forward's implementation, bumped whenever a change makes forwards cost
-/// differently (so cost-aware trees re-measure latency curves they cached for an older one).
-pub const FORWARD_REVISION: u32 = 6;
+/// Revision of the forward's implementation and of its latency measurement, bumped whenever a
+/// change makes forwards cost (or measure) differently, so cost-aware trees re-measure the
+/// latency curves they cached for an older one.
+pub const FORWARD_REVISION: u32 = 7;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};

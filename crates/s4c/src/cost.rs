@@ -75,6 +75,13 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     let out = model.forward(&Input::causal(&ctx, 0, Logits::Last), &mut cache)?;
     let hidden = model.dims().hidden_size;
     let feature = out.features.slice([prefix - 1..prefix, 0..hidden]);
+    // Each timer starts on an idle device and stops when its work is done. Backends with lazy
+    // fusion (CUDA, wgpu) run queued operations at the next read: unread drafter outputs would
+    // otherwise be run, and on first use compiled, inside the next timed forward.
+    let device = feature.device();
+    let idle = || {
+        B::sync(&device).map_err(|e| s4c_verify::VerifyError::Read(format!("device sync: {e:?}")))
+    };
     let mut verify = vec![Vec::new(); CURVE_SIZES.len()];
     // Drafting: one level for 1 node and for 16 nodes.
     let mut draft = [Vec::new(), Vec::new()];
@@ -86,6 +93,7 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
             let toks: Vec<u32> = (0..n as u32).map(|j| (j * 13 + 5) % vocab).collect();
             // A chain-shaped tree: any tree of n nodes costs the same forward.
             let mask = AttentionMask::causal(prefix, n);
+            idle()?;
             let t = Instant::now();
             let out = model.forward(
                 &Input::tree(&toks, (prefix..prefix + n).collect(), &mask),
@@ -99,8 +107,11 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
             cache.truncate(prefix);
         }
         for (i, m) in [1, 16].into_iter().enumerate() {
+            let rows = repeat_rows(&feature, m);
+            idle()?;
             let t = Instant::now();
-            drafter.expand(0, repeat_rows(&feature, m), &vec![1u32; m], &[], 4)?;
+            drafter.expand(0, rows, &vec![1u32; m], &[], 4)?;
+            idle()?;
             if round > 0 {
                 draft[i].push(t.elapsed().as_secs_f64());
             }
