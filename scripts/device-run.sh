@@ -5,6 +5,8 @@
 #   scripts/device-run.sh check        # greedy mismatch diagnosis + a short f16 and f32 bench
 #   scripts/device-run.sh train-smoke  # data generation and training speed on 64 prompts
 #   scripts/device-run.sh train        # data + fine-tuning the shipped heads + held-out report
+#   scripts/device-run.sh speed        # GPU speed: s4c on CUDA (f16, f32) and wgpu, plain and S4C,
+#                                      # beside HF transformers on the same prompts and GPU
 #
 # Environment: S4C (the binary, built here with `cargo build --release -p s4c --features cuda`),
 # BACKEND (cuda), DATA (a folder holding specbench-dev.jsonl and train-prompts.jsonl), OUT (where
@@ -16,7 +18,7 @@
 # On flex it runs too (BACKEND=flex), which is how it is tested here with small settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: scripts/device-run.sh check|train-smoke|train}
+MODE=${1:?usage: scripts/device-run.sh check|train-smoke|train|speed}
 S4C=${S4C:-target/release/s4c}
 BACKEND=${BACKEND:-cuda}
 DATA=${DATA:-data}
@@ -30,16 +32,20 @@ if [ ! -f "$S4C" ] && [ -f "$S4C.gz" ]; then
   gzip -dc "$S4C.gz" > /tmp/s4c-bin && S4C=/tmp/s4c-bin
 fi
 chmod +x "$S4C" 2>/dev/null
-# The model travels in parts (one call carries at most 64 MiB): reassemble it.
+# The model travels in parts over several calls (one call carries at most 64 MiB, the repository
+# included), `xz -9` compressed and split (`split -b 20M model.xz part-`), gathered in /tmp/mparts
+# while the machine stays warm: reassemble it.
 if [ ! -f "$MODEL" ] && [ -d /tmp/mparts ]; then
-  cat /tmp/mparts/a /tmp/mparts/b /tmp/mparts/c > "$MODEL.part" && mv "$MODEL.part" "$MODEL"
+  cat /tmp/mparts/part-* | xz -dc > "$MODEL.part" && mv "$MODEL.part" "$MODEL"
 fi
 sha256sum "$MODEL" | cut -c1-16
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 # CUDA libraries installed as Python wheels (nvrtc) are found through LD_LIBRARY_PATH.
-for d in /usr/local/lib/python3*/dist-packages/nvidia /usr/lib/python3/dist-packages/nvidia; do
+for d in /usr/local/lib/python3*/dist-packages/nvidia /usr/lib/python3/dist-packages/nvidia \
+    /opt/*/.venv/lib/python3*/site-packages/nvidia; do
   for l in $(find "$d" -name lib -type d 2>/dev/null); do export LD_LIBRARY_PATH=$l:${LD_LIBRARY_PATH:-}; done
 done
+[ -d /usr/local/cuda/lib64 ] && export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 report() { # report LOG: the figures of a train-heads JSON report at the end of LOG
   python3 - "$1" <<'PY'
 import json, sys
@@ -54,11 +60,12 @@ print("train positions", n, "seconds", s, "positions/s", round(n / s) if s and n
       "| held out: top-1", [round(x, 4) for x in h.get("top1", [])], "tau63", h.get("tau_tree63"))
 PY
 }
-stage() { # stage NAME SECONDS COMMAND...: timed, logged to $OUT/NAME.log
+LOGS=$OUT
+stage() { # stage NAME SECONDS COMMAND...: timed, logged to $LOGS/NAME.log
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: rc=$? in $((SECONDS - t0)) s"; tail -4 "$OUT/$name.log"
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  echo "== $name: rc=$? in $((SECONDS - t0)) s"; tail -4 "$LOGS/$name.log"
 }
 
 case $MODE in
@@ -115,5 +122,36 @@ train)
     cp /tmp/s4c-heads.json "$OUT/heads.json"
   fi
   ;;
-*) echo "unknown mode $MODE (check, train-smoke, train)"; exit 2 ;;
+speed)
+  # Held-out questions (one per task), both modes, after a warm-up that compiles and tunes the
+  # kernels; the latency curve `--tree cost` measures first is kept from the profile cache.
+  Q=data/specbench-dev-heldout.jsonl
+  N=${BENCH_TOKENS:-256}
+  P=${BENCH_PER_TASK:-1}
+  R=/tmp/s4c-speed
+  LOGS=$R/logs  # at most 8 files come back: the logs travel in one archive
+  export S4C_CACHE=$R/cache  # the measured latency curves (cost profiles)
+  mkdir -p $LOGS
+  gpu_bench() { # gpu_bench NAME SECONDS BACKEND DTYPE TOKENS
+    stage "$1" "$2" "$S4C" bench --backend "$3" --dtype "$4" --compute-dtype "$4" --questions $Q \
+      --limit-per-task "$P" --max-new-tokens "$5" --warmup 1 --json $R/$1.json
+    [ -f $R/$1.json ] && cp $R/$1.json "$OUT/"
+  }
+  gpu_bench cuda-f16 200 "$BACKEND" f16 "$N"
+  # HF transformers on the same GPU, the same file (converted), the same prompt ids.
+  if [ -f $R/cuda-f16.json ] && "$S4C" convert --model "$MODEL" --out $R/hf > /dev/null; then
+    for d in float16 float32; do
+      stage hf-$d 60 python3 scripts/bench_hf.py --bench $R/cuda-f16.json --model $R/hf \
+        --dtype $d --device "${HF_DEVICE:-cuda}" --json "$OUT/hf-$d.json"
+    done
+  fi
+  gpu_bench cuda-f32 120 "$BACKEND" f32 "$N"
+  if [ -n "${WGPU:-}" ]; then
+    gpu_bench wgpu-f16 90 wgpu f16 "$((N / 2))"
+  fi
+  # The latency curves and all logs in one file.
+  tar -czf "$OUT/profiles-logs.tgz" -C $R cache logs
+  grep -h "greedy mismatch" $LOGS/*.log
+  ;;
+*) echo "unknown mode $MODE (check, train-smoke, train, speed)"; exit 2 ;;
 esac

@@ -283,6 +283,7 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
         "draft_vocab": c.map(|c| c.draft_vocab),
         "tree": tree,
         "max_new_tokens": args.max_new_tokens,
+        "stop_ids": engine.stop_tokens(),
         "warmup": args.warmup,
         "questions_file": args.questions.display().to_string(),
         "tasks": tasks,
