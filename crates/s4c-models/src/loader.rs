@@ -61,6 +61,10 @@ pub struct LoadOptions {
     pub shards: usize,
     /// CPU engine: threads (0 = one per physical core).
     pub threads: usize,
+    /// CPU engine: storage type of the KV cache, `f32` or `f16`; `None` is f16 beside
+    /// block-quantized weights (llama.cpp's default cache type: half the memory and traffic) and
+    /// f32 beside dense ones. The tensor engine keeps its cache in `compute_dtype`.
+    pub kv_dtype: Option<DType>,
     /// Longest context to support (bounded by the model's own).
     pub max_context: usize,
 }
@@ -73,6 +77,7 @@ impl Default for LoadOptions {
             compute_dtype: DType::F32,
             shards: 1,
             threads: 0,
+            kv_dtype: None,
             max_context: 4096,
         }
     }
@@ -105,7 +110,22 @@ pub fn build_model<B: Backend>(
                 }
             };
             let threads = Threads::new(options.threads, Isa::detect())?;
-            Llama::cpu(config, weights, format, threads, device, max_positions)
+            Llama::cpu(
+                config,
+                weights,
+                format,
+                threads,
+                options.kv_dtype,
+                device,
+                max_positions,
+            )
+        }
+        _ if options.kv_dtype.is_some_and(|k| k != options.compute_dtype) => {
+            Err(ModelError::InvalidInput(format!(
+                "the tensor engine keeps its KV cache in the compute dtype ({:?}): leave the KV \
+                 cache type unset or equal to it",
+                options.compute_dtype
+            )))
         }
         _ => Llama::tensors(
             config,

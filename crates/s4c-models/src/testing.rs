@@ -205,6 +205,17 @@ pub fn tiny_model_on<B: Backend>(
         .expect("random weights match their own config")
 }
 
+/// [`tiny_model`]'s weights loaded with `options`.
+pub fn tiny_model_with<B: Backend>(
+    vocab_size: usize,
+    seed: u64,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<Llama<B>> {
+    let config = LlamaConfig::tiny(vocab_size);
+    build_model(&config, &random_weights(&config, seed), device, options)
+}
+
 /// A tiny model whose greedy next token is always `token + 1` (mod the vocabulary): its layers
 /// add nothing (zero output projections) and its untied LM head maps each token's embedding to
 /// the next id. Speculative-decoding tests use it with a drafter that knows the rule, so long

@@ -221,8 +221,8 @@ fn weights_kept_in_their_file_types_match_transformers() {
 fn gguf_files_match_llama_cpp() {
     // llama.cpp rounds activations to f16 for f16 weights (about 3e-3 from float32 here) and to
     // 8-bit blocks for Q8_0 ones, as s4c does; `scripts/family_llama_cpp.py` recorded its logits.
-    // Its KV cache holds f16, so a rounding difference in attention can flip an 8-bit rounding
-    // further on: Q8_0 logits then differ by a few hundredths.
+    // Both sum attention and norms in their own orders, so a rounding difference can flip an
+    // 8-bit activation rounding further on: Q8_0 logits then differ by a few hundredths.
     for member in MEMBERS {
         let r = reference(member);
         for (file, tol) in [("model.f16.gguf", 1e-2), ("model.q8_0.gguf", 0.1)] {

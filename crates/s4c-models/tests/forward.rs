@@ -1,18 +1,31 @@
-//! Forward-pass invariants on tiny random models, for both engines: caching, masks, trees,
-//! commit; the CPU engine against the tensor engine; the CPU engine's batch invariance.
+//! Forward-pass invariants on tiny random models, for both engines (the CPU engine with either KV
+//! cache type): caching, masks, trees, commit; the CPU engine against the tensor engine; the CPU
+//! engine's batch invariance; the f16 KV cache against the f32 one.
 
 use burn::backend::Flex;
-use burn::tensor::Tensor;
-use s4c_models::testing::tiny_model_on;
-use s4c_models::{AttentionMask, CausalLm, EngineKind, Input, Llama, Logits};
+use burn::tensor::{DType, Tensor};
+use s4c_models::testing::{tiny_model_on, tiny_model_with};
+use s4c_models::{AttentionMask, CausalLm, EngineKind, Input, Llama, LoadOptions, Logits};
 
 type B = Flex;
 const VOCAB: usize = 50;
 
-/// The same random model on the CPU engine and on the tensor engine.
-fn engines(seed: u64) -> [Llama<B>; 2] {
-    [EngineKind::Cpu, EngineKind::Tensors]
-        .map(|e| tiny_model_on(VOCAB, seed, &Default::default(), e))
+/// The same random model on the CPU engine (KV cache in f32, then in f16) and on the tensor
+/// engine.
+fn engines(seed: u64) -> [Llama<B>; 3] {
+    let f16_kv = LoadOptions {
+        engine: EngineKind::Cpu,
+        dtype: Some(DType::F32),
+        kv_dtype: Some(DType::F16),
+        threads: 2,
+        ..LoadOptions::default()
+    };
+    let d = Default::default();
+    [
+        tiny_model_on(VOCAB, seed, &d, EngineKind::Cpu),
+        tiny_model_with(VOCAB, seed, &d, &f16_kv).unwrap(),
+        tiny_model_on(VOCAB, seed, &d, EngineKind::Tensors),
+    ]
 }
 
 fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
@@ -247,7 +260,7 @@ fn sharded_weights_give_the_same_logits() {
 
 #[test]
 fn cpu_engine_forward_equals_the_tensor_engine_forward() {
-    let [host, plain] = engines(6);
+    let [host, _, plain] = engines(6);
     assert_eq!((host.engine(), plain.engine()), ("cpu", "tensors"));
     let toks: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
     // Blocks of 20, 16, 4 and 1 rows (whole and partial register tiles), then a tree.
@@ -631,5 +644,74 @@ fn a_batched_forward_equals_each_sequence_alone() {
             let got = (bits(out.logits), bits(out.features), caches[i].len());
             assert_eq!(got, alone[i], "sequence {i} on {}", model.engine());
         }
+    }
+}
+
+#[test]
+fn an_f16_kv_cache_rounds_keys_and_values_and_stays_close_to_f32() {
+    let d = Default::default();
+    let with = |kv| {
+        let o = LoadOptions {
+            engine: EngineKind::Cpu,
+            dtype: Some(DType::F32),
+            kv_dtype: kv,
+            threads: 2,
+            ..LoadOptions::default()
+        };
+        tiny_model_with::<B>(VOCAB, 12, &d, &o).unwrap()
+    };
+    let (m32, m16) = (with(None), with(Some(DType::F16)));
+    assert_eq!(
+        m32.kv_dtype(),
+        DType::F32,
+        "f32 weights keep an f32 cache by default"
+    );
+    assert_eq!(m16.kv_dtype(), DType::F16);
+    let seq: Vec<u32> = (0..60).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
+    let run = |m: &Llama<B>| {
+        let mut c = m.new_cache(64);
+        rows(
+            m.forward(&Input::causal(&seq, 0, Logits::All), &mut c)
+                .unwrap()
+                .logits,
+        )
+    };
+    let (a, b) = (run(&m32), run(&m16));
+    // The first row attends to its own key and value only: softmax of one score is 1 whatever
+    // its rounding, so the row's output is its value rounded to f16.
+    let mut worst = 0f32;
+    let mut scale = 0f32;
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        worst = worst.max((x - y).abs());
+        scale = scale.max(x.abs());
+    }
+    assert!(worst > 0.0, "the f16 cache must round (identical logits)");
+    assert!(
+        worst <= 2e-3 * scale.max(1.0),
+        "max diff {worst} (logits up to {scale})"
+    );
+    // Quantized weights take an f16 cache by default; bf16 and a tensor-engine cache type other
+    // than its compute dtype are refused.
+    let q = s4c_models::testing::tiny_quantized_model::<B>(
+        VOCAB,
+        1,
+        s4c_models::gguf::GgmlType::Q8_0,
+        &d,
+    )
+    .unwrap();
+    assert_eq!(q.kv_dtype(), DType::F16);
+    for (engine, kv) in [
+        (EngineKind::Cpu, DType::BF16),
+        (EngineKind::Tensors, DType::F16),
+    ] {
+        let o = LoadOptions {
+            engine,
+            kv_dtype: Some(kv),
+            ..LoadOptions::default()
+        };
+        let e = tiny_model_with::<B>(VOCAB, 1, &d, &o)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("KV cache"), "{e}");
     }
 }

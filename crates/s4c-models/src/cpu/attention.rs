@@ -1,54 +1,135 @@
 //! The host key/value cache and attention over it with an arbitrary mask.
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::ops;
 use crate::error::{ModelError, Result};
 use crate::mask::AttentionMask;
 
+/// How the host cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats (llama.cpp's default cache type): half the memory and memory traffic.
+    F16,
+}
+
 /// Keys and values of every layer in host memory, `[layer][kv_head][slot][head_dim]` each.
 #[derive(Debug, Clone)]
 pub(crate) struct HostKv {
+    layout: Layout,
+    store: Store,
+}
+
+/// Where a head's slot lies in a layer's plane.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
     kv_heads: usize,
     head_dim: usize,
     capacity: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
 }
 
-impl HostKv {
-    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+impl Layout {
+    fn slot(&self, head: usize, slot: usize) -> std::ops::Range<usize> {
+        let at = (head * self.capacity + slot) * self.head_dim;
+        at..at + self.head_dim
+    }
+}
+
+/// The keys and values in their storage type.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Planes<f32>),
+    F16(Planes<f16>),
+}
+
+/// Keys and values of every layer, `[layer][kv_head · capacity · head_dim]`.
+#[derive(Debug, Clone)]
+struct Planes<T> {
+    keys: Vec<Vec<T>>,
+    values: Vec<Vec<T>>,
+}
+
+impl<T: KvElem> Planes<T> {
+    fn new(layers: usize, len: usize) -> Self {
         // Zeroed pages are mapped lazily by the OS: memory grows with the tokens written.
-        let mk = || vec![vec![0f32; kv_heads * capacity * head_dim]; layers];
-        HostKv {
-            kv_heads,
-            head_dim,
-            capacity,
+        let mk = || vec![vec![T::default(); len]; layers];
+        Planes {
             keys: mk(),
             values: mk(),
         }
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+    /// [`HostKv::write`] in this storage type.
+    fn write(&mut self, at: Layout, layer: usize, start: usize, k: &[f32], v: &[f32]) {
+        let width = at.kv_heads * at.head_dim;
+        let put = |dst: &mut [T], src: &[f32]| {
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = T::from_f32(s))
+        };
+        for (i, (kr, vr)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
+            for h in 0..at.kv_heads {
+                let dst = at.slot(h, start + i);
+                let src = h * at.head_dim..(h + 1) * at.head_dim;
+                put(&mut self.keys[layer][dst.clone()], &kr[src.clone()]);
+                put(&mut self.values[layer][dst], &vr[src]);
+            }
+        }
     }
 
-    fn slot(&self, head: usize, slot: usize) -> std::ops::Range<usize> {
-        let at = (head * self.capacity + slot) * self.head_dim;
-        at..at + self.head_dim
+    /// [`HostKv::compact`] in this storage type.
+    fn compact(&mut self, at: Layout, start: usize, keep: &[usize]) {
+        let hd = at.head_dim;
+        for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            for h in 0..at.kv_heads {
+                let base = (h * at.capacity + start) * hd;
+                let mut kept = Vec::with_capacity(keep.len() * hd);
+                for &k in keep {
+                    kept.extend_from_slice(&plane[base + k * hd..base + (k + 1) * hd]);
+                }
+                plane[base..base + kept.len()].copy_from_slice(&kept);
+            }
+        }
+    }
+}
+
+impl HostKv {
+    pub(crate) fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        ty: KvType,
+    ) -> Self {
+        let len = kv_heads * capacity * head_dim;
+        let store = match ty {
+            KvType::F32 => Store::F32(Planes::new(layers, len)),
+            KvType::F16 => Store::F16(Planes::new(layers, len)),
+        };
+        HostKv {
+            layout: Layout {
+                kv_heads,
+                head_dim,
+                capacity,
+            },
+            store,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.layout.capacity
     }
 
     /// Writes the keys and values `[n][kv_heads · head_dim]` of `n` tokens of `layer` at slots
-    /// `start..start + n`.
+    /// `start..start + n` (rounded to the storage type).
     pub(crate) fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        let width = self.kv_heads * self.head_dim;
-        for (i, (kr, vr)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
-            for h in 0..self.kv_heads {
-                let dst = self.slot(h, start + i);
-                let src = h * self.head_dim..(h + 1) * self.head_dim;
-                self.keys[layer][dst.clone()].copy_from_slice(&kr[src.clone()]);
-                self.values[layer][dst].copy_from_slice(&vr[src]);
-            }
+        let at = self.layout;
+        match &mut self.store {
+            Store::F32(p) => p.write(at, layer, start, k, v),
+            Store::F16(p) => p.write(at, layer, start, k, v),
         }
     }
 
@@ -60,18 +141,88 @@ impl HostKv {
                 "commit: offset {bad} is outside the last block of {block} entries"
             )));
         }
-        let hd = self.head_dim;
-        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            for h in 0..self.kv_heads {
-                let base = (h * self.capacity + start) * hd;
-                let mut kept = Vec::with_capacity(keep.len() * hd);
-                for &k in keep {
-                    kept.extend_from_slice(&store[base + k * hd..base + (k + 1) * hd]);
-                }
-                store[base..base + kept.len()].copy_from_slice(&kept);
-            }
+        let at = self.layout;
+        match &mut self.store {
+            Store::F32(p) => p.compact(at, start, keep),
+            Store::F16(p) => p.compact(at, start, keep),
         }
         Ok(())
+    }
+}
+
+/// A storage type of cached keys and values, and the two products attention takes with it.
+/// Every product gives the same bits on every path (the f16 values convert exactly to f32).
+trait KvElem: Copy + Default + Send + Sync + std::fmt::Debug {
+    fn from_f32(x: f32) -> Self;
+    /// `Σ q[k] · x[k]` ([`ops::dot`]'s order).
+    fn dot(q: &[f32], x: &[Self]) -> f32;
+    /// `y += a · x`.
+    fn axpy(a: f32, x: &[Self], y: &mut [f32]);
+    /// [`KvElem::dot`] on 256-bit vectors.
+    ///
+    /// # Safety
+    /// Only for code compiled with AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx(q: &[f32], x: &[Self]) -> f32;
+    /// [`KvElem::axpy`] on 256-bit vectors.
+    ///
+    /// # Safety
+    /// Only for code compiled with AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn axpy_avx(a: f32, x: &[Self], y: &mut [f32]);
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], x: &[f32]) -> f32 {
+        ops::dot(q, x)
+    }
+    #[inline(always)]
+    fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        ops::axpy(a, x, y)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot_avx(q: &[f32], x: &[f32]) -> f32 {
+        // SAFETY: the caller is compiled with AVX.
+        unsafe { ops::dot_avx(q, x) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn axpy_avx(a: f32, x: &[f32], y: &mut [f32]) {
+        // Vectorized by the compiler inside the caller's AVX2 code.
+        ops::axpy(a, x, y)
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], x: &[f16]) -> f32 {
+        ops::dot_f16(q, x)
+    }
+    #[inline(always)]
+    fn axpy(a: f32, x: &[f16], y: &mut [f32]) {
+        ops::axpy_f16(a, x, y)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot_avx(q: &[f32], x: &[f16]) -> f32 {
+        // SAFETY: the caller is compiled with AVX2 and F16C.
+        unsafe { ops::dot_f16_avx(q, x) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn axpy_avx(a: f32, x: &[f16], y: &mut [f32]) {
+        // SAFETY: the caller is compiled with AVX2 and F16C.
+        unsafe { ops::axpy_f16_avx(a, x, y) }
     }
 }
 
@@ -109,44 +260,59 @@ pub(crate) struct Heads {
 }
 
 /// One query head of one row against the keys it sees.
-struct Head<'a> {
-    kv: &'a HostKv,
+struct Head<'a, T> {
+    layout: Layout,
+    planes: &'a Planes<T>,
     layer: usize,
     kv_head: usize,
     keys: &'a [usize],
     scale: f32,
 }
 
-impl Head<'_> {
+impl<T: KvElem> Head<'_, T> {
     /// `out = softmax(q·Kᵀ · scale) · V` over the visible keys, in slot order.
     #[inline(always)]
     fn attend(&self, q: &[f32], out: &mut [f32]) {
-        self.attend_with(q, out, ops::dot)
+        self.attend_with(q, out, T::dot, T::axpy)
     }
 
-    /// [`Head::attend`] with the dot product `dot`.
+    /// [`Head::attend`] with the products `dot` and `axpy`.
     #[inline(always)]
-    fn attend_with(&self, q: &[f32], out: &mut [f32], dot: impl Fn(&[f32], &[f32]) -> f32) {
-        let (keys, values) = (&self.kv.keys[self.layer], &self.kv.values[self.layer]);
+    fn attend_with(
+        &self,
+        q: &[f32],
+        out: &mut [f32],
+        dot: impl Fn(&[f32], &[T]) -> f32,
+        axpy: impl Fn(f32, &[T], &mut [f32]),
+    ) {
+        let (keys, values) = (
+            &self.planes.keys[self.layer],
+            &self.planes.values[self.layer],
+        );
         // A plain loop, not an iterator adapter: adapters are functions of their own that would
         // not be compiled for the caller's instruction set.
         let mut scores = Vec::with_capacity(self.keys.len());
         for &j in self.keys {
-            scores.push(dot(q, &keys[self.kv.slot(self.kv_head, j)]) * self.scale);
+            scores.push(dot(q, &keys[self.layout.slot(self.kv_head, j)]) * self.scale);
         }
         ops::softmax(&mut scores);
         out.fill(0.0);
         for (&j, &p) in self.keys.iter().zip(&scores) {
-            ops::axpy(p, &values[self.kv.slot(self.kv_head, j)], out);
+            axpy(p, &values[self.layout.slot(self.kv_head, j)], out);
         }
     }
 
-    /// [`Head::attend`] compiled for AVX2: the same operations, eight lanes at a time.
+    /// [`Head::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
-        // SAFETY: this function is compiled with AVX2.
-        self.attend_with(q, out, |a, b| unsafe { ops::dot_avx(a, b) })
+        // SAFETY: this function is compiled with AVX2 and F16C.
+        self.attend_with(
+            q,
+            out,
+            |a, b| unsafe { T::dot_avx(a, b) },
+            |a, x, y| unsafe { T::axpy_avx(a, x, y) },
+        )
     }
 }
 
@@ -159,6 +325,24 @@ const PARALLEL_WORK: usize = 4096;
 /// A row's keys are visited in slot order and each output depends on its row alone.
 pub(crate) fn attend(
     kv: &HostKv,
+    layer: usize,
+    q: &[f32],
+    n: usize,
+    h: Heads,
+    visible: Visibility<'_>,
+    avx2: bool,
+) -> Vec<f32> {
+    match &kv.store {
+        Store::F32(p) => attend_planes(kv, p, layer, q, n, h, visible, avx2),
+        Store::F16(p) => attend_planes(kv, p, layer, q, n, h, visible, avx2),
+    }
+}
+
+/// [`attend`] over the planes of one storage type.
+#[allow(clippy::too_many_arguments)]
+fn attend_planes<T: KvElem>(
+    kv: &HostKv,
+    planes: &Planes<T>,
     layer: usize,
     q: &[f32],
     n: usize,
@@ -184,18 +368,18 @@ pub(crate) fn attend(
     // One task per (row, head): its output is one head-wide slice of `out`.
     let task = |(t, o): (usize, &mut [f32])| {
         let (i, head) = (t / h.q, t % h.q);
-        let g = head / group;
         let one = Head {
-            kv,
+            layout: kv.layout,
+            planes,
             layer,
-            kv_head: g,
+            kv_head: head / group,
             keys: &rows[i],
             scale,
         };
         let qv = &q[i * width + head * d..i * width + (head + 1) * d];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the caller saw AVX2 on this CPU (`Isa::has_avx2`).
+            // SAFETY: the caller saw AVX2 and F16C on this CPU (`Isa::has_avx2`).
             return unsafe { one.attend_avx2(qv, o) };
         }
         one.attend(qv, o)

@@ -13,7 +13,9 @@ mod ops;
 pub use ops::RotaryLayout;
 
 pub(crate) use attention::HostKv;
-use attention::{attend, Heads, Visibility};
+use attention::{attend, Heads, KvType, Visibility};
+
+use burn::tensor::DType;
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -48,6 +50,8 @@ struct Layer {
 pub(crate) struct CpuModel {
     config: LlamaConfig,
     threads: Threads,
+    /// Storage type of the KV cache.
+    kv: KvType,
     rotary: RotaryLayout,
     inv_freq: Vec<f64>,
     embed: QMatrix,
@@ -76,6 +80,7 @@ impl CpuModel {
         weights: &dyn WeightSource,
         format: WeightFormat,
         threads: Threads,
+        kv_dtype: Option<DType>,
     ) -> Result<Self> {
         let c = config;
         let (h, q, kv, inter) = c.widths();
@@ -129,9 +134,30 @@ impl CpuModel {
                 w_down: Linear::new(vec![matrix(&p("mlp.down_proj"), h, inter)?])?,
             });
         }
+        // By default the cache is f16 beside block-quantized weights, as llama.cpp's, and f32
+        // beside dense ones (an f32 model is the fidelity reference).
+        let quantized = layers.first().is_some_and(|l| {
+            l.wqkv
+                .parts()
+                .iter()
+                .any(|m| m.ty().block().is_some_and(|b| b.0 > 1))
+        });
+        let kv = match kv_dtype {
+            None if quantized => KvType::F16,
+            None | Some(DType::F32) => KvType::F32,
+            Some(DType::F16) => KvType::F16,
+            Some(other) => {
+                return Err(ModelError::UnsupportedDtype {
+                    dtype: format!("{other:?}"),
+                    backend: "the CPU engine's KV cache".into(),
+                    supported: "f32 or f16",
+                })
+            }
+        };
         Ok(CpuModel {
             config: c.clone(),
             threads,
+            kv,
             rotary: weights.rotary_layout(),
             inv_freq: inv_frequencies(c),
             embed,
@@ -165,7 +191,15 @@ impl CpuModel {
     /// A fresh cache for `capacity` tokens.
     pub(crate) fn new_cache(&self, capacity: usize) -> HostKv {
         let c = &self.config;
-        HostKv::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity)
+        HostKv::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.kv)
+    }
+
+    /// The storage type of the KV cache.
+    pub(crate) fn kv_dtype(&self) -> DType {
+        match self.kv {
+            KvType::F32 => DType::F32,
+            KvType::F16 => DType::F16,
+        }
     }
 
     /// Embedding rows of `tokens` (`[n][hidden]`).

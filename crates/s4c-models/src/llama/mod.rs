@@ -46,13 +46,15 @@ pub struct Llama<B: Backend> {
 
 impl<B: Backend> Llama<B> {
     /// A model on the host CPU: weights in `format` (the file's own types, or a dense type),
-    /// multiplied by the kernels of [`crate::quant`] on `threads`. Outputs are tensors on
-    /// `device`. `max_positions` bounds the context.
+    /// multiplied by the kernels of [`crate::quant`] on `threads`, its KV cache in `kv_dtype`
+    /// (`f32` or `f16`; `None`: f16 beside block-quantized weights, f32 beside dense ones).
+    /// Outputs are tensors on `device`. `max_positions` bounds the context.
     pub fn cpu(
         config: &LlamaConfig,
         weights: &dyn WeightSource,
         format: WeightFormat,
         threads: Threads,
+        kv_dtype: Option<DType>,
         device: &B::Device,
         max_positions: usize,
     ) -> Result<Self> {
@@ -60,7 +62,7 @@ impl<B: Backend> Llama<B> {
             config: config.clone(),
             device: device.clone(),
             max_positions: max_positions.max(1),
-            engine: Engine::Cpu(CpuModel::new(config, weights, format, threads)?),
+            engine: Engine::Cpu(CpuModel::new(config, weights, format, threads, kv_dtype)?),
         })
     }
 
@@ -119,6 +121,14 @@ impl<B: Backend> Llama<B> {
     pub fn compute_dtype(&self) -> DType {
         match &self.engine {
             Engine::Cpu(_) => DType::F32,
+            Engine::Tensors(t) => t.compute_dtype(),
+        }
+    }
+
+    /// The storage type of the KV cache (the tensor engine's is its compute dtype).
+    pub fn kv_dtype(&self) -> DType {
+        match &self.engine {
+            Engine::Cpu(m) => m.kv_dtype(),
             Engine::Tensors(t) => t.compute_dtype(),
         }
     }

@@ -167,6 +167,7 @@ impl EngineBuilder {
             backend,
             weight_types,
             compute_dtype: format!("{:?}", m.model.compute_dtype()).to_lowercase(),
+            kv_dtype: format!("{:?}", m.model.kv_dtype()).to_lowercase(),
             engine: m.model.engine().to_string(),
             threads: m.model.threads().map(|t| t.count()),
             isa: m.model.threads().map(|t| t.isa().name().to_string()),
@@ -211,8 +212,10 @@ pub struct EngineInfo {
     pub backend: String,
     /// The weight matrices' storage types, e.g. `q4_1+q8_0`.
     pub weight_types: String,
-    /// The type of activations and KV cache.
+    /// The type of activations.
     pub compute_dtype: String,
+    /// The storage type of the KV cache.
+    pub kv_dtype: String,
     /// The engine running the forward (`cpu` or `tensors`).
     pub engine: String,
     /// CPU engine: threads.
@@ -754,13 +757,14 @@ fn check_dtype<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
 fn model_key<B: Backend>(m: &LoadedModel<B>, backend: &str, weight_types: &str) -> String {
     let model = &m.model;
     format!(
-        "{}r{}-{}-{}-{}-c{:?}-{}{}-{}l-{}h-{}",
+        "{}r{}-{}-{}-{}-c{:?}-kv{:?}-{}{}-{}l-{}h-{}",
         env!("CARGO_PKG_VERSION"),
         s4c_models::FORWARD_REVISION,
         crate::cost::machine_tag(),
         backend,
         weight_types,
         model.compute_dtype(),
+        model.kv_dtype(),
         model.engine(),
         model
             .threads()

@@ -77,6 +77,10 @@ pub struct ModelArgs {
     /// Tensor engine: type of activations and the KV cache (default f32; f16 on GPUs for speed).
     #[arg(long, value_enum)]
     pub compute_dtype: Option<DtypeArg>,
+    /// CPU engine: storage type of the KV cache (default: f16 beside quantized weights, as
+    /// llama.cpp's cache; f32 beside dense ones). The tensor engine's is its compute dtype.
+    #[arg(long, value_enum)]
+    pub kv_dtype: Option<DtypeArg>,
     /// Tensor engine: weight shards multiplied concurrently when decoding (default 1).
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
@@ -98,6 +102,7 @@ impl ModelArgs {
             compute_dtype: self.compute_dtype.and_then(dtype).unwrap_or(DType::F32),
             shards: self.shards,
             threads: self.threads,
+            kv_dtype: self.kv_dtype.and_then(dtype),
             max_context: self.context,
         }
     }

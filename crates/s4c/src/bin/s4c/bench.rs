@@ -274,6 +274,7 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
         "backend": info.backend,
         "dtype": info.weight_types,
         "compute_dtype": info.compute_dtype,
+        "kv_dtype": info.kv_dtype,
         "engine": info.engine,
         "kernel_threads": info.threads,
         "isa": info.isa,

@@ -227,6 +227,7 @@ fn report(engine: &dyn TextEngine, a: &Completion) -> Value {
         "backend": info.backend,
         "dtype": info.weight_types,
         "compute_dtype": info.compute_dtype,
+        "kv_dtype": info.kv_dtype,
         "engine": info.engine,
         "heads": spec.then(|| info.heads.as_ref().map(|h| h.display().to_string())).flatten(),
         "tree": if spec { info.tree.clone() } else { None },
