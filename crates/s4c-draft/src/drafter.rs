@@ -139,8 +139,9 @@ pub struct MultiHeadDrafter<B: Backend> {
     heads: Heads<B>,
     /// `[vocab, hidden]` the target's input embedding.
     embed: TargetRows<B>,
-    /// `[hidden, draft_vocab]` the target's LM head restricted to the draft vocabulary.
-    head_t: Tensor<B, 2>,
+    /// The target's LM head restricted to the draft vocabulary.
+    head: DraftHead<B>,
+    device: B::Device,
     /// Draft-vocabulary index → token id.
     vocab: Vec<u32>,
     /// Token id → draft-vocabulary index (−1: outside it).
@@ -148,9 +149,15 @@ pub struct MultiHeadDrafter<B: Backend> {
     /// `[vocab, hidden]` the target's whole LM head (context copy scores candidates outside the
     /// draft vocabulary with it).
     full_head: TargetRows<B>,
-    /// A host copy of the LM head `[draft_vocab, hidden]` (see
+}
+
+/// Where the drafter's LM head lives and what multiplies it.
+enum DraftHead<B: Backend> {
+    /// `[hidden, draft_vocab]` on the backend, multiplied by Burn.
+    Tensor(Tensor<B, 2>),
+    /// `[draft_vocab, hidden]` on the host, multiplied by s4c's CPU kernels (see
     /// [`MultiHeadDrafter::with_host_head`]).
-    host_head: Option<(Linear, Threads)>,
+    Host(Linear, Threads),
 }
 
 impl<B: Backend> MultiHeadDrafter<B> {
@@ -215,9 +222,9 @@ impl<B: Backend> MultiHeadDrafter<B> {
             config,
             heads,
             embed,
-            head_t: head.transpose(),
+            head: DraftHead::Tensor(head.transpose()),
+            device,
             vocab,
-            host_head: None,
             full_head,
         })
     }
@@ -256,13 +263,14 @@ impl<B: Backend> MultiHeadDrafter<B> {
                 QMatrix::from_f32(dv, hidden, &to_host(head)?, GgmlType::F32).map_err(invalid)?
             }
         };
-        self.host_head = Some((Linear::new(vec![m]).map_err(invalid)?, threads));
+        // The host copy replaces the backend's f32 one (19 MB for 8,192 rows of 576).
+        self.head = DraftHead::Host(Linear::new(vec![m]).map_err(invalid)?, threads);
         Ok(self)
     }
 
     /// Whether the LM head is multiplied on the host ([`MultiHeadDrafter::with_host_head`]).
     pub fn host_head(&self) -> bool {
-        self.host_head.is_some()
+        matches!(self.head, DraftHead::Host(..))
     }
 
     /// Random heads (the blocks' output layers are made non-zero), for tests: losslessness
@@ -308,9 +316,21 @@ impl<B: Backend> MultiHeadDrafter<B> {
         &self.heads
     }
 
-    /// The frozen LM head restricted to the draft vocabulary, `[draft_vocab, hidden]`.
+    /// The frozen LM head restricted to the draft vocabulary, `[draft_vocab, hidden]` (widened
+    /// to `f32` from the host copy when drafting reads that).
     pub fn head(&self) -> Tensor<B, 2> {
-        self.head_t.clone().transpose()
+        match &self.head {
+            DraftHead::Tensor(t) => t.clone().transpose(),
+            DraftHead::Host(linear, _) => {
+                let rows: Vec<f32> = linear
+                    .parts()
+                    .iter()
+                    .flat_map(QMatrix::dequantize)
+                    .collect();
+                let shape = [linear.out_features(), linear.in_features()];
+                Tensor::from_data(TensorData::new(rows, shape), &self.device)
+            }
+        }
     }
 
     /// The draft vocabulary (index → token id).
@@ -320,7 +340,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
 
     /// The target's tensors the heads read (training and evaluation build batches from them).
     pub fn frozen(&self) -> Result<crate::heads::Frozen<B>> {
-        let device = self.head_t.device();
+        let device = self.device.clone();
         Ok(crate::heads::Frozen {
             embed: self.embed.to_tensor(&device)?,
             head: self.head(),
@@ -477,9 +497,9 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
             self.embed.select(tokens, &parents.device())?
         };
         let states = self.heads.step(depth, parents, emb);
-        let host = match &self.host_head {
-            Some((h, threads)) => h.forward(&to_host(states.clone())?, m, threads),
-            None => to_host(states.clone().matmul(self.head_t.clone()))?,
+        let host = match &self.head {
+            DraftHead::Host(h, threads) => h.forward(&to_host(states.clone())?, m, threads),
+            DraftHead::Tensor(t) => to_host(states.clone().matmul(t.clone()))?,
         };
         let dv = self.vocab.len();
         // Per row: the scores, and the copy candidate outside the draft vocabulary, if any,

@@ -80,6 +80,9 @@ fn the_host_head_drafts_what_the_backend_head_drafts() {
             .with_host_head(threads.clone(), source)
             .unwrap();
         assert!(dh.host_head() && !d.host_head());
+        // The backend copy is dropped; training still reads the same head, rebuilt from the
+        // host copy.
+        assert_eq!(host(dh.head()), host(d.head()));
         for n in [1usize, 3, 7] {
             let s = features(n, h, n as u64);
             let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
