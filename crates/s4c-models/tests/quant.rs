@@ -94,6 +94,39 @@ fn every_type_and_instruction_set_matches_brute_force() {
     }
 }
 
+/// The NEON kernels keep the portable kernel's floating-point operations and order (their
+/// integer sums are exact), so they give its bits.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_kernels_equal_the_portable_kernels_bit_for_bit() {
+    let mut rng = SplitMix(5);
+    let portable = Threads::new(1, Isa::portable()).unwrap();
+    for ty in BLOCK_TYPES {
+        let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+            512
+        } else {
+            800
+        };
+        let lin = Linear::new(vec![random_matrix(ty, 21, cols, &mut rng)]).unwrap();
+        let x = random_rows(9, cols, &mut rng);
+        let want: Vec<u32> = lin
+            .forward(&x, 9, &portable)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let neon: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|i| i.name().starts_with("neon"))
+            .collect();
+        assert!(!neon.is_empty(), "NEON is part of every aarch64 CPU");
+        for isa in neon {
+            let got = lin.forward(&x, 9, &Threads::new(2, isa).unwrap());
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{} on {}", ty.name(), isa.name());
+        }
+    }
+}
+
 #[test]
 fn a_row_alone_equals_the_same_row_in_any_block_bit_for_bit() {
     let mut rng = SplitMix(11);

@@ -79,6 +79,8 @@ enum Acts<'a> {
 struct Scratch {
     #[cfg(target_arch = "x86_64")]
     unpacked: super::x86::Unpacked,
+    #[cfg(target_arch = "aarch64")]
+    unpacked: super::neon::Unpacked,
 }
 
 impl Isa {
@@ -113,7 +115,7 @@ impl Isa {
         s: &mut Scratch,
     ) {
         let ty = m.ty();
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = s;
         let n = out.len() / rows.len().max(1);
         // SAFETY (every `unsafe` below): an `Isa` names only instructions detected on this CPU;
@@ -141,6 +143,19 @@ impl Isa {
                 (IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::F32(x)) => unsafe {
                     super::x86::dense_rows_avx2(ty, w, x, m.cols(), o)
                 },
+                #[cfg(target_arch = "aarch64")]
+                (IsaKind::Neon, Acts::Q8(a)) => unsafe {
+                    super::neon::q8_rows_neon(ty, w, a, o, &mut s.unpacked)
+                },
+                #[cfg(target_arch = "aarch64")]
+                (IsaKind::NeonDot, Acts::Q8(a)) => unsafe {
+                    super::neon::q8_rows_dotprod(ty, w, a, o, &mut s.unpacked)
+                },
+                // Dense rows: the portable loops, which the compiler vectorizes for NEON.
+                #[cfg(target_arch = "aarch64")]
+                (IsaKind::Neon | IsaKind::NeonDot, Acts::F32(x)) => {
+                    portable::dense_rows(ty, w, x, m.cols(), o)
+                }
             }
         }
     }

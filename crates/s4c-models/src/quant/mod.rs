@@ -8,7 +8,8 @@
 //!
 //! - block-quantized weights meet activations quantized to 8-bit blocks of 32 ([`Q8Acts`], as
 //!   llama.cpp does): per block an integer dot product (AVX-VNNI `vpdpbusd`, else AVX2
-//!   `vpmaddubsw`), one conversion and one fused multiply-add with the two scales;
+//!   `vpmaddubsw`; on aarch64 NEON `sdot`, else widening multiplies), one conversion and one
+//!   multiply-add with the two scales;
 //! - dense weights meet `f32` activations with `f32` fused multiply-adds.
 //!
 //! **Batch invariance.** Each output value is computed by the same sequence of operations
@@ -22,6 +23,8 @@ mod acts;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod packed;
 mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -57,6 +60,10 @@ enum IsaKind {
     Avx2Vnni,
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Isa {
@@ -96,15 +103,30 @@ impl Isa {
                 }
             }
         }
+        // NEON is part of every aarch64 CPU; `sdot` came with Armv8.2.
+        #[cfg(target_arch = "aarch64")]
+        {
+            v.push(Isa(IsaKind::Neon));
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(Isa(IsaKind::NeonDot));
+            }
+        }
         v
     }
 
-    /// Whether AVX2 and FMA are available (the elementwise steps use them when so).
+    /// Whether AVX2, FMA and F16C are available (the elementwise steps use them when so).
     pub(crate) fn has_avx2(self) -> bool {
-        !matches!(self.0, IsaKind::Portable)
+        #[cfg(target_arch = "x86_64")]
+        if matches!(
+            self.0,
+            IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni
+        ) {
+            return true;
+        }
+        false
     }
 
-    /// A short name (`portable`, `avx2`, `avx2-vnni`, `avx512-vnni`).
+    /// A short name (`portable`, `avx2`, `avx2-vnni`, `avx512-vnni`, `neon`, `neon-dotprod`).
     pub fn name(self) -> &'static str {
         match self.0 {
             IsaKind::Portable => "portable",
@@ -114,6 +136,10 @@ impl Isa {
             IsaKind::Avx2Vnni => "avx2-vnni",
             #[cfg(target_arch = "x86_64")]
             IsaKind::Avx512Vnni => "avx512-vnni",
+            #[cfg(target_arch = "aarch64")]
+            IsaKind::Neon => "neon",
+            #[cfg(target_arch = "aarch64")]
+            IsaKind::NeonDot => "neon-dotprod",
         }
     }
 }
