@@ -7,7 +7,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use s4c_models::CausalLm;
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype};
 
 use crate::config::DrafterConfig;
 use crate::drafter::{fingerprint, MultiHeadDrafter};
@@ -137,25 +137,10 @@ pub(crate) fn read_heads<B: Backend>(
     config: &DrafterConfig,
     device: &B::Device,
 ) -> Result<(Heads<B>, Vec<u32>)> {
-    let bad = |reason: String| DraftError::InvalidHeads {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| DraftError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let file = TensorFile::open(path)?;
     let read = |name: &str, dims: &[usize]| -> Result<TensorData> {
-        let t = st
-            .tensor(name)
-            .map_err(|_| bad(format!("tensor {name} missing")))?;
-        if t.dtype() != Dtype::F32 || t.shape() != dims {
-            return Err(bad(format!(
-                "tensor {name} is {:?} {:?}, expected F32 {dims:?}",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        let v: Vec<f32> = t
-            .data()
+        let v: Vec<f32> = file
+            .read(name, "F32", dims)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
@@ -202,21 +187,92 @@ pub(crate) fn read_heads<B: Backend>(
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let vt = st
-        .tensor("vocab")
-        .map_err(|_| bad("tensor vocab missing".into()))?;
-    if vt.dtype() != Dtype::U32 || vt.shape() != [config.draft_vocab] {
-        return Err(bad(format!(
-            "vocab is {:?} {:?}, expected U32 [{}]",
-            vt.dtype(),
-            vt.shape(),
-            config.draft_vocab
-        )));
-    }
-    let vocab = vt
-        .data()
+    let vocab = file
+        .read("vocab", "U32", &[config.draft_vocab])?
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok((heads, vocab))
+}
+
+/// A safetensors file whose tensors are read one at a time: only the header is parsed up front
+/// (the `safetensors` crate's parser wants the whole file in memory), so loading heads never
+/// holds the file and the tensors made from it at once.
+struct TensorFile {
+    path: std::path::PathBuf,
+    file: std::cell::RefCell<std::fs::File>,
+    /// Name → (dtype, shape, byte range from the start of the file).
+    index: std::collections::HashMap<String, (String, Vec<usize>, std::ops::Range<u64>)>,
+}
+
+impl TensorFile {
+    fn open(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let bad = |reason: String| DraftError::InvalidHeads {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| DraftError::io(path, e))?;
+        let len = file.metadata().map_err(|e| DraftError::io(path, e))?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad("shorter than a safetensors header".into()))?;
+        let n = u64::from_le_bytes(n);
+        if n > (len - 8).min(100 << 20) {
+            return Err(bad(format!("header of {n} bytes in a file of {len}")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| DraftError::io(path, e))?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let mut index = std::collections::HashMap::new();
+        for (name, info) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
+            let entry = (|| {
+                let dtype = info.get("dtype")?.as_str()?.to_string();
+                let shape = info
+                    .get("shape")?
+                    .as_array()?
+                    .iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()?;
+                let at = info.get("data_offsets")?.as_array()?;
+                let (a, b) = (at.first()?.as_u64()?, at.get(1)?.as_u64()?);
+                let start = 8 + n;
+                (a <= b && start + b <= len).then(|| (dtype, shape, start + a..start + b))
+            })()
+            .ok_or_else(|| bad(format!("tensor {name}: malformed or out-of-file entry")))?;
+            index.insert(name, entry);
+        }
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            file: std::cell::RefCell::new(file),
+            index,
+        })
+    }
+
+    /// The bytes of tensor `name`, which must be of `dtype` (4-byte elements) and `shape`.
+    fn read(&self, name: &str, dtype: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let bad = |reason: String| DraftError::InvalidHeads {
+            path: self.path.clone(),
+            reason,
+        };
+        let (ty, dims, range) = self
+            .index
+            .get(name)
+            .ok_or_else(|| bad(format!("tensor {name} missing")))?;
+        let elements: usize = shape.iter().product();
+        if ty != dtype || dims != shape || range.end - range.start != 4 * elements as u64 {
+            return Err(bad(format!(
+                "tensor {name} is {ty} {dims:?}, expected {dtype} {shape:?}"
+            )));
+        }
+        let mut bytes = vec![0u8; 4 * elements];
+        let mut file = self.file.borrow_mut();
+        file.seek(SeekFrom::Start(range.start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| DraftError::io(&self.path, e))?;
+        Ok(bytes)
+    }
 }

@@ -264,6 +264,13 @@ fn save_load_round_trip_and_mismatch() {
         io::load::<B, _>(&dir.join("nope.safetensors"), &t),
         Err(DraftError::Io { .. })
     ));
+    // A file cut short: its header names bytes the file does not hold.
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 100]).unwrap();
+    match io::load::<B, _>(&path, &t) {
+        Err(DraftError::InvalidHeads { reason, .. }) => assert!(reason.contains("out-of-file")),
+        other => panic!("expected InvalidHeads, got {:?}", other.err()),
+    }
     std::fs::write(&path, b"not safetensors").unwrap();
     assert!(matches!(
         io::load::<B, _>(&path, &t),
