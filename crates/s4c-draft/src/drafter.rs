@@ -540,18 +540,35 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
 /// The fingerprint of `target`, to store with heads and to check them against.
 pub fn fingerprint<B: Backend, M: CausalLm<B>>(target: &M) -> Result<Fingerprint> {
     let c = target.dims();
-    let w = target.lm_head_weight();
-    let [v, h] = w.dims();
+    let (v, h) = (c.vocab_size, c.hidden_size);
     let pos = probe_positions(v, h);
-    let flat: Vec<i64> = pos.iter().map(|&(r, c)| (r * h + c) as i64).collect();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [pos.len()]), target.device());
-    let probe = w
-        .reshape([v * h])
-        .select(0, idx)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| DraftError::Read(format!("{e:?}")))?;
+    let probe = match target.lm_head_matrix() {
+        // Only the probed rows, from the head in its storage type (an f32 copy of the whole
+        // head would be 113 MB for a 49,152-token vocabulary).
+        Some(m) => {
+            let rows: Vec<usize> = pos.iter().map(|&(r, _)| r).collect();
+            let values = m
+                .dequantize_rows(&rows)
+                .map_err(|e| DraftError::Read(e.to_string()))?;
+            pos.iter()
+                .enumerate()
+                .map(|(i, &(_, col))| values[i * h + col])
+                .collect()
+        }
+        None => {
+            let flat: Vec<i64> = pos.iter().map(|&(r, c)| (r * h + c) as i64).collect();
+            let idx =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [pos.len()]), target.device());
+            target
+                .lm_head_weight()
+                .reshape([v * h])
+                .select(0, idx)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| DraftError::Read(format!("{e:?}")))?
+        }
+    };
     Ok(Fingerprint {
         architecture: "llama".into(),
         hidden_size: c.hidden_size,

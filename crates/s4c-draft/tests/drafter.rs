@@ -424,3 +424,20 @@ fn copied_tokens_outside_the_draft_vocabulary_are_scored_with_the_lm_head() {
         "the draft vocabulary and the copied token"
     );
 }
+
+#[test]
+fn the_fingerprint_reads_the_same_probe_from_host_rows_as_from_the_tensor() {
+    // The CPU engine's fingerprint reads the probed rows of its head in their storage type; the
+    // tensor engine's selects them from the whole head as a tensor.
+    use s4c_models::testing::tiny_model_on;
+    use s4c_models::EngineKind;
+    for seed in [1, 7] {
+        let d = Default::default();
+        let host = tiny_model_on::<B>(VOCAB, seed, &d, EngineKind::Cpu);
+        let tensors = tiny_model_on::<B>(VOCAB, seed, &d, EngineKind::Tensors);
+        assert!(host.lm_head_matrix().is_some() && tensors.lm_head_matrix().is_none());
+        let (a, b) = (fingerprint(&host).unwrap(), fingerprint(&tensors).unwrap());
+        assert_eq!(a.lm_head_probe, b.lm_head_probe);
+        assert!(a.lm_head_probe.iter().any(|&x| x != 0.0));
+    }
+}
