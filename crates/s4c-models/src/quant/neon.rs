@@ -151,9 +151,7 @@ unsafe fn unpack(ty: GgmlType, w: &[u8], nb: usize, out: &mut Unpacked) {
                     for g in 0..4 {
                         let b = sb * 8 + 4 * half + g;
                         for l in 0..QK {
-                            let lo = ql[l + 32 * (g % 2)] >> (4 * (g / 2)) & 0xF;
-                            let hi = (qh[l] >> (2 * g)) & 3;
-                            *q.add(b * QK + l) = (lo | (hi << 4)) as i8;
+                            *q.add(b * QK + l) = super::portable::q6k_value(ql, qh, g, l) as i8;
                         }
                         for k in 0..2 {
                             let s = sc[2 * g + k] as i8 as f32;

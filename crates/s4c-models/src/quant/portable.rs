@@ -86,11 +86,7 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
                     for g in 0..4 {
                         let b = sb * 8 + 4 * half + g;
                         let x = xq(b);
-                        let q = |l: usize| -> i32 {
-                            let low = ql[l + 32 * (g % 2)] >> (4 * (g / 2)) & 0xF;
-                            let high = (qh[l] >> (2 * g)) & 3;
-                            (low | (high << 4)) as i32
-                        };
+                        let q = |l: usize| q6k_value(ql, qh, g, l) as i32;
                         let ia: i32 = (0..16).map(|l| q(l) * x[l] as i32).sum();
                         let ib: i32 = (16..32).map(|l| q(l) * x[l] as i32).sum();
                         let (sa, sb_) = (sc[2 * g] as i8 as f32, sc[2 * g + 1] as i8 as f32);
@@ -107,6 +103,15 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
         }
     }
     acc + lin
+}
+
+/// Value `l` (`0..64`) of group `g` of a Q6_K half-super-block: 4 low bits from `ql`, 2 high
+/// bits from `qh`.
+#[inline(always)]
+pub(crate) fn q6k_value(ql: &[u8], qh: &[u8], g: usize, l: usize) -> u8 {
+    let low = ql[l + 32 * (g % 2)] >> (4 * (g / 2)) & 0xF;
+    let high = (qh[l] >> (2 * g)) & 3;
+    low | (high << 4)
 }
 
 /// `out[r] = w · x_r` for `f32` activation rows of `cols` values; `w` is one dense weight row.
