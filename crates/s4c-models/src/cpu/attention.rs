@@ -54,8 +54,10 @@ struct Planes<T> {
 
 impl<T: KvElem> Planes<T> {
     fn new(layers: usize, len: usize) -> Self {
-        // Zeroed pages are mapped lazily by the OS: memory grows with the tokens written.
-        let mk = || vec![vec![T::default(); len]; layers];
+        // Each plane is a fresh zeroed allocation, whose pages the OS maps lazily: memory grows
+        // with the tokens written, not with the capacity (`vec![plane; layers]` would copy the
+        // first plane into every other one, touching all their pages).
+        let mk = || (0..layers).map(|_| T::zeroed(len)).collect();
         Planes {
             keys: mk(),
             values: mk(),
@@ -152,7 +154,9 @@ impl HostKv {
 
 /// A storage type of cached keys and values, and the two products attention takes with it.
 /// Every product gives the same bits on every path (the f16 values convert exactly to f32).
-trait KvElem: Copy + Default + Send + Sync + std::fmt::Debug {
+trait KvElem: Copy + Send + Sync + std::fmt::Debug {
+    /// `len` zeros from a zeroed allocation (not written element by element).
+    fn zeroed(len: usize) -> Vec<Self>;
     fn from_f32(x: f32) -> Self;
     /// `Σ q[k] · x[k]` ([`ops::dot`]'s order).
     fn dot(q: &[f32], x: &[Self]) -> f32;
@@ -173,6 +177,9 @@ trait KvElem: Copy + Default + Send + Sync + std::fmt::Debug {
 }
 
 impl KvElem for f32 {
+    fn zeroed(len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
@@ -200,6 +207,12 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    fn zeroed(len: usize) -> Vec<f16> {
+        // `vec![f16::ZERO; len]` would write every element: the standard library allocates
+        // zeroed memory only for its own types, so zero bits are allocated and reinterpreted.
+        use half::vec::HalfBitsVecExt;
+        vec![0u16; len].reinterpret_into()
+    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
