@@ -152,28 +152,13 @@ impl HostKv {
     }
 }
 
-/// A storage type of cached keys and values, and the two products attention takes with it.
-/// Every product gives the same bits on every path (the f16 values convert exactly to f32).
-trait KvElem: Copy + Send + Sync + std::fmt::Debug {
+/// A storage type of cached keys and values; attention reads it through [`ops::Widen`], so every
+/// product gives the same bits on every path (f16 values widen exactly to f32).
+trait KvElem: ops::Widen + Send + Sync + std::fmt::Debug {
     /// `len` zeros from a zeroed allocation (not written element by element).
     fn zeroed(len: usize) -> Vec<Self>;
+    /// `x` rounded to this type.
     fn from_f32(x: f32) -> Self;
-    /// `Σ q[k] · x[k]` ([`ops::dot`]'s order).
-    fn dot(q: &[f32], x: &[Self]) -> f32;
-    /// `y += a · x`.
-    fn axpy(a: f32, x: &[Self], y: &mut [f32]);
-    /// [`KvElem::dot`] on 256-bit vectors.
-    ///
-    /// # Safety
-    /// Only for code compiled with AVX2 and F16C.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_avx(q: &[f32], x: &[Self]) -> f32;
-    /// [`KvElem::axpy`] on 256-bit vectors.
-    ///
-    /// # Safety
-    /// Only for code compiled with AVX2 and F16C.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn axpy_avx(a: f32, x: &[Self], y: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -183,26 +168,6 @@ impl KvElem for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
-    }
-    #[inline(always)]
-    fn dot(q: &[f32], x: &[f32]) -> f32 {
-        ops::dot(q, x)
-    }
-    #[inline(always)]
-    fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        ops::axpy(a, x, y)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn dot_avx(q: &[f32], x: &[f32]) -> f32 {
-        // SAFETY: the caller is compiled with AVX.
-        unsafe { ops::dot_avx(q, x) }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn axpy_avx(a: f32, x: &[f32], y: &mut [f32]) {
-        // Vectorized by the compiler inside the caller's AVX2 code.
-        ops::axpy(a, x, y)
     }
 }
 
@@ -216,26 +181,6 @@ impl KvElem for f16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
-    }
-    #[inline(always)]
-    fn dot(q: &[f32], x: &[f16]) -> f32 {
-        ops::dot_f16(q, x)
-    }
-    #[inline(always)]
-    fn axpy(a: f32, x: &[f16], y: &mut [f32]) {
-        ops::axpy_f16(a, x, y)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn dot_avx(q: &[f32], x: &[f16]) -> f32 {
-        // SAFETY: the caller is compiled with AVX2 and F16C.
-        unsafe { ops::dot_f16_avx(q, x) }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn axpy_avx(a: f32, x: &[f16], y: &mut [f32]) {
-        // SAFETY: the caller is compiled with AVX2 and F16C.
-        unsafe { ops::axpy_f16_avx(a, x, y) }
     }
 }
 
@@ -286,7 +231,7 @@ impl<T: KvElem> Head<'_, T> {
     /// `out = softmax(q·Kᵀ · scale) · V` over the visible keys, in slot order.
     #[inline(always)]
     fn attend(&self, q: &[f32], out: &mut [f32]) {
-        self.attend_with(q, out, T::dot, T::axpy)
+        self.attend_with(q, out, ops::dot, ops::axpy)
     }
 
     /// [`Head::attend`] with the products `dot` and `axpy`.
@@ -323,8 +268,8 @@ impl<T: KvElem> Head<'_, T> {
         self.attend_with(
             q,
             out,
-            |a, b| unsafe { T::dot_avx(a, b) },
-            |a, x, y| unsafe { T::axpy_avx(a, x, y) },
+            |a, b| unsafe { ops::dot_avx(a, b) },
+            |a, x, y| unsafe { ops::axpy_avx(a, x, y) },
         )
     }
 }

@@ -10,21 +10,61 @@ use half::f16;
 /// Lanes of the partial sums.
 const LANES: usize = 8;
 
+/// The element type of the second operand of [`dot`] and [`axpy`]: `f32`, or half floats,
+/// which widen to `f32` exactly (so a product of halves is the product of their widened values,
+/// bit for bit).
+pub(crate) trait Widen: Copy {
+    /// The value as `f32`.
+    fn widen(self) -> f32;
+    /// Eight values from `p`, widened.
+    ///
+    /// # Safety
+    /// Eight values readable at `p`; only for code compiled with AVX and F16C (it is inlined
+    /// into such functions).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Widen for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
 /// `Σ a[k] · b[k]`: eight partial sums, combined pairwise, then the tail.
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<T: Widen>(a: &[f32], b: &[T]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
     let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].widen();
         }
     }
     let mut s = reduce(acc);
     for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
+        s += x * y.widen();
     }
     s
 }
@@ -32,69 +72,24 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// [`dot`] on 256-bit vectors, the same operations in the same order (so the same bits).
 ///
 /// # Safety
-/// Only for code compiled with AVX (it is inlined into such functions).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let whole = n - n % LANES;
-    let mut acc = _mm256_setzero_ps();
-    for c in (0..whole).step_by(LANES) {
-        let x = _mm256_loadu_ps(a.as_ptr().add(c));
-        let y = _mm256_loadu_ps(b.as_ptr().add(c));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
-    }
-    let mut lanes = [0f32; LANES];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    let mut s = reduce(lanes);
-    for (x, y) in a[whole..n].iter().zip(&b[whole..n]) {
-        s += x * y;
-    }
-    s
-}
-
-/// [`dot`] with `b` in half floats (converted exactly to `f32`): the same operations, the same
-/// bits as [`dot`] of the converted values.
-#[inline(always)]
-pub(crate) fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l].to_f32();
-        }
-    }
-    let mut s = reduce(acc);
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y.to_f32();
-    }
-    s
-}
-
-/// [`dot_f16`] on 256-bit vectors (F16C converts eight halves at a time).
-///
-/// # Safety
 /// Only for code compiled with AVX and F16C (it is inlined into such functions).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn dot_f16_avx(a: &[f32], b: &[f16]) -> f32 {
+pub(crate) unsafe fn dot_avx<T: Widen>(a: &[f32], b: &[T]) -> f32 {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let whole = n - n % LANES;
     let mut acc = _mm256_setzero_ps();
     for c in (0..whole).step_by(LANES) {
         let x = _mm256_loadu_ps(a.as_ptr().add(c));
-        let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(c) as *const __m128i));
+        let y = T::load8(b.as_ptr().add(c));
         acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
     }
     let mut lanes = [0f32; LANES];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
     let mut s = reduce(lanes);
     for (x, y) in a[whole..n].iter().zip(&b[whole..n]) {
-        s += x * y.to_f32();
+        s += x * y.widen();
     }
     s
 }
@@ -107,40 +102,32 @@ fn reduce(a: [f32; LANES]) -> f32 {
 
 /// `y += a · x`.
 #[inline(always)]
-pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy<T: Widen>(a: f32, x: &[T], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
+        *y += a * x.widen();
     }
 }
 
-/// `y += a · x` with `x` in half floats.
-#[inline(always)]
-pub(crate) fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x.to_f32();
-    }
-}
-
-/// [`axpy_f16`] on 256-bit vectors: the same operations, the same bits.
+/// [`axpy`] on 256-bit vectors: the same operations, the same bits.
 ///
 /// # Safety
 /// Only for code compiled with AVX and F16C (it is inlined into such functions).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn axpy_f16_avx(a: f32, x: &[f16], y: &mut [f32]) {
+pub(crate) unsafe fn axpy_avx<T: Widen>(a: f32, x: &[T], y: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = x.len().min(y.len());
     let whole = n - n % LANES;
     let av = _mm256_set1_ps(a);
     for c in (0..whole).step_by(LANES) {
-        let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(c) as *const __m128i));
+        let xv = T::load8(x.as_ptr().add(c));
         let yp = y.as_mut_ptr().add(c);
         _mm256_storeu_ps(
             yp,
             _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_mul_ps(av, xv)),
         );
     }
-    axpy_f16(a, &x[whole..n], &mut y[whole..n]);
+    axpy(a, &x[whole..n], &mut y[whole..n]);
 }
 
 /// RMSNorm of each row of `x` (`weight.len()` values) into `out`.
@@ -345,28 +332,33 @@ mod tests {
                 .map(|i| f16::from_f32(((i * 53 % 29) as f32 - 14.0) / 3.0))
                 .collect();
             let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-            let d = dot_f16(&q, &x);
+            let d = dot(&q, &x);
             assert_eq!(d.to_bits(), dot(&q, &wide).to_bits(), "dot, n = {n}");
             let mut y16: Vec<f32> = q.iter().map(|v| v * 0.5).collect();
             let mut y32 = y16.clone();
-            axpy_f16(0.3, &x, &mut y16);
+            axpy(0.3, &x, &mut y16);
             axpy(0.3, &wide, &mut y32);
             assert_eq!(y16, y32, "axpy, n = {n}");
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
                 #[target_feature(enable = "avx2,f16c")]
-                unsafe fn both(q: &[f32], x: &[f16], y: &mut [f32]) -> f32 {
+                unsafe fn both<T: Widen>(q: &[f32], x: &[T], y: &mut [f32]) -> f32 {
                     // SAFETY: compiled with AVX2 and F16C, called where the CPU has them.
                     unsafe {
-                        axpy_f16_avx(0.3, x, y);
-                        dot_f16_avx(q, x)
+                        axpy_avx(0.3, x, y);
+                        dot_avx(q, x)
                     }
                 }
                 let mut ya: Vec<f32> = q.iter().map(|v| v * 0.5).collect();
                 // SAFETY: AVX2 and F16C were detected above.
                 let da = unsafe { both(&q, &x, &mut ya) };
-                assert_eq!(da.to_bits(), d.to_bits(), "AVX dot, n = {n}");
-                assert_eq!(ya, y16, "AVX axpy, n = {n}");
+                assert_eq!(da.to_bits(), d.to_bits(), "AVX dot of halves, n = {n}");
+                assert_eq!(ya, y16, "AVX axpy of halves, n = {n}");
+                let mut yw: Vec<f32> = q.iter().map(|v| v * 0.5).collect();
+                // SAFETY: as above.
+                let dw = unsafe { both(&q, &wide, &mut yw) };
+                assert_eq!(dw.to_bits(), d.to_bits(), "AVX dot of f32, n = {n}");
+                assert_eq!(yw, y16, "AVX axpy of f32, n = {n}");
             }
         }
     }
