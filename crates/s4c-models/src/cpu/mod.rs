@@ -136,12 +136,9 @@ impl CpuModel {
         }
         // By default the cache is f16 beside block-quantized weights, as llama.cpp's, and f32
         // beside dense ones (an f32 model is the fidelity reference).
-        let quantized = layers.first().is_some_and(|l| {
-            l.wqkv
-                .parts()
-                .iter()
-                .any(|m| m.ty().block().is_some_and(|b| b.0 > 1))
-        });
+        let quantized = layers
+            .first()
+            .is_some_and(|l| l.wqkv.parts().iter().any(QMatrix::quantized));
         let kv = match kv_dtype {
             None if quantized => KvType::F16,
             None | Some(DType::F32) => KvType::F32,
