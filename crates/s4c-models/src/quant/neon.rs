@@ -145,9 +145,7 @@ unsafe fn unpack(ty: GgmlType, w: &[u8], nb: usize, out: &mut Unpacked) {
                 let blk = &w[sb * 210..(sb + 1) * 210];
                 let dd = f16_at(blk, 208);
                 for half in 0..2 {
-                    let ql = &blk[64 * half..64 * half + 64];
-                    let qh = &blk[128 + 32 * half..128 + 32 * half + 32];
-                    let sc = &blk[192 + 8 * half..192 + 8 * half + 8];
+                    let (ql, qh, sc) = super::portable::q6k_half(blk, half);
                     for g in 0..4 {
                         let b = sb * 8 + 4 * half + g;
                         for l in 0..QK {

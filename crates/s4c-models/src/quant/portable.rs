@@ -80,9 +80,7 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
                 let blk = &w[sb * 210..(sb + 1) * 210];
                 let d = f16_at(blk, 208);
                 for half in 0..2 {
-                    let ql = &blk[64 * half..64 * half + 64];
-                    let qh = &blk[128 + 32 * half..128 + 32 * half + 32];
-                    let sc = &blk[192 + 8 * half..192 + 8 * half + 8];
+                    let (ql, qh, sc) = q6k_half(blk, half);
                     for g in 0..4 {
                         let b = sb * 8 + 4 * half + g;
                         let x = xq(b);
@@ -103,6 +101,17 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
         }
     }
     acc + lin
+}
+
+/// Half `half` (0 or 1) of a Q6_K super-block `blk`: its 64 bytes of low bits, 32 bytes of
+/// high bits and 8 sub-block scales.
+#[inline(always)]
+pub(crate) fn q6k_half(blk: &[u8], half: usize) -> (&[u8], &[u8], &[u8]) {
+    (
+        &blk[64 * half..64 * half + 64],
+        &blk[128 + 32 * half..128 + 32 * half + 32],
+        &blk[192 + 8 * half..192 + 8 * half + 8],
+    )
 }
 
 /// Value `l` (`0..64`) of group `g` of a Q6_K half-super-block: 4 low bits from `ql`, 2 high
