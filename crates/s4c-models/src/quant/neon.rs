@@ -94,19 +94,10 @@ unsafe fn unpack(ty: GgmlType, w: &[u8], nb: usize, out: &mut Unpacked) {
     };
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (bs, qoff) = if ty == GgmlType::Q4_0 {
-                (18, 2)
-            } else {
-                (20, 4)
-            };
+            let (bs, qoff) = super::portable::q4_layout(ty);
             for b in 0..nb {
                 let blk = &w[b * bs..(b + 1) * bs];
-                d[b] = f16_at(blk, 0);
-                m[b] = if ty == GgmlType::Q4_0 {
-                    -8.0 * d[b]
-                } else {
-                    f16_at(blk, 2)
-                };
+                (d[b], m[b]) = super::portable::q4_scale_min(ty, blk);
                 nibbles(blk.as_ptr().add(qoff), q.add(b * QK));
             }
         }

@@ -24,19 +24,10 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
     let (mut acc, mut lin) = (0f32, 0f32);
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (bs, qoff) = if ty == GgmlType::Q4_0 {
-                (18, 2)
-            } else {
-                (20, 4)
-            };
+            let (bs, qoff) = q4_layout(ty);
             for b in 0..nb {
                 let blk = &w[b * bs..(b + 1) * bs];
-                let d = f16_at(blk, 0);
-                let m = if ty == GgmlType::Q4_0 {
-                    -8.0 * d
-                } else {
-                    f16_at(blk, 2)
-                };
+                let (d, m) = q4_scale_min(ty, blk);
                 let x = xq(b);
                 let mut isum = 0i32;
                 for j in 0..16 {
@@ -101,6 +92,28 @@ fn q8_row(ty: GgmlType, w: &[u8], a: &Q8Acts, r: usize) -> f32 {
         }
     }
     acc + lin
+}
+
+/// Bytes per block and offset of the 16 value bytes in it, of Q4_0 or Q4_1.
+#[inline(always)]
+pub(crate) fn q4_layout(ty: GgmlType) -> (usize, usize) {
+    if ty == GgmlType::Q4_0 {
+        (18, 2)
+    } else {
+        (20, 4)
+    }
+}
+
+/// The scale `d` and the value of a zero nibble `m` of a Q4_0 or Q4_1 block: a weight is
+/// `d · q + m` (Q4_0 centres its nibbles at 8; Q4_1 stores its minimum).
+#[inline(always)]
+pub(crate) fn q4_scale_min(ty: GgmlType, blk: &[u8]) -> (f32, f32) {
+    let d = f16_at(blk, 0);
+    if ty == GgmlType::Q4_0 {
+        (d, -8.0 * d)
+    } else {
+        (d, f16_at(blk, 2))
+    }
 }
 
 /// Half `half` (0 or 1) of a Q6_K super-block `blk`: its 64 bytes of low bits, 32 bytes of
