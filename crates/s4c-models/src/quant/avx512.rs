@@ -373,14 +373,15 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
     let kind = p.kind;
     let (vb, rec) = (kind.value_bytes(), kind.record_bytes());
     let base = p.data.as_ptr().add(g * p.blocks * rec);
-    let (q, d, ds) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr());
+    let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
     let low = _mm512_set1_epi8(0x0F);
+    let high = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); R];
-    // Q4_K's super-block scales, loaded at each super-block's first block.
+    // Q4_K's and Q6_K's super-block scales, loaded at each super-block's first block.
     let supers = p
         .supers
         .as_ptr()
-        .wrapping_add(g * (p.blocks / 8) * PackedKind::SUPER_BYTES);
+        .wrapping_add(g * (p.blocks / 8) * kind.super_bytes());
     let (mut d_super, mut dmin_super) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     // The first tile asks for the next group's records while it computes (the later tiles of
     // this group find theirs in cache).
@@ -406,22 +407,68 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
                     w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                 }
             }
+            PackedKind::Q6K => {
+                // Nibbles as Q4_K's, then each vector's high parts moved to bits 4–5.
+                for k in 0..4 {
+                    let v = _mm512_loadu_si512(r.add(64 * k).cast());
+                    let h = _mm512_loadu_si512(r.add(256 + 64 * (k / 2)).cast());
+                    let (h0, h1) = if k % 2 == 0 {
+                        (_mm512_slli_epi16(h, 4), _mm512_slli_epi16(h, 2))
+                    } else {
+                        (h, _mm512_srli_epi16(h, 2))
+                    };
+                    w[k] = _mm512_or_si512(_mm512_and_si512(v, low), _mm512_and_si512(h0, high));
+                    let v4 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    w[k + 4] = _mm512_or_si512(v4, _mm512_and_si512(h1, high));
+                }
+            }
         }
+        let u8s =
+            |p: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())));
         let (ws, wm) = match kind {
             PackedKind::Q4K => {
                 if b % 8 == 0 {
-                    let sup = supers.add((b / 8) * PackedKind::SUPER_BYTES);
+                    let sup = supers.add((b / 8) * kind.super_bytes());
                     d_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.cast()));
                     dmin_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.add(32).cast()));
                 }
-                let u8s = |p: *const u8| {
-                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
-                };
                 let m = _mm512_mul_ps(dmin_super, u8s(r.add(vb + GROUP)));
                 (
                     _mm512_mul_ps(d_super, u8s(r.add(vb))),
                     _mm512_xor_ps(m, _mm512_set1_ps(-0.0)),
                 )
+            }
+            PackedKind::Q6K => {
+                if b % 8 == 0 {
+                    let sup = supers.add((b / 8) * kind.super_bytes());
+                    d_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.cast()));
+                }
+                let i8s = |p: *const u8| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+                };
+                let (ws0, ws1) = (
+                    _mm512_mul_ps(d_super, i8s(r.add(vb))),
+                    _mm512_mul_ps(d_super, i8s(r.add(vb + GROUP))),
+                );
+                let minus32 = _mm512_set1_ps(-32.0);
+                let (wm0, wm1) = (_mm512_mul_ps(ws0, minus32), _mm512_mul_ps(ws1, minus32));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let at = act_index(a, r0 + i, b);
+                    let x = q.add(at * QK).cast::<i32>();
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for k in 0..4 {
+                        let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 4).read_unaligned());
+                        s0 = _mm512_dpbusd_epi32(s0, w[k], _mm512_set1_epi32(x0));
+                        s1 = _mm512_dpbusd_epi32(s1, w[k + 4], _mm512_set1_epi32(x1));
+                    }
+                    let dx = _mm512_set1_ps(*d.add(at));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(ws0, dx), *acc);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(ws1, dx), *acc);
+                    let sums = ds16.add(2 * ((r0 + i) * p.blocks + b));
+                    *acc = _mm512_fmadd_ps(wm0, _mm512_set1_ps(*sums), *acc);
+                    *acc = _mm512_fmadd_ps(wm1, _mm512_set1_ps(*sums.add(1)), *acc);
+                }
+                continue;
             }
             _ => {
                 let ws = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(vb).cast()));

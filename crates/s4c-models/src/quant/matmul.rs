@@ -164,7 +164,7 @@ impl Isa {
 /// A linear layer `[out, in]` made of one or more weight matrices stacked by rows (fused
 /// projections such as query, key and value), possibly of different storage types.
 ///
-/// On CPUs with AVX-512 VNNI, Q4_0, Q4_1, Q8_0 and Q4_K parts are repacked 16 rows at a time on
+/// On CPUs with AVX-512 VNNI, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K parts are repacked 16 rows at a time on
 /// first use (records of 16 interleaved rows); the repacked copy then replaces the file's pages
 /// in memory.
 #[derive(Debug, Clone)]

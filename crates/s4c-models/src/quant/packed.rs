@@ -1,5 +1,5 @@
 //! Weight matrices repacked 16 rows at a time for the AVX-512 VNNI kernels (Q4_0, Q4_1, Q8_0,
-//! Q4_K).
+//! Q4_K, Q6_K).
 //!
 //! In a file, a row's blocks follow each other. Here the blocks of 16 rows are interleaved: for
 //! each group of 16 rows and each block of 32 columns, one record holds the block's values so that
@@ -21,8 +21,16 @@
 //!
 //! with `u` the weight values as unsigned integers (Q4: the nibble, Q8_0: `w + 128`), `q` the
 //! activation values, and `m_w` the weight block's minimum (Q4_1), `−8·d` (Q4_0), `−128·d`
-//! (Q8_0) or `−(dmin · m)` (Q4_K, whose `d_w` is `d · sc`). [`reference`] computes exactly that
-//! in plain Rust; the kernel's tests compare the two bit for bit.
+//! (Q8_0) or `−(dmin · m)` (Q4_K, whose `d_w` is `d · sc`). Q6_K has a scale per 16 values, so
+//! each half of a block has its own two terms, the first half's before the second's:
+//!
+//! ```text
+//! acc = fma(Σ₀ u·q, d_w₀ · d_x, acc);  acc = fma(Σ₁ u·q, d_w₁ · d_x, acc)
+//! acc = fma(m_w₀, d_x·Σ₀q, acc);       acc = fma(m_w₁, d_x·Σ₁q, acc)
+//! ```
+//!
+//! with `u` the 6-bit value, `d_w = d · sc` and `m_w = −32 · d_w`. [`reference`] computes exactly
+//! that in plain Rust; the kernel's tests compare the two bit for bit.
 
 use std::ops::Range;
 
@@ -47,6 +55,9 @@ pub(crate) enum PackedKind {
     /// Q4_K: nibbles, 6-bit scale and minimum per block of 32, `d` and `dmin` per super-block
     /// of 256 (kept apart, [`Packed::supers`]); scale `d · sc`, minimum `−(dmin · m)`.
     Q4K,
+    /// Q6_K: 6-bit values as nibbles plus 2-bit high parts, an 8-bit signed scale per 16 values,
+    /// `d` per super-block of 256 (kept apart); scale `d · sc`, minimum `−32 · d · sc`.
+    Q6K,
 }
 
 impl PackedKind {
@@ -56,20 +67,24 @@ impl PackedKind {
             GgmlType::Q4_1 => Some(PackedKind::Q4_1),
             GgmlType::Q8_0 => Some(PackedKind::Q8_0),
             GgmlType::Q4K => Some(PackedKind::Q4K),
+            GgmlType::Q6K => Some(PackedKind::Q6K),
             _ => None,
         }
     }
 
-    /// Bytes of values per record: 16 rows × 16 bytes of nibbles, or 16 rows × 32 bytes.
+    /// Bytes of values per record: 16 rows × 16 bytes of nibbles (Q6_K: then 16 rows × 8 bytes
+    /// of 2-bit high parts, [`Packed::q6k`]), or 16 rows × 32 bytes.
     pub(crate) const fn value_bytes(self) -> usize {
         match self {
             PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => GROUP * QK / 2,
+            PackedKind::Q6K => GROUP * QK / 2 + GROUP * QK / 4,
             PackedKind::Q8_0 => GROUP * QK,
         }
     }
 
     /// Bytes per record: values, 16 f16 scales, and 16 f16 minimums for Q4_1; for Q4_K
-    /// values, 16 6-bit scales and 16 6-bit minimums (a byte each).
+    /// values, 16 6-bit scales and 16 6-bit minimums (a byte each); for Q6_K values, the 16
+    /// scales of the first half-blocks and the 16 of the second (signed bytes).
     pub(crate) const fn record_bytes(self) -> usize {
         let mins = match self {
             PackedKind::Q4_1 => 2 * GROUP,
@@ -78,14 +93,22 @@ impl PackedKind {
         self.value_bytes() + 2 * GROUP + mins
     }
 
-    /// Bytes per super-block of 256 columns kept apart: Q4_K's 16 `d` and 16 `dmin` (f16).
-    pub(crate) const SUPER_BYTES: usize = 4 * GROUP;
+    /// Bytes per super-block of 256 columns kept apart: Q4_K's 16 `d` and 16 `dmin`, Q6_K's
+    /// 16 `d` (f16); none for the other types.
+    pub(crate) const fn super_bytes(self) -> usize {
+        match self {
+            PackedKind::Q4K => 4 * GROUP,
+            PackedKind::Q6K => 2 * GROUP,
+            _ => 0,
+        }
+    }
 
     /// The minimum of a block from its scale and stored minimum.
     fn min(self, d: f32, m: f32) -> f32 {
         match self {
             PackedKind::Q4_0 => -8.0 * d,
             PackedKind::Q4_1 | PackedKind::Q4K => m,
+            PackedKind::Q6K => -32.0 * d,
             PackedKind::Q8_0 => -128.0 * d,
         }
     }
@@ -98,7 +121,8 @@ pub(crate) struct Packed {
     pub(crate) rows: usize,
     pub(crate) blocks: usize,
     pub(crate) data: Vec<u8>,
-    /// Q4_K: group `g`, super-block `s` at `(g · blocks / 8 + s) · 64`: 16 `d`, then 16 `dmin`.
+    /// Q4_K and Q6_K: group `g`, super-block `s` at `(g · blocks / 8 + s) ·`
+    /// [`PackedKind::super_bytes`]: 16 `d` (f16), then for Q4_K 16 `dmin`.
     pub(crate) supers: Vec<u8>,
 }
 
@@ -117,8 +141,10 @@ impl Packed {
     pub(crate) fn new(m: &QMatrix) -> Option<Self> {
         let kind = PackedKind::of(m.ty())?;
         let (rows, blocks) = (m.rows(), m.cols() / QK);
-        if kind == PackedKind::Q4K {
-            return Some(Self::q4k(m, rows, blocks));
+        match kind {
+            PackedKind::Q4K => return Some(Self::q4k(m, rows, blocks)),
+            PackedKind::Q6K => return Some(Self::q6k(m, rows, blocks)),
+            _ => {}
         }
         let (rec, vb) = (kind.record_bytes(), kind.value_bytes());
         let mut data = vec![0u8; rows.div_ceil(GROUP) * blocks * rec];
@@ -172,13 +198,13 @@ impl Packed {
         );
         let sb = blocks / 8;
         let mut data = vec![0u8; groups * blocks * rec];
-        let mut supers = vec![0u8; groups * sb * PackedKind::SUPER_BYTES];
+        let mut supers = vec![0u8; groups * sb * kind.super_bytes()];
         for r in 0..rows {
             let (g, j) = (r / GROUP, r % GROUP);
             let row = m.row(r);
             for s in 0..sb {
                 let blk = &row[s * 144..(s + 1) * 144];
-                let sup = &mut supers[(g * sb + s) * PackedKind::SUPER_BYTES..];
+                let sup = &mut supers[(g * sb + s) * kind.super_bytes()..];
                 sup[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
                 sup[2 * GROUP + 2 * j..][..2].copy_from_slice(&blk[2..4]);
                 for t in 0..8 {
@@ -206,16 +232,68 @@ impl Packed {
         }
     }
 
-    /// The scale and minimum of row `j` of group `g` in block `b` (the kernels' operands).
+    /// Q6_K: each block of 32 becomes a record. Its values' low 4 bits are stored as Q4_K's
+    /// nibbles (value `4k + t` in the low nibble of byte `t` of lane `j` of vector `k`, value
+    /// `16 + 4k + t` in the high one); their 2-bit high parts follow in two vectors, where byte
+    /// `4j + t` of vector `h` holds those of vectors `k = 2h, 2h + 4, 2h + 1, 2h + 5` of the
+    /// eight the kernel multiplies (bits 0–1, 2–3, 4–5, 6–7). Then each row's two scales;
+    /// each super-block's `d` goes to [`Packed::supers`].
+    fn q6k(m: &QMatrix, rows: usize, blocks: usize) -> Self {
+        let kind = PackedKind::Q6K;
+        let (groups, rec) = (rows.div_ceil(GROUP), kind.record_bytes());
+        let (sb, nib, vb) = (blocks / 8, GROUP * QK / 2, kind.value_bytes());
+        let mut data = vec![0u8; groups * blocks * rec];
+        let mut supers = vec![0u8; groups * sb * kind.super_bytes()];
+        for r in 0..rows {
+            let (g, j) = (r / GROUP, r % GROUP);
+            let row = m.row(r);
+            for s in 0..sb {
+                let blk = &row[s * 210..(s + 1) * 210];
+                let sup = &mut supers[(g * sb + s) * kind.super_bytes()..];
+                sup[2 * j..2 * j + 2].copy_from_slice(&blk[208..210]);
+                for t in 0..8 {
+                    let (ql, qh, sc) = super::portable::q6k_half(blk, t / 4);
+                    let value = |v: usize| super::portable::q6k_value(ql, qh, t % 4, v);
+                    let dst = &mut data[(g * blocks + s * 8 + t) * rec..][..rec];
+                    for k in 0..8 {
+                        for i in 0..4 {
+                            let u = value(4 * k + i);
+                            let at = ((k % 4) * GROUP + j) * 4 + i;
+                            dst[at] |= (u & 0x0F) << (4 * (k / 4));
+                            // Vector k's high parts: vector (k % 4) / 2, bits 4·(k % 2) + 2·(k / 4).
+                            let shift = 4 * ((k % 4) % 2) + 2 * (k / 4);
+                            dst[nib + ((k % 4) / 2) * GROUP * 4 + 4 * j + i] |= (u >> 4) << shift;
+                        }
+                    }
+                    dst[vb + j] = sc[2 * (t % 4)];
+                    dst[vb + GROUP + j] = sc[2 * (t % 4) + 1];
+                }
+            }
+        }
+        Packed {
+            kind,
+            rows,
+            blocks,
+            data,
+            supers,
+        }
+    }
+
+    /// The scale and minimum of row `j` of group `g` in block `b` (the kernels' operands; for
+    /// Q6_K those of the block's first half, [`Packed::q6k_second`] gives the second's).
     pub(crate) fn scale_min(&self, g: usize, b: usize, j: usize) -> (f32, f32) {
         let f = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
         let rec = self.record(g, b);
         let vb = self.kind.value_bytes();
         match self.kind {
             PackedKind::Q4K => {
-                let sup = &self.supers[(g * self.blocks / 8 + b / 8) * PackedKind::SUPER_BYTES..];
+                let sup = self.super_block(g, b);
                 let (d, dmin) = (f(&sup[2 * j..]), f(&sup[2 * GROUP + 2 * j..]));
                 (d * rec[vb + j] as f32, -(dmin * rec[vb + GROUP + j] as f32))
+            }
+            PackedKind::Q6K => {
+                let dw = f(&self.super_block(g, b)[2 * j..]) * rec[vb + j] as i8 as f32;
+                (dw, self.kind.min(dw, 0.0))
             }
             kind => {
                 let d = f(&rec[vb + 2 * j..]);
@@ -226,6 +304,35 @@ impl Packed {
                 (d, kind.min(d, m))
             }
         }
+    }
+
+    /// Q6_K: the scale and minimum of the second half of block `b` of row `j` of group `g`.
+    pub(crate) fn q6k_second(&self, g: usize, b: usize, j: usize) -> (f32, f32) {
+        let f = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+        let sc = self.record(g, b)[self.kind.value_bytes() + GROUP + j];
+        let dw = f(&self.super_block(g, b)[2 * j..]) * sc as i8 as f32;
+        (dw, self.kind.min(dw, 0.0))
+    }
+
+    /// The bytes kept apart for the super-block holding block `b` of group `g`.
+    fn super_block(&self, g: usize, b: usize) -> &[u8] {
+        let sb = self.kind.super_bytes();
+        &self.supers[(g * self.blocks / 8 + b / 8) * sb..][..sb]
+    }
+
+    /// Value `t` (`0..32`) of block `b` of row `j` of group `g` as an unsigned integer.
+    fn value(&self, g: usize, b: usize, j: usize, t: usize) -> u8 {
+        let rec = self.record(g, b);
+        let (k, byte) = (t / 4, t % 4);
+        if self.kind == PackedKind::Q8_0 {
+            return rec[(k * GROUP + j) * 4 + byte];
+        }
+        let low = rec[((k % 4) * GROUP + j) * 4 + byte] >> (4 * (k / 4)) & 0x0F;
+        if self.kind != PackedKind::Q6K {
+            return low;
+        }
+        let high = rec[GROUP * QK / 2 + ((k % 4) / 2) * GROUP * 4 + 4 * j + byte];
+        low | ((high >> (4 * (k % 2) + 2 * (k / 4))) & 3) << 4
     }
 
     /// Groups of 16 rows.
@@ -257,28 +364,24 @@ pub(crate) fn reference(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut 
             for j in 0..GROUP {
                 let mut acc = 0f32;
                 for b in 0..p.blocks {
-                    let rec = p.record(g, b);
                     let at = act_index(a, i, b);
                     let q = &a.q[at * QK..(at + 1) * QK];
-                    let mut sum = 0i32;
-                    for (t, &x) in q.iter().enumerate() {
-                        let (k, byte) = (t / 4, t % 4);
-                        let u = match p.kind {
-                            PackedKind::Q8_0 => rec[(k * GROUP + j) * 4 + byte],
-                            _ => {
-                                let v = rec[((k % 4) * GROUP + j) * 4 + byte];
-                                if k < 4 {
-                                    v & 0x0F
-                                } else {
-                                    v >> 4
-                                }
-                            }
-                        };
-                        sum += u as i32 * x as i32;
-                    }
+                    let sum = |t: Range<usize>| -> f32 {
+                        t.map(|t| p.value(g, b, j, t) as i32 * q[t] as i32)
+                            .sum::<i32>() as f32
+                    };
                     let (d, m) = p.scale_min(g, b, j);
-                    acc = (sum as f32).mul_add(d * a.d[at], acc);
-                    acc = m.mul_add(a.ds[i * p.blocks + b], acc);
+                    if p.kind == PackedKind::Q6K {
+                        let (d1, m1) = p.q6k_second(g, b, j);
+                        let sums = &a.ds16[2 * (i * p.blocks + b)..];
+                        acc = sum(0..QK / 2).mul_add(d * a.d[at], acc);
+                        acc = sum(QK / 2..QK).mul_add(d1 * a.d[at], acc);
+                        acc = m.mul_add(sums[0], acc);
+                        acc = m1.mul_add(sums[1], acc);
+                    } else {
+                        acc = sum(0..QK).mul_add(d * a.d[at], acc);
+                        acc = m.mul_add(a.ds[i * p.blocks + b], acc);
+                    }
                 }
                 out[i * GROUP + j] = acc;
             }
@@ -299,10 +402,15 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
+            GgmlType::Q6K,
         ] {
-            // 19 blocks (Q4_K: 16): tiles of 8 activation rows, then the rest, for each count.
+            // 19 blocks (K types: 16): tiles of 8 activation rows, then the rest, for each count.
             let rows = 48;
-            let cols = if ty == GgmlType::Q4K { 512 } else { 608 };
+            let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+                512
+            } else {
+                608
+            };
             let p = Packed::new(&random_matrix(ty, rows, cols, 17).unwrap()).unwrap();
             for n in [1, 2, 3, 7, 8, 9, 16, 21] {
                 let x: Vec<f32> = (0..n * cols)
@@ -337,9 +445,14 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
+            GgmlType::Q6K,
         ] {
             let (rows, n) = (40, 3);
-            let cols = if ty == GgmlType::Q4K { 512 } else { 96 };
+            let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+                512
+            } else {
+                96
+            };
             let m = random_matrix(ty, rows, cols, 5).unwrap();
             let p = Packed::new(&m).unwrap();
             let x: Vec<f32> = (0..n * cols)
