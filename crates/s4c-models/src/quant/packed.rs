@@ -73,7 +73,7 @@ impl PackedKind {
     }
 
     /// Bytes of values per record: 16 rows × 16 bytes of nibbles (Q6_K: then 16 rows × 8 bytes
-    /// of 2-bit high parts, [`Packed::q6k`]), or 16 rows × 32 bytes.
+    /// of 2-bit high parts, [`Packed::super_blocks`]), or 16 rows × 32 bytes.
     pub(crate) const fn value_bytes(self) -> usize {
         match self {
             PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q4K => GROUP * QK / 2,
@@ -141,10 +141,8 @@ impl Packed {
     pub(crate) fn new(m: &QMatrix) -> Option<Self> {
         let kind = PackedKind::of(m.ty())?;
         let (rows, blocks) = (m.rows(), m.cols() / QK);
-        match kind {
-            PackedKind::Q4K => return Some(Self::q4k(m, rows, blocks)),
-            PackedKind::Q6K => return Some(Self::q6k(m, rows, blocks)),
-            _ => {}
+        if matches!(kind, PackedKind::Q4K | PackedKind::Q6K) {
+            return Some(Self::super_blocks(m, kind, rows, blocks));
         }
         let (rec, vb) = (kind.record_bytes(), kind.value_bytes());
         let mut data = vec![0u8; rows.div_ceil(GROUP) * blocks * rec];
@@ -187,86 +185,49 @@ impl Packed {
         })
     }
 
-    /// Q4_K: each sub-block of 32 becomes a record (its nibbles in the order of the others, its
-    /// 6-bit scale and minimum), each super-block's `d` and `dmin` go to [`Packed::supers`].
-    fn q4k(m: &QMatrix, rows: usize, blocks: usize) -> Self {
-        let kind = PackedKind::Q4K;
+    /// Q4_K and Q6_K: each sub-block of 32 becomes a record, each super-block's `d` (and Q4_K's
+    /// `dmin`) go to [`Packed::supers`]. The values' low 4 bits are stored as the Q4 types'
+    /// nibbles (value `4k + t` in the low nibble of byte `t` of lane `j` of vector `k`, value
+    /// `16 + 4k + t` in the high one). Q6_K's 2-bit high parts follow in two vectors, where byte
+    /// `4j + t` of vector `h` holds those of vectors `k = 2h, 2h + 4, 2h + 1, 2h + 5` of the
+    /// eight the kernel multiplies (bits 0–1, 2–3, 4–5, 6–7). Then each row's two scale bytes:
+    /// Q4_K's 6-bit scale and minimum, Q6_K's signed scales of the two halves.
+    fn super_blocks(m: &QMatrix, kind: PackedKind, rows: usize, blocks: usize) -> Self {
         let (groups, rec, vb) = (
             rows.div_ceil(GROUP),
             kind.record_bytes(),
             kind.value_bytes(),
         );
-        let sb = blocks / 8;
+        let (sb, sup_bytes, nib) = (blocks / 8, kind.super_bytes(), GROUP * QK / 2);
+        let block_bytes = if kind == PackedKind::Q4K { 144 } else { 210 };
         let mut data = vec![0u8; groups * blocks * rec];
-        let mut supers = vec![0u8; groups * sb * kind.super_bytes()];
+        let mut supers = vec![0u8; groups * sb * sup_bytes];
         for r in 0..rows {
             let (g, j) = (r / GROUP, r % GROUP);
             let row = m.row(r);
             for s in 0..sb {
-                let blk = &row[s * 144..(s + 1) * 144];
-                let sup = &mut supers[(g * sb + s) * kind.super_bytes()..];
-                sup[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
-                sup[2 * GROUP + 2 * j..][..2].copy_from_slice(&blk[2..4]);
-                for t in 0..8 {
-                    let (sc, mn) = crate::gguf::scale_min_k4(t, &blk[4..16]);
-                    let run = &blk[16 + 32 * (t / 2)..][..32];
-                    let value = |v: usize| (run[v] >> (4 * (t % 2))) & 0x0F;
-                    let dst = &mut data[(g * blocks + s * 8 + t) * rec..][..rec];
-                    for k in 0..4 {
-                        for i in 0..4 {
-                            let (lo, hi) = (value(4 * k + i), value(16 + 4 * k + i));
-                            dst[(k * GROUP + j) * 4 + i] = lo | (hi << 4);
-                        }
-                    }
-                    dst[vb + j] = sc;
-                    dst[vb + GROUP + j] = mn;
+                let blk = &row[s * block_bytes..(s + 1) * block_bytes];
+                let sup = &mut supers[(g * sb + s) * sup_bytes..];
+                if kind == PackedKind::Q4K {
+                    sup[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+                    sup[2 * GROUP + 2 * j..][..2].copy_from_slice(&blk[2..4]);
+                } else {
+                    sup[2 * j..2 * j + 2].copy_from_slice(&blk[208..210]);
                 }
-            }
-        }
-        Packed {
-            kind,
-            rows,
-            blocks,
-            data,
-            supers,
-        }
-    }
-
-    /// Q6_K: each block of 32 becomes a record. Its values' low 4 bits are stored as Q4_K's
-    /// nibbles (value `4k + t` in the low nibble of byte `t` of lane `j` of vector `k`, value
-    /// `16 + 4k + t` in the high one); their 2-bit high parts follow in two vectors, where byte
-    /// `4j + t` of vector `h` holds those of vectors `k = 2h, 2h + 4, 2h + 1, 2h + 5` of the
-    /// eight the kernel multiplies (bits 0–1, 2–3, 4–5, 6–7). Then each row's two scales;
-    /// each super-block's `d` goes to [`Packed::supers`].
-    fn q6k(m: &QMatrix, rows: usize, blocks: usize) -> Self {
-        let kind = PackedKind::Q6K;
-        let (groups, rec) = (rows.div_ceil(GROUP), kind.record_bytes());
-        let (sb, nib, vb) = (blocks / 8, GROUP * QK / 2, kind.value_bytes());
-        let mut data = vec![0u8; groups * blocks * rec];
-        let mut supers = vec![0u8; groups * sb * kind.super_bytes()];
-        for r in 0..rows {
-            let (g, j) = (r / GROUP, r % GROUP);
-            let row = m.row(r);
-            for s in 0..sb {
-                let blk = &row[s * 210..(s + 1) * 210];
-                let sup = &mut supers[(g * sb + s) * kind.super_bytes()..];
-                sup[2 * j..2 * j + 2].copy_from_slice(&blk[208..210]);
                 for t in 0..8 {
-                    let (ql, qh, sc) = super::portable::q6k_half(blk, t / 4);
-                    let value = |v: usize| super::portable::q6k_value(ql, qh, t % 4, v);
+                    let (values, scales) = sub_block(kind, blk, t);
                     let dst = &mut data[(g * blocks + s * 8 + t) * rec..][..rec];
-                    for k in 0..8 {
-                        for i in 0..4 {
-                            let u = value(4 * k + i);
-                            let at = ((k % 4) * GROUP + j) * 4 + i;
-                            dst[at] |= (u & 0x0F) << (4 * (k / 4));
+                    for (v, &u) in values.iter().enumerate() {
+                        let (k, i) = (v / 4, v % 4);
+                        dst[((k % 4) * GROUP + j) * 4 + i] |= (u & 0x0F) << (4 * (k / 4));
+                        if kind == PackedKind::Q6K {
                             // Vector k's high parts: vector (k % 4) / 2, bits 4·(k % 2) + 2·(k / 4).
                             let shift = 4 * ((k % 4) % 2) + 2 * (k / 4);
                             dst[nib + ((k % 4) / 2) * GROUP * 4 + 4 * j + i] |= (u >> 4) << shift;
                         }
                     }
-                    dst[vb + j] = sc[2 * (t % 4)];
-                    dst[vb + GROUP + j] = sc[2 * (t % 4) + 1];
+                    dst[vb + j] = scales[0];
+                    dst[vb + GROUP + j] = scales[1];
                 }
             }
         }
@@ -345,6 +306,27 @@ impl Packed {
     pub(crate) fn record(&self, g: usize, b: usize) -> &[u8] {
         let rec = self.kind.record_bytes();
         &self.data[(g * self.blocks + b) * rec..][..rec]
+    }
+}
+
+/// The 32 values (unsigned: Q4_K 4-bit, Q6_K 6-bit) of sub-block `t` of a Q4_K or Q6_K
+/// super-block `blk`, and its two scale bytes (Q4_K: scale and minimum; Q6_K: the halves'
+/// scales).
+fn sub_block(kind: PackedKind, blk: &[u8], t: usize) -> ([u8; QK], [u8; 2]) {
+    let mut values = [0u8; QK];
+    if kind == PackedKind::Q4K {
+        let (sc, mn) = crate::gguf::scale_min_k4(t, &blk[4..16]);
+        let run = &blk[16 + 32 * (t / 2)..][..32];
+        for (v, u) in values.iter_mut().enumerate() {
+            *u = (run[v] >> (4 * (t % 2))) & 0x0F;
+        }
+        (values, [sc, mn])
+    } else {
+        let (ql, qh, sc) = super::portable::q6k_half(blk, t / 4);
+        for (v, u) in values.iter_mut().enumerate() {
+            *u = super::portable::q6k_value(ql, qh, t % 4, v);
+        }
+        (values, [sc[2 * (t % 4)], sc[2 * (t % 4) + 1]])
     }
 }
 
