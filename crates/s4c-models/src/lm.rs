@@ -99,8 +99,9 @@ pub trait CausalLm<B: Backend> {
     /// logits and features. No host synchronisation happens inside.
     fn forward(&self, input: &Input<'_>, cache: &mut KvCache<B>) -> Result<LmOutput<B>>;
     /// Several sequences' forwards, each with its own input and cache; the outputs in order.
-    /// Models may run them as one pass (the CPU engine does for causal inputs: every weight is
-    /// read once for all rows), but each output must be what [`CausalLm::forward`] gives.
+    /// Models may run them as one pass (the CPU engine does, for causal blocks and trees alike:
+    /// every weight is read once for all rows), but each output must be what
+    /// [`CausalLm::forward`] gives.
     fn forward_batch(&self, items: &mut [SequenceInput<'_, B>]) -> Result<Vec<LmOutput<B>>> {
         items
             .iter_mut()

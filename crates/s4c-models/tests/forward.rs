@@ -585,9 +585,9 @@ fn attention_matches_a_brute_force_reference() {
     }
 }
 
-/// Several sequences in one batched forward give each the bits its own forward gives (CPU
-/// engine: one pass for all rows), and the tensor engine's sequential batch the same as its
-/// forwards; caches advance as with single forwards.
+/// Several sequences in one batched forward — a causal step beside verification trees — give
+/// each the bits its own forward gives (CPU engine: one pass for all rows), and the tensor
+/// engine's sequential batch the same as its forwards; caches advance as with single forwards.
 #[test]
 fn a_batched_forward_equals_each_sequence_alone() {
     use s4c_models::gguf::GgmlType;
@@ -600,21 +600,47 @@ fn a_batched_forward_equals_each_sequence_alone() {
         tiny_model_on::<B>(VOCAB, 4, &d, EngineKind::Tensors),
     ];
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7, 8], &[9, 10, 11, 12, 13, 14, 15, 16]];
-    let steps: [&[u32]; 3] = [&[6], &[9, 4], &[3]];
+    let steps: [&[u32]; 3] = [&[6], &[9, 4, 5], &[3, 2]];
+    // Sequence 0 takes a causal step; 1 a tree whose two leaves see the root alone (depths
+    // 0, 1, 1); 2 a chain given as a tree.
+    let trees: [Option<(Vec<usize>, Vec<bool>)>; 3] = [
+        None,
+        Some((
+            vec![0, 1, 1],
+            vec![true, false, false, true, true, false, true, false, true],
+        )),
+        Some((vec![0, 1], vec![true, false, true, true])),
+    ];
+    let masks: Vec<Option<AttentionMask>> = prompts
+        .iter()
+        .zip(&trees)
+        .zip(steps)
+        .map(|((p, t), s)| {
+            t.as_ref()
+                .map(|(_, dense)| AttentionMask::tree(p.len(), s.len(), dense).unwrap())
+        })
+        .collect();
+    let input = |i: usize| -> Input<'_> {
+        let start = prompts[i].len();
+        match (&trees[i], &masks[i]) {
+            (Some((depths, _)), Some(mask)) => {
+                Input::tree(steps[i], depths.iter().map(|d| start + d).collect(), mask)
+            }
+            _ => Input::causal(steps[i], start, Logits::All),
+        }
+    };
     for model in &models {
         let bits = |t: Tensor<B, 2>| -> Vec<u32> {
             rows(t).concat().iter().map(|x| x.to_bits()).collect()
         };
         // Alone: prefill, then the step.
         let mut alone = vec![];
-        for (p, s) in prompts.iter().zip(steps) {
+        for (i, p) in prompts.iter().enumerate() {
             let mut cache = model.new_cache(32);
             model
                 .forward(&Input::causal(p, 0, Logits::Last), &mut cache)
                 .unwrap();
-            let out = model
-                .forward(&Input::causal(s, p.len(), Logits::All), &mut cache)
-                .unwrap();
+            let out = model.forward(&input(i), &mut cache).unwrap();
             alone.push((bits(out.logits), bits(out.features), cache.len()));
         }
         // Together: the same prefills, then one batched step.
@@ -628,11 +654,7 @@ fn a_batched_forward_equals_each_sequence_alone() {
                 c
             })
             .collect();
-        let inputs: Vec<Input<'_>> = prompts
-            .iter()
-            .zip(steps)
-            .map(|(p, s)| Input::causal(s, p.len(), Logits::All))
-            .collect();
+        let inputs: Vec<Input<'_>> = (0..prompts.len()).map(input).collect();
         let mut items: Vec<SequenceInput<'_, B>> = inputs
             .iter()
             .zip(caches.iter_mut())

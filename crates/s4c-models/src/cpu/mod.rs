@@ -268,10 +268,10 @@ impl CpuModel {
         })
     }
 
-    /// Several sequences' causal blocks in one pass: every weight matrix is read once for all
-    /// their rows, attention runs per sequence on its own cache. Each row's result is the same
-    /// bits as in [`Self::forward`] (the kernels compute every row on its own).
-    /// `items[i] = (tokens, positions, all, cache, cached)`.
+    /// Several sequences' blocks (causal, or verification trees with their masks) in one pass:
+    /// every weight matrix is read once for all their rows, attention runs per sequence on its
+    /// own cache. Each row's result is the same bits as in [`Self::forward`] (the kernels
+    /// compute every row on its own).
     pub(crate) fn forward_batch(&self, items: &mut [BatchRows<'_>]) -> Result<Vec<HostOutput>> {
         self.threads.install(|| {
             let h = self.config.hidden_size;
@@ -280,7 +280,10 @@ impl CpuModel {
                 .map(|b| Segment {
                     tokens: b.tokens,
                     positions: b.positions,
-                    visible: Visibility::Causal { cached: b.cached },
+                    visible: match b.mask {
+                        Some(mask) => Visibility::Mask { mask, offset: 0 },
+                        None => Visibility::Causal { cached: b.cached },
+                    },
                     start: b.cached,
                     cache: &mut *b.cache,
                 })
@@ -405,12 +408,14 @@ struct Segment<'a> {
     start: usize,
 }
 
-/// One sequence's causal block in [`CpuModel::forward_batch`].
+/// One sequence's block in [`CpuModel::forward_batch`].
 pub(crate) struct BatchRows<'a> {
     /// Its new tokens.
     pub tokens: &'a [u32],
     /// Their positions.
     pub positions: &'a [usize],
+    /// Visibility over `[cached ‖ new]` (a tree); `None` is causal.
+    pub mask: Option<&'a AttentionMask>,
     /// Logits of every row (else of the last).
     pub all: bool,
     /// Its cache.

@@ -289,7 +289,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
                 .map(|s| self.forward(s.input, s.cache))
                 .collect();
         };
-        if items.len() < 2 || items.iter().any(|s| s.input.mask.is_some()) {
+        if items.len() < 2 {
             return items
                 .iter_mut()
                 .map(|s| self.forward(s.input, s.cache))
@@ -309,6 +309,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             rows.push(crate::cpu::BatchRows {
                 tokens: s.input.tokens,
                 positions: &s.input.positions,
+                mask: s.input.mask,
                 all: s.input.logits == crate::lm::Logits::All,
                 cache: kv,
                 cached,
