@@ -243,10 +243,18 @@ impl<T: KvElem> Head<'_, T> {
         dot: impl Fn(&[f32], &[T]) -> f32,
         axpy: impl Fn(f32, &[T], &mut [f32]),
     ) {
-        let (keys, values) = (
-            &self.planes.keys[self.layer],
-            &self.planes.values[self.layer],
-        );
+        let values = &self.planes.values[self.layer];
+        let scores = self.probabilities(q, dot);
+        out.fill(0.0);
+        for (&j, &p) in self.keys.iter().zip(&scores) {
+            axpy(p, &values[self.layout.slot(self.kv_head, j)], out);
+        }
+    }
+
+    /// `softmax(q·Kᵀ · scale)` over the visible keys, with the product `dot`.
+    #[inline(always)]
+    fn probabilities(&self, q: &[f32], dot: impl Fn(&[f32], &[T]) -> f32) -> Vec<f32> {
+        let keys = &self.planes.keys[self.layer];
         // A plain loop, not an iterator adapter: adapters are functions of their own that would
         // not be compiled for the caller's instruction set.
         let mut scores = Vec::with_capacity(self.keys.len());
@@ -254,23 +262,128 @@ impl<T: KvElem> Head<'_, T> {
             scores.push(dot(q, &keys[self.layout.slot(self.kv_head, j)]) * self.scale);
         }
         ops::softmax(&mut scores);
-        out.fill(0.0);
-        for (&j, &p) in self.keys.iter().zip(&scores) {
-            axpy(p, &values[self.layout.slot(self.kv_head, j)], out);
-        }
+        scores
     }
 
     /// [`Head::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
-        // SAFETY: this function is compiled with AVX2 and F16C.
-        self.attend_with(
-            q,
-            out,
-            |a, b| unsafe { ops::dot_avx(a, b) },
-            |a, x, y| unsafe { ops::axpy_avx(a, x, y) },
-        )
+        // SAFETY (the closures): this function is compiled with AVX2 and F16C.
+        match self.layout.head_dim {
+            64 => self.attend_avx2_in_registers::<8>(q, out),
+            128 => self.attend_avx2_in_registers::<16>(q, out),
+            _ => self.attend_with(
+                q,
+                out,
+                |a, b| unsafe { ops::dot_avx(a, b) },
+                |a, x, y| unsafe { ops::axpy_avx(a, x, y) },
+            ),
+        }
+    }
+
+    /// `q·Kᵀ · scale` over the visible keys for heads of `8·C` values, eight keys at a time:
+    /// each key's eight lane sums are those of [`ops::dot_avx`], and a transpose adds them in
+    /// its pairwise order, so every score has the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scores_avx2<const C: usize>(&self, q: &[f32]) -> Vec<f32> {
+        use std::arch::x86_64::*;
+        let keys = &self.planes.keys[self.layer];
+        let n = self.keys.len();
+        let mut scores = vec![0f32; n];
+        let scale = _mm256_set1_ps(self.scale);
+        let whole = n - n % 8;
+        for b in (0..whole).step_by(8) {
+            let mut ptr = [std::ptr::null::<T>(); 8];
+            for (k, p) in ptr.iter_mut().enumerate() {
+                *p = keys[self.layout.slot(self.kv_head, self.keys[b + k])].as_ptr();
+            }
+            let mut a = [_mm256_setzero_ps(); 8];
+            for c in 0..C {
+                let x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+                for (a, p) in a.iter_mut().zip(&ptr) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, T::load8(p.add(8 * c))));
+                }
+            }
+            // Lane l of every key's sums into vector l, then ((0+4)+(2+6))+((1+5)+(3+7)).
+            let (t0, t1) = (
+                _mm256_unpacklo_ps(a[0], a[1]),
+                _mm256_unpackhi_ps(a[0], a[1]),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_ps(a[2], a[3]),
+                _mm256_unpackhi_ps(a[2], a[3]),
+            );
+            let (t4, t5) = (
+                _mm256_unpacklo_ps(a[4], a[5]),
+                _mm256_unpackhi_ps(a[4], a[5]),
+            );
+            let (t6, t7) = (
+                _mm256_unpacklo_ps(a[6], a[7]),
+                _mm256_unpackhi_ps(a[6], a[7]),
+            );
+            let (u0, u1) = (
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+            );
+            let (u2, u3) = (
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+            );
+            let (u4, u5) = (
+                _mm256_shuffle_ps::<0x44>(t4, t6),
+                _mm256_shuffle_ps::<0xEE>(t4, t6),
+            );
+            let (u6, u7) = (
+                _mm256_shuffle_ps::<0x44>(t5, t7),
+                _mm256_shuffle_ps::<0xEE>(t5, t7),
+            );
+            let lane = |lo: __m256, hi: __m256, high: bool| {
+                if high {
+                    _mm256_permute2f128_ps::<0x31>(lo, hi)
+                } else {
+                    _mm256_permute2f128_ps::<0x20>(lo, hi)
+                }
+            };
+            let (l0, l4) = (lane(u0, u4, false), lane(u0, u4, true));
+            let (l1, l5) = (lane(u1, u5, false), lane(u1, u5, true));
+            let (l2, l6) = (lane(u2, u6, false), lane(u2, u6, true));
+            let (l3, l7) = (lane(u3, u7, false), lane(u3, u7, true));
+            let even = _mm256_add_ps(_mm256_add_ps(l0, l4), _mm256_add_ps(l2, l6));
+            let odd = _mm256_add_ps(_mm256_add_ps(l1, l5), _mm256_add_ps(l3, l7));
+            let r = _mm256_mul_ps(_mm256_add_ps(even, odd), scale);
+            _mm256_storeu_ps(scores.as_mut_ptr().add(b), r);
+        }
+        for t in whole..n {
+            let k = &keys[self.layout.slot(self.kv_head, self.keys[t])];
+            scores[t] = ops::dot_avx(q, k) * self.scale;
+        }
+        scores
+    }
+
+    /// [`Head::attend`] for heads of `8·C` values with the output held in registers while the
+    /// values are summed: each lane adds `p · v` to its sum in key order, as
+    /// [`ops::axpy_avx`] does, so the bits are the same.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn attend_avx2_in_registers<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let values = &self.planes.values[self.layer];
+        let mut scores = self.scores_avx2::<C>(q);
+        ops::softmax(&mut scores);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (&j, &p) in self.keys.iter().zip(&scores) {
+            // A slot holds `head_dim = 8·C` values.
+            let v = values[self.layout.slot(self.kv_head, j)].as_ptr();
+            let pv = _mm256_set1_ps(p);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, T::load8(v.add(8 * c))));
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *acc);
+        }
     }
 }
 
@@ -348,4 +461,72 @@ fn attend_planes<T: KvElem>(
         out.chunks_mut(d).enumerate().for_each(task);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in `[-1, 1)`.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The AVX2 path gives the portable path's bits, for both cache types, causal rows and tree
+    /// rows, with grouped query heads.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_path_equals_the_portable_path_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let h = Heads {
+            q: 6,
+            kv: 2,
+            dim: 64,
+        };
+        let (cached, n, layers) = (37, 5, 2);
+        for ty in [KvType::F32, KvType::F16] {
+            let mut kv = HostKv::new(layers, h.kv, h.dim, cached + n, ty);
+            let width = h.kv * h.dim;
+            for l in 0..layers {
+                let k = values((cached + n) * width, 1 + l as u64);
+                let v = values((cached + n) * width, 7 + l as u64);
+                kv.write(l, 0, &k, &v);
+            }
+            let q = values(n * h.q * h.dim, 3);
+            // A tree: rows 1 and 2 see row 0, rows 3 and 4 see rows 0 and 1.
+            let mut dense = vec![false; n * n];
+            for (i, parents) in [vec![], vec![0], vec![0], vec![0, 1], vec![0, 1]]
+                .iter()
+                .enumerate()
+            {
+                dense[i * n + i] = true;
+                for &p in parents {
+                    dense[i * n + p] = true;
+                }
+            }
+            let mask = AttentionMask::tree(cached, n, &dense).unwrap();
+            for visible in [
+                Visibility::Causal { cached },
+                Visibility::Mask {
+                    mask: &mask,
+                    offset: 0,
+                },
+            ] {
+                for l in 0..layers {
+                    let portable = attend(&kv, l, &q, n, h, visible, false);
+                    let avx2 = attend(&kv, l, &q, n, h, visible, true);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&avx2), bits(&portable), "{ty:?}, layer {l}");
+                }
+            }
+        }
+    }
 }
