@@ -307,38 +307,17 @@ impl<T: KvElem> Head<'_, T> {
                 }
             }
             // Lane l of every key's sums into vector l, then ((0+4)+(2+6))+((1+5)+(3+7)).
-            let (t0, t1) = (
-                _mm256_unpacklo_ps(a[0], a[1]),
-                _mm256_unpackhi_ps(a[0], a[1]),
-            );
-            let (t2, t3) = (
-                _mm256_unpacklo_ps(a[2], a[3]),
-                _mm256_unpackhi_ps(a[2], a[3]),
-            );
-            let (t4, t5) = (
-                _mm256_unpacklo_ps(a[4], a[5]),
-                _mm256_unpackhi_ps(a[4], a[5]),
-            );
-            let (t6, t7) = (
-                _mm256_unpacklo_ps(a[6], a[7]),
-                _mm256_unpackhi_ps(a[6], a[7]),
-            );
-            let (u0, u1) = (
-                _mm256_shuffle_ps::<0x44>(t0, t2),
-                _mm256_shuffle_ps::<0xEE>(t0, t2),
-            );
-            let (u2, u3) = (
-                _mm256_shuffle_ps::<0x44>(t1, t3),
-                _mm256_shuffle_ps::<0xEE>(t1, t3),
-            );
-            let (u4, u5) = (
-                _mm256_shuffle_ps::<0x44>(t4, t6),
-                _mm256_shuffle_ps::<0xEE>(t4, t6),
-            );
-            let (u6, u7) = (
-                _mm256_shuffle_ps::<0x44>(t5, t7),
-                _mm256_shuffle_ps::<0xEE>(t5, t7),
-            );
+            let unpack = |x, y| (_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+            let shuffle = |x, y| {
+                (
+                    _mm256_shuffle_ps::<0x44>(x, y),
+                    _mm256_shuffle_ps::<0xEE>(x, y),
+                )
+            };
+            let ((t0, t1), (t2, t3)) = (unpack(a[0], a[1]), unpack(a[2], a[3]));
+            let ((t4, t5), (t6, t7)) = (unpack(a[4], a[5]), unpack(a[6], a[7]));
+            let ((u0, u1), (u2, u3)) = (shuffle(t0, t2), shuffle(t1, t3));
+            let ((u4, u5), (u6, u7)) = (shuffle(t4, t6), shuffle(t5, t7));
             let lane = |lo: __m256, hi: __m256, high: bool| {
                 if high {
                     _mm256_permute2f128_ps::<0x31>(lo, hi)
