@@ -107,6 +107,8 @@ pub struct AdaptiveSizer {
     lookup: LookupStats,
     /// Calls of [`AdaptiveSizer::choose`] so far.
     steps: usize,
+    /// Sequences whose steps share each forward (1: alone; see [`AdaptiveSizer::set_sharing`]).
+    sharing: usize,
 }
 
 /// One step's choice of [`AdaptiveSizer::choose_step`].
@@ -149,6 +151,7 @@ impl AdaptiveSizer {
             scale: 1.0,
             lookup: LookupStats::new(LOOKUP_MAX_MATCH, LOOKUP_MAX_TOKENS),
             steps: 0,
+            sharing: 1,
             config,
         })
     }
@@ -202,11 +205,33 @@ impl AdaptiveSizer {
         self.config.learn_latency = on;
     }
 
+    /// Prices the next steps for a forward that `sequences` sequences share (1: alone), as when a
+    /// server verifies several requests' trees in one pass. The weights are then read once for
+    /// all of them, so a step's fixed cost — a plain step's time less one row's — is split
+    /// `sequences` ways, while every row (the root and each draft node) costs what one more row
+    /// costs in a lone block (the predicted curve's mean slope). Shared steps are priced from the
+    /// prediction (corrected by the measured-to-predicted ratio) and not timed. Without latency
+    /// learning ([`AdaptiveConfig::learn_latency`], off for sampling so that a seed reproduces
+    /// its output) this does nothing: choices then never depend on other sequences.
+    pub fn set_sharing(&mut self, sequences: usize) {
+        if self.config.learn_latency {
+            self.sharing = sequences.max(1);
+        }
+    }
+
     /// Estimated seconds of a step with `n` draft nodes: the running mean of measured steps of
     /// that size once one was timed, else the prediction corrected by the measured-to-predicted
-    /// ratio of the sizes timed so far.
+    /// ratio of the sizes timed so far; this sequence's part of a shared forward when the steps
+    /// are shared ([`Self::set_sharing`]).
     pub fn step_seconds(&self, n: usize) -> f64 {
         let n = n.min(self.predicted.len() - 1);
+        if self.sharing > 1 {
+            let last = self.predicted.len() - 1;
+            let row = ((self.predicted[last] - self.predicted[0]) / last as f64).max(0.0);
+            let fixed = (self.predicted[0] - row).max(0.0);
+            let shared = self.predicted[n] - fixed * (1.0 - 1.0 / self.sharing as f64);
+            return shared * self.scale;
+        }
         match self.measured[n] {
             Some(mean) if self.config.learn_latency => mean,
             _ => self.predicted[n] * self.scale,
@@ -319,10 +344,10 @@ impl AdaptiveSizer {
     }
 
     /// Records the wall time of a whole step (draft, verify, accept, commit) with `nodes` draft
-    /// nodes.
+    /// nodes (ignored while steps are shared: see [`Self::set_sharing`]).
     pub fn record_time(&mut self, nodes: usize, seconds: f64) {
         let valid = seconds.is_finite() && seconds > 0.0 && nodes < self.predicted.len();
-        if !(self.config.learn_latency && valid) {
+        if !(self.config.learn_latency && valid) || self.sharing > 1 {
             return;
         }
         let mean = &mut self.measured[nodes];
@@ -352,6 +377,31 @@ mod tests {
     /// Step seconds: 10 ms plain, + 2 ms per draft node.
     fn linear(max: usize) -> Vec<f64> {
         (0..=max).map(|n| 0.010 + 0.002 * n as f64).collect()
+    }
+
+    #[test]
+    fn shared_steps_split_the_fixed_cost_and_stop_paying_for_trees() {
+        let mut s = AdaptiveSizer::new(&prior(600), linear(8), AdaptiveConfig::new(8, 4)).unwrap();
+        assert!(s.clone().choose().is_some(), "alone, a tree pays");
+        // 10 ms plain = 8 ms fixed + 2 ms for the root's row; each node another 2 ms.
+        s.set_sharing(4);
+        assert!((s.step_seconds(0) - 0.004).abs() < 1e-12);
+        assert!((s.step_seconds(3) - 0.010).abs() < 1e-12);
+        // Timed shared steps teach nothing: the price is the model's.
+        s.record_time(3, 1.0);
+        assert!((s.step_seconds(3) - 0.010).abs() < 1e-12);
+        s.set_sharing(16);
+        // 2.5 ms a plain step; one node (accepted 60%) gives 1.6 tokens for 4.5 ms: no tree.
+        assert_eq!(s.clone().choose(), None);
+        s.set_sharing(1);
+        assert!((s.step_seconds(3) - 0.016).abs() < 1e-12);
+        assert!(s.clone().choose().is_some());
+        // Without latency learning (sampling) the choice never depends on other sequences.
+        let mut config = AdaptiveConfig::new(8, 4);
+        config.learn_latency = false;
+        let mut s = AdaptiveSizer::new(&prior(600), linear(8), config).unwrap();
+        s.set_sharing(16);
+        assert!(s.choose().is_some());
     }
 
     /// Candidates: token = rank.

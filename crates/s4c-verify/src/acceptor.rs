@@ -46,6 +46,38 @@ pub trait Acceptor<B: Backend> {
     fn is_lossless(&self) -> bool;
 }
 
+/// An acceptor lent for one generation (it keeps its state, e.g. its random stream).
+impl<B: Backend, A: Acceptor<B> + ?Sized> Acceptor<B> for &mut A {
+    fn accept(
+        &mut self,
+        tree: &TokenTree,
+        proposals: &[Proposal],
+        logits: Tensor<B, 2>,
+    ) -> Result<Verdict, VerifyError> {
+        (**self).accept(tree, proposals, logits)
+    }
+
+    fn is_lossless(&self) -> bool {
+        (**self).is_lossless()
+    }
+}
+
+/// An acceptor chosen at run time, e.g. per request: greedy or sampling.
+impl<B: Backend, A: Acceptor<B> + ?Sized> Acceptor<B> for Box<A> {
+    fn accept(
+        &mut self,
+        tree: &TokenTree,
+        proposals: &[Proposal],
+        logits: Tensor<B, 2>,
+    ) -> Result<Verdict, VerifyError> {
+        (**self).accept(tree, proposals, logits)
+    }
+
+    fn is_lossless(&self) -> bool {
+        (**self).is_lossless()
+    }
+}
+
 fn check_rows<B: Backend>(tree: &TokenTree, logits: &Tensor<B, 2>) -> Result<(), VerifyError> {
     let rows = logits.dims()[0];
     if rows != tree.len() {

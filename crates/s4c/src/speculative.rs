@@ -1,13 +1,12 @@
 //! S4C speculative generation: prefill → [draft → build tree → verify → accept → commit]* with
 //! feature reuse — the verification pass's features feed the next round of drafting directly.
 
-use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_draft::{Drafter, Drafting};
-use s4c_models::{AttentionMask, CausalLm, Input, Logits};
+use s4c_models::{AttentionMask, CausalLm, Input, KvCache, LmOutput, Logits};
 use s4c_tree::{
     build_dynamic, AdaptiveSizer, ContextLookup, DynamicConfig, LookupDraft, Template, TokenTree,
     TreeError,
@@ -104,24 +103,22 @@ impl SpecGeneration {
     }
 }
 
-/// Speculative generation with a target `M`, a drafter `D` and an acceptance rule `A`.
-pub struct SpeculativeGenerator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>> {
+/// What every S4C sequence of a target shares: the target `M`, the drafter `D`, the tree shape
+/// and context lookup. [`Speculator::start`] begins a [`SpecSequence`].
+pub struct Speculator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> {
     model: &'a M,
     drafter: &'a D,
-    acceptor: A,
     shape: TreeShape,
     lookup: Option<ContextLookup>,
     _backend: std::marker::PhantomData<B>,
 }
 
-impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
-    SpeculativeGenerator<'a, B, M, D, A>
-{
-    /// A generator; a static template deeper than the drafter is cut to its depth, an adaptive
+impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
+    /// A speculator; a static template deeper than the drafter is cut to its depth, an adaptive
     /// sizer deeper than the drafter is refused. With a drafter that drafts nothing
     /// ([`s4c_draft::NoDrafter`]) every shape is the root alone, except an adaptive sizer of depth
     /// 0, which still sizes the lookup chains ([`Self::with_lookup`]).
-    pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
+    pub fn new(model: &'a M, drafter: &'a D, shape: TreeShape) -> Result<Self> {
         let lookup_sizer = matches!(&shape, TreeShape::Adaptive(s) if s.config().max_depth == 0);
         let shape = match shape {
             // A drafter that drafts nothing: trees of the root alone (plus any lookup chain,
@@ -141,23 +138,16 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             s => s,
         };
-        Ok(SpeculativeGenerator {
+        Ok(Speculator {
             model,
             drafter,
-            acceptor,
             shape,
             lookup: None,
             _backend: std::marker::PhantomData,
         })
     }
 
-    /// Adds to every step's tree the continuation [`ContextLookup`] finds for the context (prompt
-    /// and answer so far), as one more branch: the whole chain with static and dynamic shapes, as
-    /// many of its tokens as pay for their verification with the adaptive one, which prices them
-    /// from their own acceptance on this text. `None` (the default) turns it off.
-    ///
-    /// Candidates copied from the context are fixed before the target's verdict, so output stays
-    /// exactly that of plain decoding (greedy) or the target's distribution (sampling).
+    /// Adds context lookup to every step's tree (see [`SpeculativeGenerator::with_lookup`]).
     pub fn with_lookup(mut self, lookup: Option<ContextLookup>) -> Self {
         self.lookup = lookup.filter(|l| l.max_tokens > 0);
         self
@@ -168,52 +158,29 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         &self.shape
     }
 
-    /// Generates after `prompt`. `on_tokens` receives the tokens of every step as they are
-    /// accepted (for streaming); returning [`ControlFlow::Break`] ends generation after them
-    /// ([`StopReason::Interrupted`]). `options.sampling` must match the acceptor's (greedy with
-    /// [`s4c_verify::GreedyAcceptor`]); the first token is drawn with `options.seed`.
-    pub fn generate(
-        &mut self,
+    /// The target.
+    pub fn model(&self) -> &'a M {
+        self.model
+    }
+
+    /// A sequence for `prompt`, before its prefill: the options checked, the cache made, the
+    /// acceptor (matching `options.sampling`) its own. Run the prompt causally into
+    /// [`SpecSequence::cache_mut`] (last logits), then [`SpecSequence::begin`].
+    pub fn start<A: Acceptor<B>>(
+        &self,
         prompt: &[u32],
         options: &GenerateOptions,
         context: usize,
-        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
-    ) -> Result<SpecGeneration> {
+        acceptor: A,
+    ) -> Result<SpecSequence<B, A>> {
         options.validate(prompt.len(), context)?;
-        let start = Instant::now();
-        let model = self.model;
-        let hidden = model.dims().hidden_size;
-        let device = model.device().clone();
-        let w = self.drafter.window();
         // Room for the whole answer plus one tree beyond it.
         let lookup_nodes = self.lookup.map_or(0, |l| l.max_tokens);
         let capacity =
             (prompt.len() + options.max_new_tokens + self.shape.max_nodes() + lookup_nodes + 1)
                 .min(context);
-        let mut cache = model.new_cache(capacity);
-        let mut stats = SpecStats {
-            accepted_at_depth: vec![0; self.drafter.max_depth().max(lookup_nodes)],
-            ..Default::default()
-        };
-
-        // Prefill: the first token, and the last prompt token's feature with its window.
-        let out = model.forward(&Input::causal(prompt, 0, Logits::Last), &mut cache)?;
-        let mut sampler = Sampler::new(options.sampling, options.seed);
-        let first = next_token(out.logits, &mut sampler)?;
-        let n = prompt.len();
-        let keep = (w + 1).min(n);
-        // The committed features the window reads: the last `w` before the newest one.
-        let mut history = out.features.slice([n - keep..n, 0..hidden]);
-        let prefill = start.elapsed();
-
-        let mut new_ids = vec![first];
-        let mut flow = on_tokens(&[first]);
-        // Prompt and answer so far, the root last: where context lookup searches.
-        let mut text: Vec<u32> = prompt.to_vec();
-        text.push(first);
-        let mut root = first;
         // The online sizer of an adaptive shape, fresh for this generation.
-        let mut sizer = match &self.shape {
+        let sizer = match &self.shape {
             TreeShape::Adaptive(s) => {
                 let mut s = AdaptiveSizer::clone(s);
                 if !options.sampling.is_greedy() {
@@ -223,140 +190,44 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
             }
             _ => None,
         };
-        // What the next step drafts: a template of its own (adaptive), the shape's, or nothing,
-        // and the lookup chain it adds.
-        let mut plan = plan_step(&self.shape, self.lookup, &mut sizer, &text);
-        // The drafter's initial state of the newest committed feature: computed by the first
-        // step that drafts, then by feature reuse while steps keep drafting.
-        let mut state: Option<Tensor<B, 2>> = None;
-        // Seconds of the feature reuse that prepared this step's draft (timed with this step).
-        let mut reuse_s = 0.0;
-
-        let stop = loop {
-            if flow.is_break() {
-                break StopReason::Interrupted;
-            }
-            if options.stop_tokens.contains(&root) {
-                break StopReason::StopToken;
-            }
-            if new_ids.len() >= options.max_new_tokens {
-                break StopReason::MaxTokens;
-            }
-            let room = cache.capacity() - cache.len();
-            if room == 0 {
-                break StopReason::ContextFull;
-            }
-            let step_start = Instant::now();
-
-            // Draft: the heads' tree, then the lookup chain grafted on.
-            let t = Instant::now();
-            let drafted = self.draft_step(&mut plan, root, state.take(), &history, &text, room)?;
-            let DraftedTree {
-                tree,
-                heads_tree,
-                heads_map,
-            } = drafted;
-            stats.draft_s += t.elapsed().as_secs_f64();
-            stats.drafted += tree.len() - 1;
-            stats.plain_steps += usize::from(tree.len() == 1);
-
-            // Verify: one forward over the whole tree.
-            let t = Instant::now();
-            let out = verify(model, &tree, &mut cache)?;
-            stats.verify_s += t.elapsed().as_secs_f64();
-
-            // Accept.
-            let t = Instant::now();
-            let proposals = vec![Proposal::Deterministic; tree.len()];
-            let verdict = self.acceptor.accept(&tree, &proposals, out.logits)?;
-            stats.accept_s += t.elapsed().as_secs_f64();
-            stats.steps += 1;
-            stats.accepted += verdict.path.len() - 1;
-            for (d, hit) in verdict
-                .accepted_per_depth(stats.accepted_at_depth.len())
-                .into_iter()
-                .enumerate()
-            {
-                stats.accepted_at_depth[d] += hit as usize;
-            }
-
-            // Commit: keep the root and the accepted nodes; the bonus becomes the next root.
-            let t = Instant::now();
-            cache.commit(&verdict.path)?;
-            let (emitted, ended) = emitted_tokens(verdict.emitted(), options, new_ids.len());
-            new_ids.extend(&emitted);
-            text.extend(&emitted);
-            flow = on_tokens(&emitted);
-            stats.commit_s += t.elapsed().as_secs_f64();
-            learn(
-                &plan,
-                &tree,
-                &heads_tree,
-                &heads_map,
-                &verdict.path,
-                &mut stats,
-                sizer.as_mut(),
-            );
-            if let Some(s) = sizer.as_mut() {
-                s.record_time(tree.len() - 1, step_start.elapsed().as_secs_f64() + reuse_s);
-            }
-            if let Some(reason) = ended {
-                break reason;
-            }
-            if flow.is_break() {
-                break StopReason::Interrupted;
-            }
-            root = verdict.bonus;
-
-            // Feature reuse: the accepted nodes' features join the window and, if the next step
-            // drafts, the first drafting stage runs on every node so the accepted one's state is
-            // ready.
-            let t = Instant::now();
-            plan = plan_step(&self.shape, self.lookup, &mut sizer, &text);
-            let drafts = !matches!(plan.heads, Heads::None);
-            let (next_state, next_history) = self.reuse(
-                &tree,
-                &verdict.path,
-                out.features,
-                &history,
-                drafts,
-                &device,
-            )?;
-            state = next_state;
-            history = next_history;
-            reuse_s = t.elapsed().as_secs_f64();
-            stats.draft_s += reuse_s;
-        };
-        // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
-        stats.tau = new_ids.len() as f64 / (stats.steps + 1) as f64;
-        stats.mean_tree_nodes = stats.drafted as f64 / stats.steps.max(1) as f64;
-        Ok(SpecGeneration {
-            new_ids,
-            elapsed: start.elapsed(),
-            prefill,
-            stop,
-            stats,
+        Ok(SpecSequence {
+            cache: self.model.new_cache(capacity),
+            acceptor,
+            options: options.clone(),
+            stats: SpecStats {
+                accepted_at_depth: vec![0; self.drafter.max_depth().max(lookup_nodes)],
+                ..Default::default()
+            },
+            new_ids: vec![],
+            text: prompt.to_vec(),
+            history: None,
+            sizer,
+            plan: None,
+            state: None,
+            reuse_s: 0.0,
+            start: Instant::now(),
+            prefill: Duration::ZERO,
+            stop: None,
         })
     }
 
     /// The draft stage: the heads' part of the tree `plan` asks for (from `state`, or the
     /// newest feature of `history`), the lookup chain grafted on, cut to `room` nodes.
-    fn draft_step(
+    fn draft_tree(
         &self,
-        plan: &mut Plan<'_>,
+        plan: &mut Plan,
         root: u32,
         state: Option<Tensor<B, 2>>,
         history: &Tensor<B, 2>,
         text: &[u32],
         room: usize,
     ) -> Result<DraftedTree> {
-        let device = self.model.device().clone();
         let mut heads_tree = match &plan.heads {
             Heads::None => TokenTree::new(root),
-            Heads::Template(tpl) => self.draft(state, history, text, &device, |drafting| {
-                tpl.build(root, drafting)
-            })?,
-            Heads::Dynamic(cfg) => self.draft(state, history, text, &device, |drafting| {
+            Heads::Template(tpl) => {
+                self.draft(state, history, text, |drafting| tpl.build(root, drafting))?
+            }
+            Heads::Dynamic(cfg) => self.draft(state, history, text, |drafting| {
                 build_dynamic(root, cfg, drafting)
             })?,
         };
@@ -393,24 +264,27 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         state: Option<Tensor<B, 2>>,
         history: &Tensor<B, 2>,
         text: &[u32],
-        device: &B::Device,
         build: impl FnOnce(&mut Drafting<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
     ) -> Result<TokenTree> {
         let state = match state {
             Some(s) => s,
-            None => self.initial_for_last(history, device)?,
+            None => self.initial_for_last(history),
         };
         let mut drafting = Drafting::new(self.drafter, state, text);
         Ok(build(&mut drafting)?)
     }
 
     /// The initial state of the last row of `history` (its window: the rows before it).
-    fn initial_for_last(&self, history: &Tensor<B, 2>, device: &B::Device) -> Result<Tensor<B, 2>> {
+    fn initial_for_last(&self, history: &Tensor<B, 2>) -> Tensor<B, 2> {
         let [len, h] = history.dims();
         let w = self.drafter.window();
         let feature = history.clone().slice([len - 1..len, 0..h]);
-        let (window, valid) = window_rows(history, &[(0..len - 1).collect()], w, device);
-        Ok(self.drafter.initial_states(feature, window, valid))
+        let (window, valid) = window_rows(history, &[(0..len - 1).collect()], w, self.device());
+        self.drafter.initial_states(feature, window, valid)
+    }
+
+    fn device(&self) -> &B::Device {
+        self.model.device()
     }
 
     /// Runs the first drafting stage on all tree nodes (each with its own window: the committed
@@ -423,8 +297,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         features: Tensor<B, 2>,
         history: &Tensor<B, 2>,
         drafts: bool,
-        device: &B::Device,
-    ) -> Result<(Option<Tensor<B, 2>>, Tensor<B, 2>)> {
+    ) -> (Option<Tensor<B, 2>>, Tensor<B, 2>) {
+        let device = self.device();
         let w = self.drafter.window();
         let [hl, h] = history.dims();
         let n = tree.len();
@@ -436,7 +310,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let keep = &rows[rows.len().saturating_sub(w + 1)..];
         let next_history = all.clone().select(0, ids::<B>(keep, device));
         if !drafts {
-            return Ok((None, next_history));
+            return (None, next_history);
         }
         let accepted = *path.last().unwrap_or(&0);
         let windows: Vec<Vec<usize>> = if w == 0 {
@@ -454,31 +328,333 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         let (window, valid) = window_rows(&all, &windows, w, device);
         let states = self.drafter.initial_states(features, window, valid);
         let state = states.slice([accepted..accepted + 1, 0..h]);
-        Ok((Some(state), next_history))
+        (Some(state), next_history)
     }
 }
 
-/// What one step drafts.
+/// One S4C generation taken a step at a time — [`Self::draft`] a tree, run its
+/// [`SpecStep::input`] through the target, [`Self::accept`] the output — so that several
+/// sequences can share each forward ([`CausalLm::forward_batch`]). Its tokens are those
+/// [`SpeculativeGenerator::generate`] gives.
+pub struct SpecSequence<B: Backend, A> {
+    cache: KvCache<B>,
+    acceptor: A,
+    options: GenerateOptions,
+    stats: SpecStats,
+    new_ids: Vec<u32>,
+    /// Prompt and answer so far, the root last: where context lookup searches.
+    text: Vec<u32>,
+    /// The committed features the window reads: the last `w` before the newest one, and it.
+    history: Option<Tensor<B, 2>>,
+    /// The online sizer of an adaptive shape.
+    sizer: Option<AdaptiveSizer>,
+    /// What the next step drafts.
+    plan: Option<Plan>,
+    /// The drafter's initial state of the newest committed feature: computed by the first step
+    /// that drafts, then by feature reuse while steps keep drafting.
+    state: Option<Tensor<B, 2>>,
+    /// Seconds of the feature reuse that prepared the next step's draft (timed with that step).
+    reuse_s: f64,
+    start: Instant,
+    prefill: Duration,
+    stop: Option<StopReason>,
+}
+
+/// One step's drafted tree, ready for the target: [`Self::input`] is what it verifies.
+pub struct SpecStep {
+    drafted: DraftedTree,
+    plan: Plan,
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    mask: AttentionMask,
+    draft_s: f64,
+}
+
+impl SpecStep {
+    /// The forward input: the tree's tokens at depth positions under the tree mask.
+    pub fn input(&self) -> Input<'_> {
+        Input::tree(&self.tokens, self.positions.clone(), &self.mask)
+    }
+}
+
+impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
+    /// Its cache.
+    pub fn cache_mut(&mut self) -> &mut KvCache<B> {
+        &mut self.cache
+    }
+
+    /// Whether it still generates (then [`Self::draft`] the next step).
+    pub fn is_running(&self) -> bool {
+        self.stop.is_none() && !self.new_ids.is_empty()
+    }
+
+    /// Takes the first token and the prompt's last features from the prefill's `out` (the prompt
+    /// run causally, last logits) and plans the first step; `on_tokens` receives the token.
+    pub fn begin<M: CausalLm<B>, D: Drafter<B>>(
+        &mut self,
+        sp: &Speculator<'_, B, M, D>,
+        out: LmOutput<B>,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let mut sampler = Sampler::new(self.options.sampling, self.options.seed);
+        let first = next_token(out.logits, &mut sampler)?;
+        let [n, hidden] = out.features.dims();
+        let keep = (sp.drafter.window() + 1).min(n);
+        self.history = Some(out.features.slice([n - keep..n, 0..hidden]));
+        self.prefill = self.start.elapsed();
+        self.new_ids.push(first);
+        self.text.push(first);
+        let flow = on_tokens(&[first]);
+        self.plan = Some(plan_step(&sp.shape, sp.lookup, &mut self.sizer, &self.text));
+        self.settle(flow);
+        Ok(())
+    }
+
+    /// Drafts the next step's tree: the heads' part, then the lookup chain grafted on.
+    pub fn draft<M: CausalLm<B>, D: Drafter<B>>(
+        &mut self,
+        sp: &Speculator<'_, B, M, D>,
+    ) -> Result<SpecStep> {
+        let (Some(mut plan), Some(history), Some(&root), true) = (
+            self.plan.take(),
+            self.history.as_ref(),
+            self.new_ids.last(),
+            self.stop.is_none(),
+        ) else {
+            return Err(EngineError::InvalidOption(
+                "this sequence is not running: begin it, and draft only while it runs".into(),
+            ));
+        };
+        let t = Instant::now();
+        let room = self.cache.capacity() - self.cache.len();
+        let drafted = sp.draft_tree(
+            &mut plan,
+            root,
+            self.state.take(),
+            history,
+            &self.text,
+            room,
+        )?;
+        let tree = &drafted.tree;
+        let flat = tree.flatten();
+        let base = self.cache.len();
+        let positions: Vec<usize> = flat.depths.iter().map(|&d| base + d).collect();
+        let mask = AttentionMask::tree(base, tree.len(), &flat.mask.to_dense())
+            .ok_or_else(|| EngineError::InvalidOption("internal: tree mask size".into()))?;
+        let draft_s = t.elapsed().as_secs_f64();
+        self.stats.draft_s += draft_s;
+        self.stats.drafted += tree.len() - 1;
+        self.stats.plain_steps += usize::from(tree.len() == 1);
+        Ok(SpecStep {
+            drafted,
+            plan,
+            tokens: flat.tokens,
+            positions,
+            mask,
+            draft_s,
+        })
+    }
+
+    /// Accepts from the target's output `out` for `step`'s input (its forward took `verify_s`
+    /// seconds: this sequence's share when several shared it), commits the accepted branch,
+    /// gives its tokens to `on_tokens`, and prepares the next step's draft.
+    pub fn accept<M: CausalLm<B>, D: Drafter<B>>(
+        &mut self,
+        sp: &Speculator<'_, B, M, D>,
+        step: SpecStep,
+        out: LmOutput<B>,
+        verify_s: f64,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let SpecStep {
+            drafted,
+            plan,
+            draft_s,
+            ..
+        } = step;
+        let DraftedTree {
+            tree,
+            heads_tree,
+            heads_map,
+        } = drafted;
+        let stats = &mut self.stats;
+        stats.verify_s += verify_s;
+
+        // Accept.
+        let t = Instant::now();
+        let proposals = vec![Proposal::Deterministic; tree.len()];
+        let verdict = self.acceptor.accept(&tree, &proposals, out.logits)?;
+        stats.steps += 1;
+        stats.accepted += verdict.path.len() - 1;
+        for (d, hit) in verdict
+            .accepted_per_depth(stats.accepted_at_depth.len())
+            .into_iter()
+            .enumerate()
+        {
+            stats.accepted_at_depth[d] += hit as usize;
+        }
+        let accept_s = t.elapsed().as_secs_f64();
+        stats.accept_s += accept_s;
+
+        // Commit: keep the root and the accepted nodes; the bonus becomes the next root.
+        let t = Instant::now();
+        self.cache.commit(&verdict.path)?;
+        let (emitted, ended) = emitted_tokens(verdict.emitted(), &self.options, self.new_ids.len());
+        self.new_ids.extend(&emitted);
+        self.text.extend(&emitted);
+        let flow = on_tokens(&emitted);
+        learn(
+            &plan,
+            &tree,
+            &heads_tree,
+            &heads_map,
+            &verdict.path,
+            stats,
+            self.sizer.as_mut(),
+        );
+        stats.commit_s += t.elapsed().as_secs_f64();
+        if let Some(s) = self.sizer.as_mut() {
+            let step_s = self.reuse_s + draft_s + verify_s + accept_s + t.elapsed().as_secs_f64();
+            s.record_time(tree.len() - 1, step_s);
+        }
+        if ended.is_some() || flow.is_break() {
+            self.stop = ended.or(Some(StopReason::Interrupted));
+            return Ok(());
+        }
+
+        // Feature reuse: the accepted nodes' features join the window and, if the next step
+        // drafts, the first drafting stage runs on every node so the accepted one's state is
+        // ready.
+        let t = Instant::now();
+        let plan = plan_step(&sp.shape, sp.lookup, &mut self.sizer, &self.text);
+        let drafts = !matches!(plan.heads, Heads::None);
+        let history = self.history.take().ok_or_else(|| {
+            EngineError::InvalidOption("internal: accepted before the prefill".into())
+        })?;
+        let (state, history) = sp.reuse(&tree, &verdict.path, out.features, &history, drafts);
+        self.plan = Some(plan);
+        self.state = state;
+        self.history = Some(history);
+        self.reuse_s = t.elapsed().as_secs_f64();
+        self.stats.draft_s += self.reuse_s;
+        self.settle(ControlFlow::Continue(()));
+        Ok(())
+    }
+
+    /// Whether generation ends before the next step: `flow` (the caller's callback), a stop
+    /// token, the token limit or a full context.
+    fn settle(&mut self, flow: ControlFlow<()>) {
+        let root = self.new_ids.last().copied();
+        self.stop = if flow.is_break() {
+            Some(StopReason::Interrupted)
+        } else if root.is_some_and(|r| self.options.stop_tokens.contains(&r)) {
+            Some(StopReason::StopToken)
+        } else if self.new_ids.len() >= self.options.max_new_tokens {
+            Some(StopReason::MaxTokens)
+        } else if self.cache.len() >= self.cache.capacity() {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        };
+    }
+
+    /// Tells an adaptive tree that `sequences` sequences (this one included) share the coming
+    /// steps' forwards ([`AdaptiveSizer::set_sharing`]): it then sizes trees by what their rows
+    /// add to a shared pass. 1 (the default): alone.
+    pub fn set_sharing(&mut self, sequences: usize) {
+        if let Some(s) = self.sizer.as_mut() {
+            s.set_sharing(sequences);
+        }
+    }
+
+    /// Ends generation here (a cancelled request).
+    pub fn interrupt(&mut self) {
+        self.stop.get_or_insert(StopReason::Interrupted);
+    }
+
+    /// The result (once [`Self::is_running`] is false, or to cut generation short).
+    pub fn finish(self) -> SpecGeneration {
+        let mut stats = self.stats;
+        // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
+        stats.tau = self.new_ids.len() as f64 / (stats.steps + 1) as f64;
+        stats.mean_tree_nodes = stats.drafted as f64 / stats.steps.max(1) as f64;
+        SpecGeneration {
+            new_ids: self.new_ids,
+            elapsed: self.start.elapsed(),
+            prefill: self.prefill,
+            stop: self.stop.unwrap_or(StopReason::Interrupted),
+            stats,
+        }
+    }
+}
+
+/// Speculative generation with a target `M`, a drafter `D` and an acceptance rule `A`.
+pub struct SpeculativeGenerator<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>> {
+    speculator: Speculator<'a, B, M, D>,
+    acceptor: A,
+}
+
+impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
+    SpeculativeGenerator<'a, B, M, D, A>
+{
+    /// A generator; the shape is checked against the drafter as [`Speculator::new`] does.
+    pub fn new(model: &'a M, drafter: &'a D, acceptor: A, shape: TreeShape) -> Result<Self> {
+        Ok(SpeculativeGenerator {
+            speculator: Speculator::new(model, drafter, shape)?,
+            acceptor,
+        })
+    }
+
+    /// Adds to every step's tree the continuation [`ContextLookup`] finds for the context (prompt
+    /// and answer so far), as one more branch: the whole chain with static and dynamic shapes, as
+    /// many of its tokens as pay for their verification with the adaptive one, which prices them
+    /// from their own acceptance on this text. `None` (the default) turns it off.
+    ///
+    /// Candidates copied from the context are fixed before the target's verdict, so output stays
+    /// exactly that of plain decoding (greedy) or the target's distribution (sampling).
+    pub fn with_lookup(mut self, lookup: Option<ContextLookup>) -> Self {
+        self.speculator = self.speculator.with_lookup(lookup);
+        self
+    }
+
+    /// The tree shape in use.
+    pub fn shape(&self) -> &TreeShape {
+        self.speculator.shape()
+    }
+
+    /// Generates after `prompt`. `on_tokens` receives the tokens of every step as they are
+    /// accepted (for streaming); returning [`ControlFlow::Break`] ends generation after them
+    /// ([`StopReason::Interrupted`]). `options.sampling` must match the acceptor's (greedy with
+    /// [`s4c_verify::GreedyAcceptor`]); the first token is drawn with `options.seed`.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        context: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<SpecGeneration> {
+        let sp = &self.speculator;
+        let model = sp.model;
+        let mut seq = sp.start(prompt, options, context, &mut self.acceptor)?;
+        let out = model.forward(&Input::causal(prompt, 0, Logits::Last), seq.cache_mut())?;
+        seq.begin(sp, out, on_tokens)?;
+        while seq.is_running() {
+            let step = seq.draft(sp)?;
+            let t = Instant::now();
+            let out = model.forward(&step.input(), seq.cache_mut())?;
+            let verify_s = t.elapsed().as_secs_f64();
+            seq.accept(sp, step, out, verify_s, on_tokens)?;
+        }
+        Ok(seq.finish())
+    }
+}
+
 /// One step's tree: the whole tree verified, the heads' part of it, and where each node of the
 /// heads' part is in the whole tree.
 struct DraftedTree {
     tree: TokenTree,
     heads_tree: TokenTree,
     heads_map: Vec<usize>,
-}
-
-/// The verify stage: one forward over the whole tree (depth positions, tree mask).
-fn verify<B: Backend, M: CausalLm<B>>(
-    model: &M,
-    tree: &TokenTree,
-    cache: &mut s4c_models::KvCache<B>,
-) -> Result<s4c_models::LmOutput<B>> {
-    let flat = tree.flatten();
-    let base = cache.len();
-    let positions: Vec<usize> = flat.depths.iter().map(|&d| base + d).collect();
-    let mask = AttentionMask::tree(base, tree.len(), &flat.mask.to_dense())
-        .ok_or_else(|| EngineError::InvalidOption("internal: tree mask size".into()))?;
-    Ok(model.forward(&Input::tree(&flat.tokens, positions, &mask), cache)?)
 }
 
 /// The tokens a step gives after `done` new ones: cut after a stop token or at the token
@@ -504,7 +680,7 @@ fn emitted_tokens(
 /// What a step teaches: the lookup chain's acceptance (statistics and the sizer), and the
 /// heads' own acceptance along the accepted `path` (the sizer).
 fn learn(
-    plan: &Plan<'_>,
+    plan: &Plan,
     tree: &TokenTree,
     heads_tree: &TokenTree,
     heads_map: &[usize],
@@ -541,9 +717,10 @@ fn learn(
     }
 }
 
-struct Plan<'s> {
+/// What one step drafts.
+struct Plan {
     /// The heads' part of the tree.
-    heads: Heads<'s>,
+    heads: Heads,
     /// A chain copied from the context, cut to the tokens this step verifies.
     lookup: Option<LookupDraft>,
     /// The chain's tokens after the cut (adaptive sizing), which may stand in for chain tokens
@@ -552,23 +729,23 @@ struct Plan<'s> {
 }
 
 /// The heads' part of a step's tree.
-enum Heads<'s> {
+enum Heads {
     /// Nothing: the root alone.
     None,
     /// A template: the static shape's, or the one the adaptive sizer chose for this step.
-    Template(Cow<'s, Template>),
+    Template(Template),
     /// A dynamic tree.
-    Dynamic(&'s DynamicConfig),
+    Dynamic(DynamicConfig),
 }
 
 /// What the next step drafts after `text` (prompt and answer, the root last): the adaptive
 /// sizer's choice, else the shape as it is with the whole lookup chain.
-fn plan_step<'s>(
-    shape: &'s TreeShape,
+fn plan_step(
+    shape: &TreeShape,
     lookup: Option<ContextLookup>,
     sizer: &mut Option<AdaptiveSizer>,
     text: &[u32],
-) -> Plan<'s> {
+) -> Plan {
     let chain = lookup.and_then(|l| l.propose(text));
     match (sizer.as_mut(), shape) {
         (Some(s), _) => {
@@ -580,9 +757,7 @@ fn plan_step<'s>(
                     c
                 })
                 .filter(|c| !c.tokens.is_empty());
-            let heads = choice
-                .template
-                .map_or(Heads::None, |t| Heads::Template(Cow::Owned(t)));
+            let heads = choice.template.map_or(Heads::None, Heads::Template);
             Plan {
                 heads,
                 lookup,
@@ -591,8 +766,8 @@ fn plan_step<'s>(
         }
         (None, shape) => {
             let heads = match shape {
-                TreeShape::Static(t) => Heads::Template(Cow::Borrowed(t)),
-                TreeShape::Dynamic(c) => Heads::Dynamic(c),
+                TreeShape::Static(t) => Heads::Template(t.clone()),
+                TreeShape::Dynamic(c) => Heads::Dynamic(*c),
                 TreeShape::Adaptive(_) | TreeShape::RootOnly => Heads::None,
             };
             Plan {

@@ -9,13 +9,13 @@ use burn::tensor::backend::Backend;
 use s4c_draft::{Drafter, MultiHeadDrafter, NoDrafter};
 use s4c_models::{CausalLm, LoadedModel};
 use s4c_tree::{AcceptanceStats, ContextLookup, DynamicConfig, Template};
-use s4c_verify::{GreedyAcceptor, SamplingAcceptor};
+use s4c_verify::{Acceptor, GreedyAcceptor, SamplingAcceptor};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::cost::{adaptive_sizer, cache_dir, profile};
 use crate::plain::GenerateOptions;
-use crate::speculative::{SpecGeneration, SpeculativeGenerator, TreeShape};
+use crate::speculative::{SpecGeneration, SpeculativeGenerator, Speculator, TreeShape};
 use crate::{EngineError, Result};
 
 /// How each step's verification tree is shaped.
@@ -287,6 +287,14 @@ fn lookup_shape<B: Backend>(
 }
 
 impl<B: Backend> Speculation<B> {
+    /// What S4C sequences of `model` share: the drafter (if any), the tree shape, the lookup.
+    pub fn speculator<'a, M: CausalLm<B>>(
+        &'a self,
+        model: &'a M,
+    ) -> Result<Speculator<'a, B, M, Option<MultiHeadDrafter<B>>>> {
+        Ok(Speculator::new(model, &self.drafter, self.shape.clone())?.with_lookup(self.lookup))
+    }
+
     /// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.
     pub fn generate<M: CausalLm<B>>(
         &self,
@@ -296,30 +304,21 @@ impl<B: Backend> Speculation<B> {
         context: usize,
         on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
     ) -> Result<SpecGeneration> {
-        match &self.drafter {
-            Some(d) => run(model, d, self, prompt, opts, context, on_tokens),
-            None => run(model, &NoDrafter, self, prompt, opts, context, on_tokens),
-        }
+        SpeculativeGenerator::new(model, &self.drafter, acceptor(opts)?, self.shape.clone())?
+            .with_lookup(self.lookup)
+            .generate(prompt, opts, context, on_tokens)
     }
 }
 
-fn run<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
-    model: &M,
-    drafter: &D,
-    s: &Speculation<B>,
-    prompt: &[u32],
-    opts: &GenerateOptions,
-    context: usize,
-    on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
-) -> Result<SpecGeneration> {
-    if opts.sampling.is_greedy() {
-        SpeculativeGenerator::new(model, drafter, GreedyAcceptor, s.shape.clone())?
-            .with_lookup(s.lookup)
-            .generate(prompt, opts, context, on_tokens)
+/// The acceptor `opts` ask for: greedy at temperature 0, lossless sampling (seeded from
+/// `opts.seed`) otherwise.
+pub(crate) fn acceptor<B: Backend>(opts: &GenerateOptions) -> Result<Box<dyn Acceptor<B>>> {
+    Ok(if opts.sampling.is_greedy() {
+        Box::new(GreedyAcceptor)
     } else {
-        let acceptor = SamplingAcceptor::new(opts.sampling, opts.seed ^ 0x5345_4c45_4354)?;
-        SpeculativeGenerator::new(model, drafter, acceptor, s.shape.clone())?
-            .with_lookup(s.lookup)
-            .generate(prompt, opts, context, on_tokens)
-    }
+        Box::new(SamplingAcceptor::new(
+            opts.sampling,
+            opts.seed ^ 0x5345_4c45_4354,
+        )?)
+    })
 }
