@@ -6,7 +6,7 @@ import openai
 url, key = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=url + "/v1", api_key=key)
 model = client.models.list().data[0].id
-messages = [{"role": "user", "content": "Name three animals that live in the sea."}]
+messages = [{"role": "user", "content": "Write a story about the animals that live in the sea."}]
 
 whole = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
 text = whole.choices[0].message.content

@@ -41,7 +41,8 @@ pub use backend::{with_backend, BackendJob, BackendKind};
 pub use divergence::{first_divergence, Divergence, PositionLogits};
 pub use engine::{
     heads_search_path, BatchJob, Completion, Engine, EngineBuilder, EngineInfo, FinishReason,
-    HeadsChoice, Mode, Prompt, Request, TextEngine, Timings, TokenRun, TreeKind, TreeOptions,
+    HeadsChoice, Mode, Prompt, Request, TextEngine, TextSink, Timings, TokenRun, TreeKind,
+    TreeOptions,
 };
 pub use error::{EngineError, Result};
 pub use memory::peak_rss_mib;

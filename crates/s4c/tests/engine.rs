@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::tensor::DType;
-use s4c::{Engine, EngineBuilder, EngineError, FinishReason, HeadsChoice, Mode, Prompt, Request};
+use s4c::{
+    Engine, EngineBuilder, EngineError, FinishReason, HeadsChoice, Mode, Prompt, Request, TreeKind,
+    TreeOptions,
+};
 use s4c_models::{LoadOptions, Message};
 use serde_json::Value;
 
@@ -16,7 +19,13 @@ fn repo() -> PathBuf {
 
 /// The default model in f32 (the golden file's type) with the shipped heads.
 fn engine() -> Engine<Flex> {
+    engine_with(TreeOptions::default())
+}
+
+/// [`engine`] with the tree `tree`.
+fn engine_with(tree: TreeOptions) -> Engine<Flex> {
     EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .tree(tree)
         .load_options(LoadOptions {
             dtype: Some(DType::F32),
             ..Default::default()
@@ -173,27 +182,46 @@ fn plain_mode_engines_load_no_heads_and_refuse_s4c_requests() {
     ));
 }
 
+/// Requests in both modes, greedy and sampled, answered together (their steps — single tokens
+/// and S4C verification trees — share each forward) get exactly the answers they get alone.
+/// The tree is static, so every S4C step verifies one.
 #[test]
 fn requests_decoded_together_get_the_answers_they_get_alone() {
     use std::sync::{Arc, Mutex};
-    let e = engine();
+    let e = engine_with(TreeOptions {
+        kind: TreeKind::Static,
+        nodes: 8,
+        ..Default::default()
+    });
     let questions = [
         "What is the capital of Italy?",
         "Write a haiku about rain.",
         "Name three fruits.",
         "Explain what a noun is.",
         "What is 12 times 12?",
+        "List the days of the week.",
     ];
-    let request = |q: &str| {
-        Request::chat(vec![Message::new("user", q)])
+    // Odd requests decode plainly, even ones with S4C (the engine's mode); the last samples.
+    let request = |i: usize| {
+        let r = Request::chat(vec![Message::new("user", questions[i])])
             .max_new_tokens(24)
-            .stop(vec!["\n\n".into()])
+            .stop(vec!["\n\n".into()]);
+        let r = if i % 2 == 1 { r.mode(Mode::Plain) } else { r };
+        if i == 5 {
+            let sampling = s4c_verify::SamplingParams {
+                temperature: 0.8,
+                top_p: 0.95,
+                ..s4c_verify::SamplingParams::greedy()
+            };
+            r.sampling(sampling, 7)
+        } else {
+            r
+        }
     };
-    let alone: Vec<s4c::Completion> = questions
-        .iter()
-        .map(|q| answer(&e, &request(q)).0)
+    let alone: Vec<s4c::Completion> = (0..questions.len())
+        .map(|i| answer(&e, &request(i)).0)
         .collect();
-    // Three start together, two join as others finish (at most three at once); the fourth is
+    // Three start together, three join as others finish (at most three at once); the fourth is
     // cancelled after its second piece of text.
     type Results = Arc<Mutex<Vec<(usize, String, Option<s4c::Completion>)>>>;
     let results: Results = Arc::new(Mutex::new(vec![]));
@@ -203,7 +231,7 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
         let (t1, t2) = (text.clone(), text);
         let mut pieces = 0;
         s4c::BatchJob {
-            request: request(questions[i]),
+            request: request(i),
             on_text: Box::new(move |p| {
                 t1.lock().unwrap().push_str(p);
                 pieces += 1;
@@ -219,16 +247,19 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
             }),
         }
     };
-    let mut later = vec![job(3), job(4)];
+    let mut later = vec![job(3), job(4), job(5)];
     e.generate_batch(vec![job(0), job(1), job(2)], 3, &mut |room| {
         let n = room.min(later.len());
         later.drain(..n).collect()
     });
     let results = results.lock().unwrap();
-    assert_eq!(results.len(), 5);
+    assert_eq!(results.len(), questions.len());
+    let mut drafted = 0;
     for (i, streamed, c) in results.iter() {
         let c = c.as_ref().unwrap();
-        assert_eq!(c.timings.mode, Mode::Plain);
+        let want = if i % 2 == 1 { Mode::Plain } else { Mode::S4c };
+        assert_eq!(c.timings.mode, want, "{}", questions[*i]);
+        drafted += c.spec.as_ref().map_or(0, |s| s.drafted);
         if *i == 3 {
             assert_eq!(c.finish, FinishReason::Cancelled);
             assert_eq!(c.new_ids[..], alone[3].new_ids[..c.new_ids.len()]);
@@ -238,6 +269,7 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
         assert_eq!((&c.text, c.finish), (&alone[*i].text, alone[*i].finish));
         assert_eq!(streamed, &c.text);
     }
+    assert!(drafted > 0, "the S4C requests verified trees");
 }
 
 /// A tiny random-weight Llama 2 shaped model (crates/s4c-models/tests/fixtures/family): from its

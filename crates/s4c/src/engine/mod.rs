@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod request;
 mod speculation;
 mod text;
@@ -32,6 +33,7 @@ use s4c_models::{
 use serde::Serialize;
 use serde_json::Value;
 
+pub use batch::{BatchJob, TextSink};
 pub use request::{Completion, FinishReason, Prompt, Request, Timings};
 
 pub use speculation::{heads_search_path, TreeKind, TreeOptions};
@@ -346,106 +348,6 @@ impl<B: Backend> Engine<B> {
         out.complete(&self.m.tokenizer, mode, prompt, run, on_text)
     }
 
-    /// Answers several requests together: every step decodes one token of each running request
-    /// in one batched forward (plain decoding: greedy answers are those of [`Self::generate`],
-    /// sampled ones follow the target's distribution). Between steps `admit(room)` may hand over
-    /// up to `room` more requests (at most `max_running` run at once); each request's `done`
-    /// receives its completion or error as soon as it ends. Returns when none is left.
-    pub fn generate_batch(
-        &self,
-        jobs: Vec<BatchJob>,
-        max_running: usize,
-        admit: &mut dyn FnMut(usize) -> Vec<BatchJob>,
-    ) {
-        let mut running: Vec<Running<B>> = vec![];
-        let mut waiting = jobs;
-        loop {
-            running.extend(self.start_jobs(std::mem::take(&mut waiting)));
-            // Hand back the finished ones.
-            let mut i = 0;
-            while i < running.len() {
-                if running[i].seq.pending().is_none() {
-                    running.swap_remove(i).complete(&self.m.tokenizer);
-                } else {
-                    i += 1;
-                }
-            }
-            let room = max_running.max(1).saturating_sub(running.len());
-            if room > 0 {
-                waiting = admit(room);
-            }
-            if running.is_empty() && waiting.is_empty() {
-                return;
-            }
-            if running.is_empty() {
-                continue;
-            }
-            let mut seqs = vec![];
-            let mut outs = vec![];
-            for r in running.iter_mut() {
-                seqs.push(&mut r.seq);
-                outs.push((&mut r.out, &mut r.job.on_text));
-            }
-            let tok = &self.m.tokenizer;
-            let stepped = crate::plain::decode_together(&self.m.model, &mut seqs, &mut |i, ids| {
-                let (out, on_text) = &mut outs[i];
-                out.push(tok, ids, &mut **on_text)
-            });
-            drop(seqs);
-            drop(outs);
-            if let Err(e) = stepped {
-                fail_all(&mut running, "batched decoding", &e);
-            }
-        }
-    }
-
-    /// Prefills new batch jobs together; a job that cannot start gets its error through `done`.
-    fn start_jobs(&self, jobs: Vec<BatchJob>) -> Vec<Running<B>> {
-        let context = self.m.model.max_positions();
-        let mut ready = vec![];
-        for job in jobs {
-            let made = self.prompt_ids(&job.request.prompt).and_then(|prompt| {
-                let options = self.options(&job.request);
-                let seq = crate::plain::PlainSequence::new(
-                    &self.m.model,
-                    prompt.len(),
-                    &options,
-                    context,
-                )?;
-                Ok((prompt, seq))
-            });
-            match made {
-                Ok((prompt, seq)) => ready.push(Running {
-                    out: Output::new(&job.request.stop),
-                    prompt,
-                    seq,
-                    job,
-                }),
-                Err(e) => (job.done)(Err(e)),
-            }
-        }
-        if ready.is_empty() {
-            return ready;
-        }
-        let tok = &self.m.tokenizer;
-        let mut seqs = vec![];
-        let mut outs = vec![];
-        for r in ready.iter_mut() {
-            seqs.push((&mut r.seq, &r.prompt[..]));
-            outs.push((&mut r.out, &mut r.job.on_text));
-        }
-        let prefilled = crate::plain::prefill_together(&self.m.model, &mut seqs, &mut |i, ids| {
-            let (out, on_text) = &mut outs[i];
-            out.push(tok, ids, &mut **on_text)
-        });
-        drop(seqs);
-        drop(outs);
-        if let Err(e) = prefilled {
-            fail_all(&mut ready, "batched prefill", &e);
-        }
-        ready
-    }
-
     /// The generation options of a request.
     fn options(&self, r: &Request) -> GenerateOptions {
         GenerateOptions {
@@ -498,9 +400,7 @@ impl<B: Backend> Engine<B> {
                     spec: Some(g.stats),
                 })
             }
-            (Mode::S4c, None) => Err(EngineError::InvalidOption(
-                "this engine was built for plain decoding; build it in S4C mode to use S4C".into(),
-            )),
+            (Mode::S4c, None) => Err(batch::no_speculation()),
         }
     }
 
@@ -523,20 +423,6 @@ impl<B: Backend> Engine<B> {
             .and_then(|s| s.drafter.as_ref())
             .map(|d| d.config())
     }
-}
-
-/// Where a request's text goes as it is generated; `Break` cancels the request.
-pub type TextSink = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
-
-/// A request for [`Engine::generate_batch`]: the request, where its text goes as it is
-/// generated (`Break` cancels it), and where its completion goes.
-pub struct BatchJob {
-    /// The request.
-    pub request: Request,
-    /// Receives the text as it is produced.
-    pub on_text: TextSink,
-    /// Receives the completion (or the error) once the request ends.
-    pub done: Box<dyn FnOnce(Result<Completion>) + Send>,
 }
 
 /// The text side of one generation: tokens become text, stop strings end it, the caller's
@@ -617,43 +503,6 @@ impl Output {
             stop: run.stop,
             spec: run.spec,
         })
-    }
-}
-
-/// A request running in [`Engine::generate_batch`].
-struct Running<B: Backend> {
-    prompt: Vec<u32>,
-    seq: crate::plain::PlainSequence<B>,
-    out: Output,
-    job: BatchJob,
-}
-
-impl<B: Backend> Running<B> {
-    /// Hands the completion to the job's `done`.
-    fn complete(self, tokenizer: &Tokenizer) {
-        let g = self.seq.finish();
-        let run = TokenRun {
-            new_ids: g.new_ids,
-            stop: g.stop,
-            elapsed: g.elapsed,
-            prefill: g.prefill,
-            steps: g.steps,
-            spec: None,
-        };
-        let mut job = self.job;
-        let result = self
-            .out
-            .complete(tokenizer, Mode::Plain, self.prompt, run, &mut *job.on_text);
-        (job.done)(result);
-    }
-}
-
-/// A failed batched forward (`what`) fails every request it carried.
-fn fail_all<B: Backend>(running: &mut Vec<Running<B>>, what: &str, e: &impl std::fmt::Display) {
-    for r in running.drain(..) {
-        (r.job.done)(Err(EngineError::InvalidOption(format!(
-            "{what} failed: {e}"
-        ))));
     }
 }
 

@@ -124,9 +124,9 @@ impl Workers {
     }
 }
 
-/// A worker's loop: answer jobs until the queue closes. A job alone is answered with the
-/// engine's own mode (S4C); when more wait, up to `max_batch` are decoded together, and queued
-/// jobs join the batch as others finish.
+/// A worker's loop: answer jobs until the queue closes. Up to `max_batch` run together, each in
+/// its own mode, every step of all of them in one forward ([`crate::Engine::generate_batch`]);
+/// queued jobs join as others finish.
 fn work(
     engine: &dyn crate::TextEngine,
     rx: &Mutex<Receiver<Job>>,
@@ -160,20 +160,6 @@ fn work(
                 Some(j) => jobs.push(j),
                 None => break,
             }
-        }
-        if jobs.len() == 1 {
-            let job = jobs.remove(0);
-            metrics.running.fetch_add(1, Ordering::Relaxed);
-            let answer = engine.generate(&job.request, &mut |piece| {
-                match job.events.send(Event::Text(piece.to_string())) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    // The client disconnected: stop generating for it.
-                    Err(_) => ControlFlow::Break(()),
-                }
-            });
-            metrics.running.fetch_sub(1, Ordering::Relaxed);
-            finish(&job.events, metrics, answer);
-            continue;
         }
         let batch: Vec<BatchJob> = jobs.into_iter().map(|j| batch_job(j, metrics)).collect();
         engine.generate_batch(batch, max_batch, &mut |room| {
