@@ -23,7 +23,9 @@
 //! ```
 //!
 //! Lower down, [`plain::generate_plain`] and [`speculative::SpeculativeGenerator`] run any
-//! [`s4c_models::CausalLm`] with any [`s4c_draft::Drafter`] and [`s4c_verify::Acceptor`].
+//! [`s4c_models::CausalLm`] with any [`s4c_draft::Drafter`] and [`s4c_verify::Acceptor`];
+//! [`plain::PlainSequence`] and [`speculative::SpecSequence`] are the same a step at a time, for
+//! callers that batch several sequences into one forward ([`Engine::generate_batch`] does).
 
 #![warn(missing_docs)]
 

@@ -201,13 +201,13 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
         "What is 12 times 12?",
         "List the days of the week.",
     ];
-    // Odd requests decode plainly, even ones with S4C (the engine's mode); the last samples.
+    // Odd requests decode plainly, even ones with S4C (the engine's mode); the last two sample.
     let request = |i: usize| {
         let r = Request::chat(vec![Message::new("user", questions[i])])
             .max_new_tokens(24)
             .stop(vec!["\n\n".into()]);
         let r = if i % 2 == 1 { r.mode(Mode::Plain) } else { r };
-        if i == 5 {
+        if i >= 4 {
             let sampling = s4c_verify::SamplingParams {
                 temperature: 0.8,
                 top_p: 0.95,
