@@ -142,6 +142,28 @@ fn a_callback_that_breaks_cancels_the_generation() {
     }
 }
 
+/// Answers `requests` together ([`Engine::generate_batch`]), in order.
+fn batch(e: &Engine<Flex>, requests: Vec<Request>) -> Vec<s4c::Result<s4c::Completion>> {
+    use std::sync::{Arc, Mutex};
+    let results = Arc::new(Mutex::new(vec![]));
+    let jobs = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let results = results.clone();
+            s4c::BatchJob {
+                request,
+                on_text: Box::new(|_| ControlFlow::Continue(())),
+                done: Box::new(move |c| results.lock().unwrap().push((i, c))),
+            }
+        })
+        .collect();
+    e.generate_batch(jobs, 8, &mut |_| vec![]);
+    let mut results = std::mem::take(&mut *results.lock().unwrap());
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, c)| c).collect()
+}
+
 #[test]
 fn bad_requests_get_typed_errors() {
     let e = engine();
@@ -160,11 +182,27 @@ fn bad_requests_get_typed_errors() {
             0,
         ),
     ];
-    for r in bad {
-        match e.generate(&r, never) {
+    for r in bad.iter() {
+        match e.generate(r, never) {
             Err(EngineError::InvalidOption(msg)) => assert!(!msg.is_empty()),
             other => panic!("{:?}: {other:?}", r.prompt),
         }
+    }
+    // Answered together with a good request, each bad one gets its error and the good one its
+    // answer.
+    let good = Request::text("The capital of France is").max_new_tokens(8);
+    let alone = answer(&e, &good).0;
+    let mut requests = bad.to_vec();
+    requests.push(good);
+    let mut results = batch(&e, requests);
+    let last = results.pop().unwrap().unwrap();
+    assert_eq!(last.new_ids, alone.new_ids);
+    for (r, result) in bad.iter().zip(results) {
+        assert!(
+            matches!(result, Err(EngineError::InvalidOption(_))),
+            "{:?}",
+            r.prompt
+        );
     }
 }
 
@@ -180,6 +218,9 @@ fn plain_mode_engines_load_no_heads_and_refuse_s4c_requests() {
         e.generate(&r, &mut |_| ControlFlow::Continue(())),
         Err(EngineError::InvalidOption(_))
     ));
+    let results = batch(&e, vec![r, Request::text("Hello").max_new_tokens(4)]);
+    assert!(matches!(results[0], Err(EngineError::InvalidOption(_))));
+    assert_eq!(results[1].as_ref().unwrap().new_ids.len(), 4);
 }
 
 /// Requests in both modes, greedy and sampled, answered together (their steps — single tokens
