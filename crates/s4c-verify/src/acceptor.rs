@@ -46,37 +46,28 @@ pub trait Acceptor<B: Backend> {
     fn is_lossless(&self) -> bool;
 }
 
-/// An acceptor lent for one generation (it keeps its state, e.g. its random stream).
-impl<B: Backend, A: Acceptor<B> + ?Sized> Acceptor<B> for &mut A {
-    fn accept(
-        &mut self,
-        tree: &TokenTree,
-        proposals: &[Proposal],
-        logits: Tensor<B, 2>,
-    ) -> Result<Verdict, VerifyError> {
-        (**self).accept(tree, proposals, logits)
-    }
+/// Acceptors behind a pointer: lent for one generation (`&mut A`: it keeps its state, e.g. its
+/// random stream) or chosen at run time, e.g. per request (`Box<dyn Acceptor<B>>`).
+macro_rules! forward_acceptor {
+    ($($pointer:ty),*) => {$(
+        impl<B: Backend, A: Acceptor<B> + ?Sized> Acceptor<B> for $pointer {
+            fn accept(
+                &mut self,
+                tree: &TokenTree,
+                proposals: &[Proposal],
+                logits: Tensor<B, 2>,
+            ) -> Result<Verdict, VerifyError> {
+                (**self).accept(tree, proposals, logits)
+            }
 
-    fn is_lossless(&self) -> bool {
-        (**self).is_lossless()
-    }
+            fn is_lossless(&self) -> bool {
+                (**self).is_lossless()
+            }
+        }
+    )*};
 }
 
-/// An acceptor chosen at run time, e.g. per request: greedy or sampling.
-impl<B: Backend, A: Acceptor<B> + ?Sized> Acceptor<B> for Box<A> {
-    fn accept(
-        &mut self,
-        tree: &TokenTree,
-        proposals: &[Proposal],
-        logits: Tensor<B, 2>,
-    ) -> Result<Verdict, VerifyError> {
-        (**self).accept(tree, proposals, logits)
-    }
-
-    fn is_lossless(&self) -> bool {
-        (**self).is_lossless()
-    }
-}
+forward_acceptor!(&mut A, Box<A>);
 
 fn check_rows<B: Backend>(tree: &TokenTree, logits: &Tensor<B, 2>) -> Result<(), VerifyError> {
     let rows = logits.dims()[0];

@@ -74,29 +74,9 @@ struct Running<B: Backend> {
 impl<B: Backend> Running<B> {
     /// Hands the completion to the job's `done`.
     fn complete(self, tokenizer: &Tokenizer) {
-        let run = match self.seq {
-            Decoding::Plain(s) => {
-                let g = s.finish();
-                TokenRun {
-                    new_ids: g.new_ids,
-                    stop: g.stop,
-                    elapsed: g.elapsed,
-                    prefill: g.prefill,
-                    steps: g.steps,
-                    spec: None,
-                }
-            }
-            Decoding::S4c(s) => {
-                let g = s.finish();
-                TokenRun {
-                    new_ids: g.new_ids,
-                    stop: g.stop,
-                    elapsed: g.elapsed,
-                    prefill: g.prefill,
-                    steps: g.stats.steps,
-                    spec: Some(g.stats),
-                }
-            }
+        let run: TokenRun = match self.seq {
+            Decoding::Plain(s) => s.finish().into(),
+            Decoding::S4c(s) => s.finish().into(),
         };
         let mut job = self.job;
         let result = self

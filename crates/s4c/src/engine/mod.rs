@@ -262,6 +262,32 @@ pub struct TokenRun {
     pub spec: Option<SpecStats>,
 }
 
+impl From<crate::plain::Generation> for TokenRun {
+    fn from(g: crate::plain::Generation) -> Self {
+        TokenRun {
+            new_ids: g.new_ids,
+            stop: g.stop,
+            elapsed: g.elapsed,
+            prefill: g.prefill,
+            steps: g.steps,
+            spec: None,
+        }
+    }
+}
+
+impl From<crate::speculative::SpecGeneration> for TokenRun {
+    fn from(g: crate::speculative::SpecGeneration) -> Self {
+        TokenRun {
+            new_ids: g.new_ids,
+            stop: g.stop,
+            elapsed: g.elapsed,
+            prefill: g.prefill,
+            steps: g.stats.steps,
+            spec: Some(g.stats),
+        }
+    }
+}
+
 impl TokenRun {
     /// New tokens per second over the whole generation, prefill included.
     pub fn tokens_per_second(&self) -> f64 {
@@ -379,27 +405,11 @@ impl<B: Backend> Engine<B> {
         let context = self.m.model.max_positions();
         match (mode, &self.spec) {
             (Mode::Plain, _) => {
-                let g = generate_plain(&self.m.model, prompt, options, context, on_tokens)?;
-                Ok(TokenRun {
-                    new_ids: g.new_ids,
-                    stop: g.stop,
-                    elapsed: g.elapsed,
-                    prefill: g.prefill,
-                    steps: g.steps,
-                    spec: None,
-                })
+                Ok(generate_plain(&self.m.model, prompt, options, context, on_tokens)?.into())
             }
-            (Mode::S4c, Some(s)) => {
-                let g = s.generate(&self.m.model, prompt, options, context, on_tokens)?;
-                Ok(TokenRun {
-                    new_ids: g.new_ids,
-                    stop: g.stop,
-                    elapsed: g.elapsed,
-                    prefill: g.prefill,
-                    steps: g.stats.steps,
-                    spec: Some(g.stats),
-                })
-            }
+            (Mode::S4c, Some(s)) => Ok(s
+                .generate(&self.m.model, prompt, options, context, on_tokens)?
+                .into()),
             (Mode::S4c, None) => Err(batch::no_speculation()),
         }
     }
