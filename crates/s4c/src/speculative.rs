@@ -158,11 +158,6 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         &self.shape
     }
 
-    /// The target.
-    pub fn model(&self) -> &'a M {
-        self.model
-    }
-
     /// A sequence for `prompt`, before its prefill: the options checked, the cache made, the
     /// acceptor (matching `options.sampling`) its own. Run the prompt causally into
     /// [`SpecSequence::cache_mut`] (last logits), then [`SpecSequence::begin`].
@@ -209,6 +204,31 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
             prefill: Duration::ZERO,
             stop: None,
         })
+    }
+
+    /// One generation after `prompt` with `acceptor`, a sequence driven alone: prefill, then
+    /// draft → verify → accept until it ends (see [`SpeculativeGenerator::generate`]).
+    pub fn generate<A: Acceptor<B>>(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        context: usize,
+        acceptor: A,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<SpecGeneration> {
+        let mut seq = self.start(prompt, options, context, acceptor)?;
+        let out = self
+            .model
+            .forward(&Input::causal(prompt, 0, Logits::Last), seq.cache_mut())?;
+        seq.begin(self, out, on_tokens)?;
+        while seq.is_running() {
+            let step = seq.draft(self)?;
+            let t = Instant::now();
+            let out = self.model.forward(&step.input(), seq.cache_mut())?;
+            let verify_s = t.elapsed().as_secs_f64();
+            seq.accept(self, step, out, verify_s, on_tokens)?;
+        }
+        Ok(seq.finish())
     }
 
     /// The draft stage: the heads' part of the tree `plan` asks for (from `state`, or the
@@ -567,11 +587,6 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
         }
     }
 
-    /// Ends generation here (a cancelled request).
-    pub fn interrupt(&mut self) {
-        self.stop.get_or_insert(StopReason::Interrupted);
-    }
-
     /// The result (once [`Self::is_running`] is false, or to cut generation short).
     pub fn finish(self) -> SpecGeneration {
         let mut stats = self.stats;
@@ -633,19 +648,8 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>, A: Acceptor<B>>
         context: usize,
         on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
     ) -> Result<SpecGeneration> {
-        let sp = &self.speculator;
-        let model = sp.model;
-        let mut seq = sp.start(prompt, options, context, &mut self.acceptor)?;
-        let out = model.forward(&Input::causal(prompt, 0, Logits::Last), seq.cache_mut())?;
-        seq.begin(sp, out, on_tokens)?;
-        while seq.is_running() {
-            let step = seq.draft(sp)?;
-            let t = Instant::now();
-            let out = model.forward(&step.input(), seq.cache_mut())?;
-            let verify_s = t.elapsed().as_secs_f64();
-            seq.accept(sp, step, out, verify_s, on_tokens)?;
-        }
-        Ok(seq.finish())
+        self.speculator
+            .generate(prompt, options, context, &mut self.acceptor, on_tokens)
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::cost::{adaptive_sizer, cache_dir, profile};
 use crate::plain::GenerateOptions;
-use crate::speculative::{SpecGeneration, SpeculativeGenerator, Speculator, TreeShape};
+use crate::speculative::{SpecGeneration, Speculator, TreeShape};
 use crate::{EngineError, Result};
 
 /// How each step's verification tree is shaped.
@@ -304,9 +304,8 @@ impl<B: Backend> Speculation<B> {
         context: usize,
         on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
     ) -> Result<SpecGeneration> {
-        SpeculativeGenerator::new(model, &self.drafter, acceptor(opts)?, self.shape.clone())?
-            .with_lookup(self.lookup)
-            .generate(prompt, opts, context, on_tokens)
+        self.speculator(model)?
+            .generate(prompt, opts, context, acceptor(opts)?, on_tokens)
     }
 }
 
