@@ -77,8 +77,6 @@ enum Acts<'a> {
 /// Per-task scratch space of the kernels.
 #[derive(Default)]
 struct Scratch {
-    #[cfg(target_arch = "x86_64")]
-    unpacked: super::x86::Unpacked,
     #[cfg(target_arch = "aarch64")]
     unpacked: super::neon::Unpacked,
 }
@@ -87,7 +85,10 @@ impl Isa {
     /// Whether this instruction set has the interleaved kernel of [`super::packed`].
     pub(super) fn packs(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.0 == IsaKind::Avx512Vnni {
+        if matches!(
+            self.0,
+            IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni
+        ) {
             return true;
         }
         false
@@ -99,6 +100,12 @@ impl Isa {
         if self.0 == IsaKind::Avx512Vnni {
             // SAFETY: the instructions were detected on this CPU (`Isa`); `out` holds one group.
             unsafe { super::avx512::packed(p, g..g + 1, a, out) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.0, IsaKind::Avx2 | IsaKind::Avx2Vnni) {
+            // SAFETY: as above; AVX2, FMA and F16C come with both.
+            unsafe { super::avx2_packed::packed(p, g..g + 1, a, out) };
             return;
         }
         super::packed::reference(p, g..g + 1, a, out)
@@ -115,30 +122,21 @@ impl Isa {
         s: &mut Scratch,
     ) {
         let ty = m.ty();
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        #[cfg(not(target_arch = "aarch64"))]
         let _ = s;
         let n = out.len() / rows.len().max(1);
         // SAFETY (every `unsafe` below): an `Isa` names only instructions detected on this CPU;
         // the rows belong to `m` and the activations have `m.cols()` columns (checked by
         // `Linear::forward`).
-        #[cfg(target_arch = "x86_64")]
-        if let (IsaKind::Avx512Vnni, Acts::Q8(a)) = (self.0, acts) {
-            unsafe { super::avx512::rows(m, rows, a, out) };
-            return;
-        }
         for (r, o) in rows.zip(out.chunks_exact_mut(n)) {
             let w = m.row(r);
             match (self.0, acts) {
                 (IsaKind::Portable, Acts::Q8(a)) => portable::q8_rows(ty, w, a, o),
                 (IsaKind::Portable, Acts::F32(x)) => portable::dense_rows(ty, w, x, m.cols(), o),
+                // Block types are interleaved on every x86 instruction set (`Isa::packs`); their
+                // portable rows remain the reference.
                 #[cfg(target_arch = "x86_64")]
-                (IsaKind::Avx2, Acts::Q8(a)) => unsafe {
-                    super::x86::q8_rows_avx2(ty, w, a, o, &mut s.unpacked)
-                },
-                #[cfg(target_arch = "x86_64")]
-                (IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::Q8(a)) => unsafe {
-                    super::x86::q8_rows_vnni(ty, w, a, o, &mut s.unpacked)
-                },
+                (_, Acts::Q8(a)) => portable::q8_rows(ty, w, a, o),
                 #[cfg(target_arch = "x86_64")]
                 (IsaKind::Avx2 | IsaKind::Avx2Vnni | IsaKind::Avx512Vnni, Acts::F32(x)) => unsafe {
                     super::x86::dense_rows_avx2(ty, w, x, m.cols(), o)
@@ -164,9 +162,9 @@ impl Isa {
 /// A linear layer `[out, in]` made of one or more weight matrices stacked by rows (fused
 /// projections such as query, key and value), possibly of different storage types.
 ///
-/// On CPUs with AVX-512 VNNI, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K parts are repacked 16 rows at a time on
-/// first use (records of 16 interleaved rows); the repacked copy then replaces the file's pages
-/// in memory.
+/// On x86-64 CPUs (AVX2 and later), Q4_0, Q4_1, Q8_0, Q4_K and Q6_K parts are repacked 16 rows
+/// at a time on first use (records of 16 interleaved rows); the repacked copy then replaces the
+/// file's pages in memory.
 #[derive(Debug, Clone)]
 pub struct Linear {
     parts: Vec<QMatrix>,

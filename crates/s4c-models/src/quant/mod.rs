@@ -3,13 +3,15 @@
 //!
 //! A product `y = x · Wᵀ` of `m` activation rows by a `[out, in]` matrix runs on a thread pool,
 //! split by output rows. Each weight row is read once for all `m` activation rows (in register
-//! tiles of up to four rows), so a verification block of 16 rows costs little more memory traffic
-//! than one decoded row:
+//! tiles of up to eight rows), so a verification block of 16 rows costs little more memory
+//! traffic than one decoded row:
 //!
 //! - block-quantized weights meet activations quantized to 8-bit blocks of 32 ([`Q8Acts`], as
-//!   llama.cpp does): per block an integer dot product (AVX-VNNI `vpdpbusd`, else AVX2
-//!   `vpmaddubsw`; on aarch64 NEON `sdot`, else widening multiplies), one conversion and one
-//!   multiply-add with the two scales;
+//!   llama.cpp does). On x86-64 the weights are first repacked into records of 16 interleaved
+//!   rows ([`packed`]), where one instruction multiplies four values of 16 (AVX-512 VNNI
+//!   `vpdpbusd`) or 8 (AVX2 `vpmaddubsw`) weight rows by four activation values at once, and
+//!   the floating-point work is done once per block for all those rows. On aarch64 rows stay in
+//!   file order: NEON `sdot`, else widening multiplies;
 //! - dense weights meet `f32` activations with `f32` fused multiply-adds.
 //!
 //! **Batch invariance.** Each output value is computed by the same sequence of operations
@@ -20,6 +22,8 @@
 //! a tolerance).
 
 mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx2_packed;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod matmul;

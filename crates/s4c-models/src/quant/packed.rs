@@ -1,16 +1,17 @@
-//! Weight matrices repacked 16 rows at a time for the AVX-512 VNNI kernels (Q4_0, Q4_1, Q8_0,
-//! Q4_K, Q6_K).
+//! Weight matrices repacked 16 rows at a time for the x86 interleaved kernels (Q4_0, Q4_1, Q8_0,
+//! Q4_K, Q6_K): [`super::avx512`] with AVX-512 VNNI, [`super::avx2_packed`] with AVX2.
 //!
 //! In a file, a row's blocks follow each other. Here the blocks of 16 rows are interleaved: for
 //! each group of 16 rows and each block of 32 columns, one record holds the block's values so that
-//! 32 bits of a 512-bit vector are four values of one row (lane `j` = row `j` of the group), then
-//! the 16 scales (f16) and, for Q4_1, the 16 minimums (f16). A kernel multiplies such a vector by
-//! four activation values broadcast to every lane, so eight `vpdpbusd` give the exact integer dot
-//! products of one block for 16 rows at once, and the floating-point work — one conversion, the
-//! scale product and two fused multiply-adds — is done once per block and 16 outputs instead of
-//! once per pair of blocks and output. A verification block of 16 activation rows costs about
-//! four times less arithmetic than with rows in file order, and one decoded row reads the same
-//! number of bytes as the file holds.
+//! 32 bits of a 512-bit vector are four values of one row (lane `j` = row `j` of the group; a
+//! 256-bit half holds rows `0..8` or `8..16`), then the 16 scales (f16) and, for Q4_1, the 16
+//! minimums (f16). A kernel multiplies such a vector by four activation values broadcast to every
+//! lane, so eight `vpdpbusd` (or eight `vpmaddubsw` per half) give the exact integer dot products
+//! of one block for 16 rows at once, and the floating-point work — one conversion, the scale
+//! product and two fused multiply-adds — is done once per block and 16 outputs instead of once
+//! per block and output. A verification block of 16 activation rows costs about four times less
+//! arithmetic than with rows in file order, and one decoded row reads the same number of bytes
+//! as the file holds.
 //!
 //! Every output value is computed the same way whatever the number of activation rows:
 //!
@@ -414,6 +415,56 @@ mod tests {
                             isa.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_values_do_not_overflow_the_kernels_integer_sums() {
+        // Every weight at its type's largest unsigned value, every activation at ±127: the
+        // kernels' narrowest partial sums are at their bounds.
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+        ] {
+            let (rows, cols) = (16, 512);
+            let (per_block, block_bytes) = ty.block().unwrap();
+            let mut bytes = vec![0xFFu8; rows * cols / per_block * block_bytes];
+            let halfs: &[usize] = match ty {
+                GgmlType::Q4_1 | GgmlType::Q4K => &[0, 2],
+                GgmlType::Q6K => &[208],
+                _ => &[0],
+            };
+            for block in bytes.chunks_exact_mut(block_bytes) {
+                for &at in halfs {
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+                if ty == GgmlType::Q8_0 {
+                    block[2..].fill(0x7F); // w = 127: u = 255
+                }
+            }
+            let m = QMatrix::new(
+                ty,
+                rows,
+                cols,
+                super::super::WeightBytes::Owned(bytes.into()),
+            )
+            .unwrap();
+            let p = Packed::new(&m).unwrap();
+            for sign in [1.0f32, -1.0] {
+                let n = 3;
+                let a = Q8Acts::quantize(&vec![sign; n * cols], n, cols);
+                assert!(a.q.iter().all(|&q| q == 127 * sign as i8));
+                let mut want = vec![0f32; n * GROUP];
+                let mut got = want.clone();
+                reference(&p, 0..1, &a, &mut want);
+                for isa in Isa::available().into_iter().filter(|i| i.packs()) {
+                    isa.packed(&p, 0, &a, &mut got);
+                    assert_eq!(got, want, "{} on {}, sign {sign}", ty.name(), isa.name());
                 }
             }
         }
