@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::acts::{Q8Acts, QK};
-use super::packed::{act_index, Packed, PackedKind, GROUP};
+use super::packed::{act_index, run_tiles, Packed, PackedKind, GROUP};
 
 /// Most activation rows per tile for the 4-bit types (one `i16` accumulator each).
 const TILE: usize = 8;
@@ -242,28 +242,9 @@ unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out:
 /// every activation row `i` (`n` of them): [`super::packed::reference`], bit for bit.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn packed(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut [f32]) {
-    let n = a.rows;
-    debug_assert!(out.len() >= groups.len() * n * GROUP);
     let most = match p.kind {
         PackedKind::Q8_0 | PackedKind::Q6K => WIDE_TILE,
         _ => TILE,
     };
-    for (gi, g) in groups.enumerate() {
-        let o = out.as_mut_ptr().add(gi * n * GROUP);
-        let mut r0 = 0;
-        while r0 < n {
-            let dst = o.add(r0 * GROUP);
-            match (n - r0).min(most) {
-                1 => tile::<1>(p, g, a, r0, dst),
-                2 => tile::<2>(p, g, a, r0, dst),
-                3 => tile::<3>(p, g, a, r0, dst),
-                4 => tile::<4>(p, g, a, r0, dst),
-                5 => tile::<5>(p, g, a, r0, dst),
-                6 => tile::<6>(p, g, a, r0, dst),
-                7 => tile::<7>(p, g, a, r0, dst),
-                _ => tile::<8>(p, g, a, r0, dst),
-            }
-            r0 += most;
-        }
-    }
+    run_tiles!(tile, p, groups, a, out, most);
 }

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::acts::{Q8Acts, QK};
-use super::packed::{act_index, Packed, PackedKind, GROUP};
+use super::packed::{act_index, run_tiles, Packed, PackedKind, GROUP};
 
 /// Most activation rows per tile of the interleaved kernel.
 const PACKED_TILE: usize = 8;
@@ -155,24 +155,5 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
 /// every activation row `i` (`n` of them): [`super::packed::reference`], bit for bit.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(crate) unsafe fn packed(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut [f32]) {
-    let n = a.rows;
-    debug_assert!(out.len() >= groups.len() * n * GROUP);
-    for (gi, g) in groups.enumerate() {
-        let o = out.as_mut_ptr().add(gi * n * GROUP);
-        let mut r0 = 0;
-        while r0 < n {
-            let dst = o.add(r0 * GROUP);
-            match n - r0 {
-                1 => packed_tile::<1>(p, g, a, r0, dst),
-                2 => packed_tile::<2>(p, g, a, r0, dst),
-                3 => packed_tile::<3>(p, g, a, r0, dst),
-                4 => packed_tile::<4>(p, g, a, r0, dst),
-                5 => packed_tile::<5>(p, g, a, r0, dst),
-                6 => packed_tile::<6>(p, g, a, r0, dst),
-                7 => packed_tile::<7>(p, g, a, r0, dst),
-                _ => packed_tile::<8>(p, g, a, r0, dst),
-            }
-            r0 += PACKED_TILE;
-        }
-    }
+    run_tiles!(packed_tile, p, groups, a, out, PACKED_TILE);
 }

@@ -331,6 +331,38 @@ fn sub_block(kind: PackedKind, blk: &[u8], t: usize) -> ([u8; QK], [u8; 2]) {
     }
 }
 
+/// Runs `$tile::<R>(p, g, a, r0, dst)` for every group `g` of `$groups` (its outputs one after
+/// the other in `$out`, as [`reference`] writes them) over the activation rows in tiles of at
+/// most `$most` (≤ 8) rows, then the rest.
+#[cfg(target_arch = "x86_64")]
+macro_rules! run_tiles {
+    ($tile:ident, $p:expr, $groups:expr, $a:expr, $out:expr, $most:expr) => {{
+        let (p, a, most) = ($p, $a, $most);
+        let n = a.rows;
+        debug_assert!($out.len() >= $groups.len() * n * GROUP);
+        for (gi, g) in $groups.enumerate() {
+            let o = $out.as_mut_ptr().add(gi * n * GROUP);
+            let mut r0 = 0;
+            while r0 < n {
+                let dst = o.add(r0 * GROUP);
+                match (n - r0).min(most) {
+                    1 => $tile::<1>(p, g, a, r0, dst),
+                    2 => $tile::<2>(p, g, a, r0, dst),
+                    3 => $tile::<3>(p, g, a, r0, dst),
+                    4 => $tile::<4>(p, g, a, r0, dst),
+                    5 => $tile::<5>(p, g, a, r0, dst),
+                    6 => $tile::<6>(p, g, a, r0, dst),
+                    7 => $tile::<7>(p, g, a, r0, dst),
+                    _ => $tile::<8>(p, g, a, r0, dst),
+                }
+                r0 += most;
+            }
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use run_tiles;
+
 /// Where a block's activations are: its 32 values start at `q[at · 32]`, its scale is `d[at]`.
 #[inline(always)]
 pub(crate) fn act_index(a: &Q8Acts, r: usize, b: usize) -> usize {
@@ -378,15 +410,18 @@ mod tests {
     use crate::quant::Isa;
     use crate::testing::random_matrix;
 
+    /// Every type with an interleaved form.
+    const TYPES: [GgmlType; 5] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+
     #[test]
     fn every_interleaved_kernel_equals_the_reference_bit_for_bit() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4K,
-            GgmlType::Q6K,
-        ] {
+        for ty in TYPES {
             // 19 blocks (K types: 16): tiles of 8 activation rows, then the rest, for each count.
             let rows = 48;
             let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
@@ -424,13 +459,7 @@ mod tests {
     fn the_largest_values_do_not_overflow_the_kernels_integer_sums() {
         // Every weight at its type's largest unsigned value, every activation at ±127: the
         // kernels' narrowest partial sums are at their bounds.
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4K,
-            GgmlType::Q6K,
-        ] {
+        for ty in TYPES {
             let (rows, cols) = (16, 512);
             let (per_block, block_bytes) = ty.block().unwrap();
             let mut bytes = vec![0xFFu8; rows * cols / per_block * block_bytes];
@@ -473,13 +502,7 @@ mod tests {
     #[test]
     fn the_reference_on_packed_records_equals_the_dot_products_of_the_file_layout() {
         // 40 rows: two whole groups and one padded with zero rows.
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4K,
-            GgmlType::Q6K,
-        ] {
+        for ty in TYPES {
             let (rows, n) = (40, 3);
             let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
                 512
