@@ -158,26 +158,13 @@ unsafe fn sums_q6k<const R: usize>(
 #[inline(always)]
 unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
     let kind = p.kind;
-    let (vb, rec) = (kind.value_bytes(), kind.record_bytes());
-    let base = p.data.as_ptr().add(g * p.blocks * rec);
+    let vb = kind.value_bytes();
     let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let supers = p
-        .supers
-        .as_ptr()
-        .wrapping_add(g * (p.blocks / 8) * kind.super_bytes());
-    // The first tile asks for the next group's records while it computes.
-    let ahead = (r0 == 0).then(|| base.wrapping_add(p.blocks * rec));
     for b in 0..p.blocks {
-        let r = base.add(b * rec);
-        if let Some(next) = ahead {
-            for line in (0..rec).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * rec + line).cast());
-            }
-        }
+        let (r, sup) = p.block_ptrs(g, b, r0 == 0);
         let at: [usize; R] = std::array::from_fn(|i| act_index(a, r0 + i, b));
         let x: [*const i32; R] = at.map(|at| q.add(at * QK).cast::<i32>());
-        let sup = supers.wrapping_add((b / 8) * kind.super_bytes());
         for h in 0..2 {
             let f16s = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
             if kind == PackedKind::Q6K {

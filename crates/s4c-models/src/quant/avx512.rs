@@ -23,28 +23,15 @@ const PACKED_TILE: usize = 8;
 #[inline(always)]
 unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
     let kind = p.kind;
-    let (vb, rec) = (kind.value_bytes(), kind.record_bytes());
-    let base = p.data.as_ptr().add(g * p.blocks * rec);
+    let vb = kind.value_bytes();
     let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
     let low = _mm512_set1_epi8(0x0F);
     let high = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); R];
     // Q4_K's and Q6_K's super-block scales, loaded at each super-block's first block.
-    let supers = p
-        .supers
-        .as_ptr()
-        .wrapping_add(g * (p.blocks / 8) * kind.super_bytes());
     let (mut d_super, mut dmin_super) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    // The first tile asks for the next group's records while it computes (the later tiles of
-    // this group find theirs in cache).
-    let ahead = (r0 == 0).then(|| base.wrapping_add(p.blocks * rec));
     for b in 0..p.blocks {
-        let r = base.add(b * rec);
-        if let Some(next) = ahead {
-            for line in (0..rec).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * rec + line).cast());
-            }
-        }
+        let (r, sup) = p.block_ptrs(g, b, r0 == 0);
         let mut w = [_mm512_setzero_si512(); 8];
         match kind {
             PackedKind::Q8_0 => {
@@ -80,7 +67,6 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
         let (ws, wm) = match kind {
             PackedKind::Q4K => {
                 if b % 8 == 0 {
-                    let sup = supers.add((b / 8) * kind.super_bytes());
                     d_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.cast()));
                     dmin_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.add(32).cast()));
                 }
@@ -92,7 +78,6 @@ unsafe fn packed_tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usiz
             }
             PackedKind::Q6K => {
                 if b % 8 == 0 {
-                    let sup = supers.add((b / 8) * kind.super_bytes());
                     d_super = _mm512_cvtph_ps(_mm256_loadu_si256(sup.cast()));
                 }
                 let i8s = |p: *const u8| {

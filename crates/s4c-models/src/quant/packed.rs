@@ -276,6 +276,32 @@ impl Packed {
         (dw, self.kind.min(dw, 0.0))
     }
 
+    /// For the kernels: record `b` of group `g` and the bytes kept apart for its super-block
+    /// (none for the types without), as pointers. With `ahead`, the same record of the next
+    /// group is requested from memory meanwhile (the first tile of a group does so; the later
+    /// tiles find their records in cache).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn block_ptrs(&self, g: usize, b: usize, ahead: bool) -> (*const u8, *const u8) {
+        let rec = self.kind.record_bytes();
+        let at = (g * self.blocks + b) * rec;
+        if ahead {
+            let next = self.data.as_ptr().wrapping_add(at + self.blocks * rec);
+            for line in (0..rec).step_by(64) {
+                // SAFETY: a prefetch only hints; an address past the data is never read.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        next.wrapping_add(line).cast(),
+                    )
+                };
+            }
+        }
+        (
+            self.data[at..at + rec].as_ptr(),
+            self.super_block(g, b).as_ptr(),
+        )
+    }
+
     /// The bytes kept apart for the super-block holding block `b` of group `g`.
     fn super_block(&self, g: usize, b: usize) -> &[u8] {
         let sb = self.kind.super_bytes();
