@@ -160,12 +160,14 @@ unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out:
     let kind = p.kind;
     let vb = kind.value_bytes();
     let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for b in 0..p.blocks {
-        let (r, sup) = p.block_ptrs(g, b, r0 == 0);
-        let at: [usize; R] = std::array::from_fn(|i| act_index(a, r0 + i, b));
-        let x: [*const i32; R] = at.map(|at| q.add(at * QK).cast::<i32>());
-        for h in 0..2 {
+    // One half (eight weight rows) at a time: one accumulator per activation row stays in a
+    // register across the blocks.
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..p.blocks {
+            let (r, sup) = p.block_ptrs(g, b, r0 == 0 && h == 0);
+            let at: [usize; R] = std::array::from_fn(|i| act_index(a, r0 + i, b));
+            let x: [*const i32; R] = at.map(|at| q.add(at * QK).cast::<i32>());
             let f16s = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
             if kind == PackedKind::Q6K {
                 let dsup = f16s(sup.add(2 * HALF * h));
@@ -175,7 +177,7 @@ unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out:
                 let (wm0, wm1) = (_mm256_mul_ps(ws0, minus32), _mm256_mul_ps(ws1, minus32));
                 let s = sums_q6k::<R>(r, h, &x);
                 for i in 0..R {
-                    let (dx, acc) = (_mm256_set1_ps(*d.add(at[i])), &mut acc[i][h]);
+                    let (dx, acc) = (_mm256_set1_ps(*d.add(at[i])), &mut acc[i]);
                     let sums = ds16.add(2 * ((r0 + i) * p.blocks + b));
                     *acc =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i].0), _mm256_mul_ps(ws0, dx), *acc);
@@ -211,17 +213,16 @@ unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out:
                 }
             };
             for i in 0..R {
-                let acc = &mut acc[i][h];
+                let acc = &mut acc[i];
                 let scale = _mm256_mul_ps(ws, _mm256_set1_ps(*d.add(at[i])));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), scale, *acc);
                 let sx = _mm256_set1_ps(*ds.add((r0 + i) * p.blocks + b));
                 *acc = _mm256_fmadd_ps(wm, sx, *acc);
             }
         }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(i * GROUP), acc[0]);
-        _mm256_storeu_ps(out.add(i * GROUP + HALF), acc[1]);
+        for (i, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * GROUP + HALF * h), *acc);
+        }
     }
 }
 
