@@ -409,18 +409,21 @@ pub(crate) fn to_host<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {
 pub fn top_k_softmax(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let total: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let better = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    let k = k.min(idx.len());
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, better);
+    // One pass keeps the best `k` so far, best first: a value enters only if it beats the
+    // worst kept one, and goes after every kept value at least as high (those have lower ids).
+    let k = k.min(logits.len());
+    let mut idx: Vec<u32> = Vec::with_capacity(k + 1);
+    for (i, &x) in logits.iter().enumerate() {
+        if idx.len() == k {
+            match idx.last() {
+                Some(&w) if x.total_cmp(&logits[w as usize]).is_gt() => {}
+                _ => continue,
+            }
+        }
+        let at = idx.partition_point(|&j| logits[j as usize].total_cmp(&x).is_ge());
+        idx.insert(at, i as u32);
         idx.truncate(k);
     }
-    idx.sort_by(better);
     let probs = idx
         .iter()
         .map(|&i| (logits[i as usize] - max).exp() / total)
@@ -713,5 +716,43 @@ fn softmax_at(temperature: f32) -> s4c_verify::SamplingParams {
         temperature,
         top_k: 0,
         top_p: 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every id sorted by (logit descending, id ascending), then cut to `k`.
+    fn by_sorting(logits: &[f32], k: usize) -> Vec<u32> {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        idx.sort_by(|a, b| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        });
+        idx.truncate(k);
+        idx
+    }
+
+    proptest! {
+        /// The one-pass selection picks the ids a full sort does, ties to the lower id, with
+        /// the softmax probabilities of the whole row.
+        #[test]
+        fn top_k_is_the_head_of_the_sorted_row(
+            // Few distinct values, so ties are common.
+            logits in prop::collection::vec((-4i32..4).prop_map(|v| v as f32 * 0.5), 0..64),
+            k in 0usize..12,
+        ) {
+            let (ids, probs) = top_k_softmax(&logits, k);
+            prop_assert_eq!(&ids, &by_sorting(&logits, k));
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            for (&i, &p) in ids.iter().zip(&probs) {
+                let want = ((logits[i as usize] - max) as f64).exp() / total;
+                prop_assert!((p as f64 - want).abs() < 1e-6, "{p} vs {want}");
+            }
+        }
     }
 }
