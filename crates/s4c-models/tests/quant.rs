@@ -207,3 +207,24 @@ fn bad_matrices_are_refused_with_a_reason() {
     let b = QMatrix::from_f32(1, 64, &[0.0; 64], GgmlType::F32).unwrap();
     assert!(Linear::new(vec![a, b]).is_err());
 }
+
+#[test]
+fn f32_values_quantize_to_q8_0_as_llama_cpp_does() {
+    let mut rng = SplitMix(11);
+    let (rows, cols) = (3, 96);
+    let mut x: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric() * 0.3).collect();
+    x[32..64].fill(0.0); // an all-zero block
+    let w = QMatrix::from_f32(rows, cols, &x, GgmlType::Q8_0).unwrap();
+    assert_eq!(w.ty(), GgmlType::Q8_0);
+    // llama.cpp's quantize_row_q8_0_ref: d = amax / 127 (stored as f16), q = round(x / d).
+    let mut want = Vec::new();
+    for block in x.chunks(32) {
+        let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d16 = half::f16::from_f32(d).to_f32();
+        want.extend(block.iter().map(|v| d16 * (v * id).round()));
+    }
+    assert_eq!(w.dequantize(), want);
+    let err = QMatrix::from_f32(1, 40, &[0.0; 40], GgmlType::Q8_0).unwrap_err();
+    assert!(err.to_string().contains("whole blocks of 32"), "{err}");
+}

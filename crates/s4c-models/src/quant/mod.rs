@@ -41,6 +41,7 @@ use memmap2::Mmap;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{dequantize, GgmlType};
+use acts::QK;
 
 pub use acts::Q8Acts;
 pub use matmul::{Linear, Threads};
@@ -245,7 +246,8 @@ impl QMatrix {
         })
     }
 
-    /// A dense matrix from `f32` values, stored as `ty` (F32, F16 or BF16).
+    /// A matrix from `f32` values, stored as `ty`: F32, F16, BF16, or Q8_0 (each block of 32
+    /// values as `d = max |x| / 127` and `round(x / d)`, as llama.cpp quantizes to Q8_0).
     pub fn from_f32(rows: usize, cols: usize, data: &[f32], ty: GgmlType) -> Result<Self> {
         if data.len() != rows * cols {
             return Err(ModelError::InvalidInput(format!(
@@ -263,9 +265,20 @@ impl QMatrix {
                 .iter()
                 .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
                 .collect(),
+            GgmlType::Q8_0 if cols.is_multiple_of(QK) => data
+                .chunks_exact(QK)
+                .flat_map(|block| {
+                    let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+                    let d = amax / 127.0;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    let q = block.iter().map(move |&x| (x * inv).round() as i8 as u8);
+                    f16::from_f32(d).to_le_bytes().into_iter().chain(q)
+                })
+                .collect(),
             other => {
                 return Err(ModelError::InvalidInput(format!(
-                    "cannot store f32 values as {} (only F32, F16, BF16)",
+                    "cannot store f32 values as {} (only F32, F16, BF16, and Q8_0 in rows of \
+                     whole blocks of {QK})",
                     other.name()
                 )))
             }
