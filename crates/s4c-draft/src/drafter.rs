@@ -17,6 +17,7 @@ use crate::copy::{copy_candidate, push_copy_inputs, CopyCandidate};
 use crate::data::{to_host, top_k_softmax};
 use crate::error::{DraftError, Result};
 use crate::heads::Heads;
+use crate::host::HostBlocks;
 
 /// Proposes draft tokens from the target's features.
 ///
@@ -141,6 +142,8 @@ pub struct MultiHeadDrafter<B: Backend> {
     embed: TargetRows<B>,
     /// The target's LM head restricted to the draft vocabulary.
     head: DraftHead<B>,
+    /// The heads' blocks on the host (see [`MultiHeadDrafter::with_host_head`]).
+    host_blocks: Option<HostBlocks>,
     device: B::Device,
     /// Draft-vocabulary index → token id.
     vocab: Vec<u32>,
@@ -223,16 +226,18 @@ impl<B: Backend> MultiHeadDrafter<B> {
             heads,
             embed,
             head: DraftHead::Tensor(head.transpose()),
+            host_blocks: None,
             device,
             vocab,
             full_head,
         })
     }
 
-    /// The same drafter with a host copy of its LM head, multiplied by s4c's CPU kernels
-    /// ([`s4c_models::quant`]) on `threads`: for a target on the CPU engine, where the backend's
-    /// product of a few rows by the `[hidden, draft_vocab]` head (a drafting level's largest)
-    /// runs on one thread. The logits are read on the host anyway, so nothing else moves.
+    /// The same drafter with host copies of its LM head and of its heads' blocks, multiplied by
+    /// s4c's CPU kernels ([`s4c_models::quant`]) on `threads`: for a target on the CPU engine,
+    /// where the backend multiplies a drafting level's few rows on one thread. The blocks'
+    /// matrices are stored as Q8_0 (a quarter of the bytes; module `host`); the logits are read
+    /// on the host anyway, so nothing else moves.
     ///
     /// `target_head` is the target's whole LM head `[vocab, hidden]` in its storage type
     /// (`Llama::lm_head_matrix`): the draft vocabulary's rows are taken from it as they are (a
@@ -264,6 +269,7 @@ impl<B: Backend> MultiHeadDrafter<B> {
             }
         };
         // The host copy replaces the backend's f32 one (19 MB for 8,192 rows of 576).
+        self.host_blocks = Some(HostBlocks::new(&self.heads, threads.clone())?);
         self.head = DraftHead::Host(Linear::new(vec![m]).map_err(invalid)?, threads);
         Ok(self)
     }
@@ -431,6 +437,19 @@ impl<B: Backend> TargetRows<B> {
         }
     }
 
+    /// Rows `ids` as `f32` values on the host, `[ids.len(), hidden]` row-major.
+    fn host_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            TargetRows::Tensor(t) => {
+                to_host(t.clone().select(0, ids_tensor::<B>(ids, &t.device())))
+            }
+            TargetRows::Host(m) => {
+                let rows: Vec<usize> = ids.iter().map(|&t| t as usize).collect();
+                Ok(m.dequantize_rows(&rows)?)
+            }
+        }
+    }
+
     /// All rows as a tensor on `device` (for training and evaluation).
     fn to_tensor(&self, device: &B::Device) -> Result<Tensor<B, 2>> {
         match self {
@@ -491,26 +510,52 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         if depth >= self.config.heads || m == 0 {
             return Ok((parents, vec![Vec::new(); m]));
         }
-        let emb = if self.config.coherence == Coherence::Independent {
-            parents.zeros_like()
-        } else {
-            self.embed.select(tokens, &parents.device())?
+        let independent = self.config.coherence == Coherence::Independent;
+        // The new states, on the backend and (from the host blocks) on the host, and their copy
+        // bonuses on the host.
+        let (states, host_states, bonus) = match &self.host_blocks {
+            Some(blocks) => {
+                let device = parents.device();
+                let [_, h] = parents.dims();
+                let parents = to_host(parents)?;
+                let emb = if independent {
+                    vec![0.0; m * h]
+                } else {
+                    self.embed.host_rows(tokens)?
+                };
+                let s = blocks.step(depth, &parents, &emb, m);
+                let bonus = blocks.copy_bonus(depth, &s, m);
+                let t = Tensor::from_data(TensorData::new(s.clone(), [m, h]), &device);
+                (t, Some(s), bonus)
+            }
+            None => {
+                let emb = if independent {
+                    parents.zeros_like()
+                } else {
+                    self.embed.select(tokens, &parents.device())?
+                };
+                let states = self.heads.step(depth, parents, emb);
+                let bonus = match self.heads.copy_bonus(depth, states.clone()) {
+                    Some(b) if !copies.is_empty() => Some(to_host(b)?),
+                    _ => None,
+                };
+                (states, None, bonus)
+            }
         };
-        let states = self.heads.step(depth, parents, emb);
         let host = match &self.head {
-            DraftHead::Host(h, threads) => h.forward(&to_host(states.clone())?, m, threads),
+            DraftHead::Host(h, threads) => match &host_states {
+                Some(s) => h.forward(s, m, threads),
+                None => h.forward(&to_host(states.clone())?, m, threads),
+            },
             DraftHead::Tensor(t) => to_host(states.clone().matmul(t.clone()))?,
         };
         let dv = self.vocab.len();
         // Per row: the scores, and the copy candidate outside the draft vocabulary, if any,
         // that the extra column after it stands for.
-        let (scores, width, outside) = match self.heads.copy_bonus(depth, states.clone()) {
-            Some(bonus) if !copies.is_empty() => self.with_copy(
-                &states,
-                host,
-                to_host(bonus)?,
-                &copies[..m.min(copies.len())],
-            )?,
+        let (scores, width, outside) = match bonus {
+            Some(bonus) if !copies.is_empty() => {
+                self.with_copy(&states, host, bonus, &copies[..m.min(copies.len())])?
+            }
             _ => (host, dv, Vec::new()),
         };
         let cands = scores

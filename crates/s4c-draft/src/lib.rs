@@ -36,6 +36,7 @@ mod copy;
 pub mod data;
 mod error;
 pub mod heads;
+mod host;
 
 pub use config::{Coherence, DrafterConfig, Fingerprint};
 pub use copy::{copy_candidate, CopyCandidate};

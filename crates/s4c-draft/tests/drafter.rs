@@ -83,17 +83,29 @@ fn the_host_head_drafts_what_the_backend_head_drafts() {
         // The backend copy is dropped; training still reads the same head, rebuilt from the
         // host copy.
         assert_eq!(host(dh.head()), host(d.head()));
+        // The host blocks round their weights and inputs to 8-bit blocks, as the target's
+        // quantized layers do: states agree to that precision, and so do the candidates
+        // wherever the backend's are not nearly tied.
         for n in [1usize, 3, 7] {
             let s = features(n, h, n as u64);
             let toks: Vec<u32> = (0..n as u32).map(|i| i * 9 % VOCAB as u32).collect();
             let (sa, ca) = d.expand(1, s.clone(), &toks, &[], 5).unwrap();
             let (sb, cb) = dh.expand(1, s, &toks, &[], 5).unwrap();
-            assert_eq!(host(sa), host(sb));
+            let (sa, sb) = (host(sa), host(sb));
+            let scale = sa.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = sa
+                .iter()
+                .zip(&sb)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff > 0.0 && diff < 0.02 * scale, "{diff} of {scale}");
             for (a, b) in ca.iter().zip(&cb) {
-                assert_eq!(a.len(), 5);
+                assert_eq!((a.len(), b.len()), (5, 5));
+                // The k-th best value moves by at most what any value moves.
                 for (x, y) in a.iter().zip(b) {
-                    assert_eq!(x.token, y.token);
-                    assert!((x.logprob - y.logprob).abs() < 1e-4, "{x:?} vs {y:?}");
+                    assert!((x.logprob - y.logprob).abs() < 0.05, "{x:?} vs {y:?}");
+                }
+                if a[0].logprob - a[1].logprob > 0.1 {
+                    assert_eq!(a[0].token, b[0].token, "{a:?} vs {b:?}");
                 }
             }
         }
@@ -388,41 +400,50 @@ fn copied_tokens_outside_the_draft_vocabulary_are_scored_with_the_lm_head() {
     let mut c = config(&t, Coherence::Full);
     c.copy = 2;
     c.draft_vocab = 32;
-    let d = MultiHeadDrafter::random(c, &t, 4).unwrap();
-    // Root 7 followed 50 before: 50 is outside the 32-token draft vocabulary.
-    let context = [3, 7, 50, 9, 7];
-    let s0 = features(1, 32, 6);
-    let copies = [copy_candidate(&context, 2)];
-    assert_eq!(copies[0].unwrap().token, 50);
-    let (states, cands) = d.expand(0, s0, &[7], &copies, 33).unwrap();
-    // Brute force: softmax over the draft vocabulary's logits and the candidate's own column,
-    // LM-head row · state + its bonus.
-    let s = host(states.clone());
-    let head = host(d.head());
-    let full = host(t.lm_head_weight());
-    let h = s.len();
-    let dot = |w: &[f32]| -> f32 { s.iter().zip(w).map(|(a, b)| a * b).sum() };
-    let bonus = host(d.heads().copy_bonus(0, states).unwrap());
-    let m = copies[0].unwrap().matched;
-    let mut logits: Vec<f32> = (0..32).map(|i| dot(&head[i * h..(i + 1) * h])).collect();
-    logits.push(dot(&full[50 * h..51 * h]) + bonus[m - 1]);
-    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
-    let z: f32 = logits.iter().map(|x| (x - max).exp()).sum();
-    let want = logits[32] - max - z.ln();
-    let got = cands[0]
-        .iter()
-        .find(|x| x.token == 50)
-        .expect("50 is proposed");
-    assert!(
-        (got.logprob - want).abs() < 1e-4,
-        "{} vs {want}",
-        got.logprob
-    );
-    assert_eq!(
-        cands[0].len(),
-        33,
-        "the draft vocabulary and the copied token"
-    );
+    // On the backend, and with the head and blocks on the host.
+    for on_host in [false, true] {
+        let d = MultiHeadDrafter::random(c.clone(), &t, 4).unwrap();
+        let d = if on_host {
+            d.with_host_head(Threads::new(2, Isa::detect()).unwrap(), None)
+                .unwrap()
+        } else {
+            d
+        };
+        // Root 7 followed 50 before: 50 is outside the 32-token draft vocabulary.
+        let context = [3, 7, 50, 9, 7];
+        let s0 = features(1, 32, 6);
+        let copies = [copy_candidate(&context, 2)];
+        assert_eq!(copies[0].unwrap().token, 50);
+        let (states, cands) = d.expand(0, s0, &[7], &copies, 33).unwrap();
+        // Brute force: softmax over the draft vocabulary's logits and the candidate's own
+        // column, LM-head row · state + its bonus.
+        let s = host(states.clone());
+        let head = host(d.head());
+        let full = host(t.lm_head_weight());
+        let h = s.len();
+        let dot = |w: &[f32]| -> f32 { s.iter().zip(w).map(|(a, b)| a * b).sum() };
+        let bonus = host(d.heads().copy_bonus(0, states).unwrap());
+        let m = copies[0].unwrap().matched;
+        let mut logits: Vec<f32> = (0..32).map(|i| dot(&head[i * h..(i + 1) * h])).collect();
+        logits.push(dot(&full[50 * h..51 * h]) + bonus[m - 1]);
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let z: f32 = logits.iter().map(|x| (x - max).exp()).sum();
+        let want = logits[32] - max - z.ln();
+        let got = cands[0]
+            .iter()
+            .find(|x| x.token == 50)
+            .expect("50 is proposed");
+        assert!(
+            (got.logprob - want).abs() < 1e-4,
+            "{} vs {want} (host: {on_host})",
+            got.logprob
+        );
+        assert_eq!(
+            cands[0].len(),
+            33,
+            "the draft vocabulary and the copied token"
+        );
+    }
 }
 
 #[test]

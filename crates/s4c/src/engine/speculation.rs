@@ -233,7 +233,7 @@ fn tree_shape<B: Backend>(
                 c.heads,
                 c.inner,
                 c.draft_vocab,
-                if drafter.host_head() { "-hosthead" } else { "" }
+                if drafter.host_head() { "-host-q8" } else { "" }
             );
             let p = profile(&m.model, drafter, key, &cache_dir())?;
             let sizer = adaptive_sizer(&stats, &p, options.nodes, depth)?;
