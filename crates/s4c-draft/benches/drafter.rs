@@ -1,7 +1,9 @@
-//! Drafting cost of the shipped heads on the default model (flex, f32): the first stage over the
+//! Drafting cost of the shipped heads on the default model (flex): the first stage over the
 //! features of a verification pass (feature reuse: 1 or 64 nodes, each with its 8-feature
-//! window) and one head level for 1, 16 or 64 nodes (head block, the 8,192-token draft LM head,
-//! top-4 read back). Needs `scripts/fetch-default-model.sh`.
+//! window) and one head level for 1, 4, 16 or 64 nodes (head block, the 8,192-token draft LM
+//! head, top-4 read back), with the blocks and head as `f32` backend products and on the CPU
+//! kernels' threads (`with_host_head`: what `s4c` runs beside the CPU engine). Needs
+//! `scripts/fetch-default-model.sh`.
 
 use std::path::PathBuf;
 
@@ -9,7 +11,7 @@ use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use s4c_draft::{io, Drafter};
-use s4c_models::{load, LoadOptions};
+use s4c_models::{load, CausalLm, LoadOptions};
 
 type B = Flex;
 
@@ -44,16 +46,25 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
-    for m in [1usize, 16, 64] {
-        let parents = rows(m);
-        let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
-        c.bench_function(&format!("drafter head level, {m} node(s), top-4"), |b| {
-            b.iter(|| {
-                drafter
-                    .expand(0, parents.clone(), &tokens, &[], 4)
-                    .expect("depth 0")
-            })
-        });
+    let threads = m.model.threads().expect("the CPU engine").clone();
+    let host = io::load(&heads_path, &m.model)
+        .expect("shipped heads")
+        .with_host_head(threads, m.model.lm_head_matrix())
+        .expect("host copies");
+    for (name, d) in [("backend", &drafter), ("host", &host)] {
+        for n in [1usize, 4, 16, 64] {
+            let parents = rows(n);
+            let tokens: Vec<u32> = (0..n as u32).map(|i| 100 + i).collect();
+            c.bench_function(
+                &format!("drafter head level ({name}), {n} node(s), top-4"),
+                |b| {
+                    b.iter(|| {
+                        d.expand(0, parents.clone(), &tokens, &[], 4)
+                            .expect("depth 0")
+                    })
+                },
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use s4c_models::gguf::GgmlType;
@@ -558,26 +559,29 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
             }
             _ => (host, dv, Vec::new()),
         };
-        let cands = scores
-            .chunks(width)
-            .enumerate()
-            .map(|(r, row)| {
-                let (ids, probs) = top_k_softmax(row, k);
-                ids.into_iter()
-                    .zip(probs)
-                    .filter_map(|(i, p)| {
-                        let token = match self.vocab.get(i as usize) {
-                            Some(&t) => t,
-                            None => outside.get(r).copied().flatten()?,
-                        };
-                        Some(Candidate {
-                            token,
-                            logprob: p.max(f32::MIN_POSITIVE).ln(),
-                        })
+        let pick = |(r, row): (usize, &[f32])| -> Vec<Candidate> {
+            let (ids, probs) = top_k_softmax(row, k);
+            ids.into_iter()
+                .zip(probs)
+                .filter_map(|(i, p)| {
+                    let token = match self.vocab.get(i as usize) {
+                        Some(&t) => t,
+                        None => outside.get(r).copied().flatten()?,
+                    };
+                    Some(Candidate {
+                        token,
+                        logprob: p.max(f32::MIN_POSITIVE).ln(),
                     })
-                    .collect()
-            })
-            .collect();
+                })
+                .collect()
+        };
+        // Rows are picked apart on the kernels' threads where the drafter has them.
+        let cands = match &self.head {
+            DraftHead::Host(_, threads) if m > 1 => {
+                threads.install(|| scores.par_chunks(width).enumerate().map(pick).collect())
+            }
+            _ => scores.chunks(width).enumerate().map(pick).collect(),
+        };
         Ok((states, cands))
     }
 }
