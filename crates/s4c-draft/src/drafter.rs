@@ -525,7 +525,11 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                     self.embed.host_rows(tokens)?
                 };
                 let s = blocks.step(depth, &parents, &emb, m);
-                let bonus = blocks.copy_bonus(depth, &s, m);
+                let bonus = if copies.is_empty() {
+                    None
+                } else {
+                    blocks.copy_bonus(depth, &s, m)
+                };
                 let t = Tensor::from_data(TensorData::new(s.clone(), [m, h]), &device);
                 (t, Some(s), bonus)
             }

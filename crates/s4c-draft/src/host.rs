@@ -1,7 +1,7 @@
 //! The heads' blocks on the host, for a target on the CPU engine: Q8_0 copies of their
 //! matrices, multiplied by s4c's CPU kernels on the target's threads.
 //!
-//! On the backend a drafting level's block runs as `f32` products on one thread and reads 9 MB
+//! On the backend a drafting level's block runs as `f32` products on one thread and reads 6.6 MB
 //! of weights for the shipped heads; here it reads a quarter of the bytes on every core. The
 //! arithmetic is [`crate::heads::Block`]'s, with the weights rounded to Q8_0 and the
 //! activations to 8-bit blocks, as the target's own quantized layers are: drafts change only
