@@ -8,7 +8,7 @@
 //!
 //! - block-quantized weights meet activations quantized to 8-bit blocks of 32 ([`Q8Acts`], as
 //!   llama.cpp does). On x86-64 the weights are first repacked into records of 16 interleaved
-//!   rows ([`packed`]), where one instruction multiplies four values of 16 (AVX-512 VNNI
+//!   rows (module `packed`), where one instruction multiplies four values of 16 (AVX-512 VNNI
 //!   `vpdpbusd`) or 8 (AVX2 `vpmaddubsw`) weight rows by four activation values at once, and
 //!   the floating-point work is done once per block for all those rows. On aarch64 rows stay in
 //!   file order: NEON `sdot`, else widening multiplies;
