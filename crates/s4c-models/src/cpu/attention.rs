@@ -442,7 +442,8 @@ fn attend_planes<T: KvElem>(
     out
 }
 
-#[cfg(test)]
+/// The AVX2 path against the portable one (x86-64 only).
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
@@ -459,7 +460,6 @@ mod tests {
 
     /// The AVX2 path gives the portable path's bits, for both cache types, causal rows and tree
     /// rows, with grouped query heads.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_path_equals_the_portable_path_bit_for_bit() {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
