@@ -141,10 +141,9 @@ pub struct MultiHeadDrafter<B: Backend> {
     heads: Heads<B>,
     /// `[vocab, hidden]` the target's input embedding.
     embed: TargetRows<B>,
-    /// The target's LM head restricted to the draft vocabulary.
+    /// The target's LM head restricted to the draft vocabulary (and, on the host, the heads'
+    /// blocks beside it).
     head: DraftHead<B>,
-    /// The heads' blocks on the host (see [`MultiHeadDrafter::with_host_head`]).
-    host_blocks: Option<HostBlocks>,
     device: B::Device,
     /// Draft-vocabulary index → token id.
     vocab: Vec<u32>,
@@ -155,13 +154,15 @@ pub struct MultiHeadDrafter<B: Backend> {
     full_head: TargetRows<B>,
 }
 
-/// Where the drafter's LM head lives and what multiplies it.
+/// Where a drafting level runs.
 enum DraftHead<B: Backend> {
-    /// `[hidden, draft_vocab]` on the backend, multiplied by Burn.
+    /// On the backend: the LM head `[hidden, draft_vocab]` here, the blocks in [`Heads`],
+    /// multiplied by Burn.
     Tensor(Tensor<B, 2>),
-    /// `[draft_vocab, hidden]` on the host, multiplied by s4c's CPU kernels (see
+    /// On the host: the LM head `[draft_vocab, hidden]` and copies of the heads' blocks,
+    /// multiplied by s4c's CPU kernels on the blocks' threads (see
     /// [`MultiHeadDrafter::with_host_head`]).
-    Host(Linear, Threads),
+    Host(Linear, HostBlocks),
 }
 
 impl<B: Backend> MultiHeadDrafter<B> {
@@ -227,7 +228,6 @@ impl<B: Backend> MultiHeadDrafter<B> {
             heads,
             embed,
             head: DraftHead::Tensor(head.transpose()),
-            host_blocks: None,
             device,
             vocab,
             full_head,
@@ -270,8 +270,8 @@ impl<B: Backend> MultiHeadDrafter<B> {
             }
         };
         // The host copy replaces the backend's f32 one (19 MB for 8,192 rows of 576).
-        self.host_blocks = Some(HostBlocks::new(&self.heads, threads.clone())?);
-        self.head = DraftHead::Host(Linear::new(vec![m]).map_err(invalid)?, threads);
+        let blocks = HostBlocks::new(&self.heads, threads)?;
+        self.head = DraftHead::Host(Linear::new(vec![m]).map_err(invalid)?, blocks);
         Ok(self)
     }
 
@@ -427,14 +427,10 @@ impl<B: Backend> TargetRows<B> {
     fn select(&self, ids: &[u32], device: &B::Device) -> Result<Tensor<B, 2>> {
         match self {
             TargetRows::Tensor(t) => Ok(t.clone().select(0, ids_tensor::<B>(ids, device))),
-            TargetRows::Host(m) => {
-                let rows: Vec<usize> = ids.iter().map(|&t| t as usize).collect();
-                let v = m.dequantize_rows(&rows)?;
-                Ok(Tensor::from_data(
-                    TensorData::new(v, [ids.len(), m.cols()]),
-                    device,
-                ))
-            }
+            TargetRows::Host(m) => Ok(Tensor::from_data(
+                TensorData::new(self.host_rows(ids)?, [ids.len(), m.cols()]),
+                device,
+            )),
         }
     }
 
@@ -512,10 +508,10 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
             return Ok((parents, vec![Vec::new(); m]));
         }
         let independent = self.config.coherence == Coherence::Independent;
-        // The new states, on the backend and (from the host blocks) on the host, and their copy
-        // bonuses on the host.
-        let (states, host_states, bonus) = match &self.host_blocks {
-            Some(blocks) => {
+        // The new states, their logits over the draft vocabulary on the host, and (where nodes
+        // have copy candidates) their copy bonuses.
+        let (states, host, bonus) = match &self.head {
+            DraftHead::Host(head, blocks) => {
                 let device = parents.device();
                 let [_, h] = parents.dims();
                 let parents = to_host(parents)?;
@@ -525,43 +521,36 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
                     self.embed.host_rows(tokens)?
                 };
                 let s = blocks.step(depth, &parents, &emb, m);
+                let host = head.forward(&s, m, blocks.threads());
                 let bonus = if copies.is_empty() {
                     None
                 } else {
                     blocks.copy_bonus(depth, &s, m)
                 };
-                let t = Tensor::from_data(TensorData::new(s.clone(), [m, h]), &device);
-                (t, Some(s), bonus)
+                let states = Tensor::from_data(TensorData::new(s, [m, h]), &device);
+                (states, host, bonus)
             }
-            None => {
+            DraftHead::Tensor(t) => {
                 let emb = if independent {
                     parents.zeros_like()
                 } else {
                     self.embed.select(tokens, &parents.device())?
                 };
                 let states = self.heads.step(depth, parents, emb);
+                let host = to_host(states.clone().matmul(t.clone()))?;
                 let bonus = match self.heads.copy_bonus(depth, states.clone()) {
                     Some(b) if !copies.is_empty() => Some(to_host(b)?),
                     _ => None,
                 };
-                (states, None, bonus)
+                (states, host, bonus)
             }
-        };
-        let host = match &self.head {
-            DraftHead::Host(h, threads) => match &host_states {
-                Some(s) => h.forward(s, m, threads),
-                None => h.forward(&to_host(states.clone())?, m, threads),
-            },
-            DraftHead::Tensor(t) => to_host(states.clone().matmul(t.clone()))?,
         };
         let dv = self.vocab.len();
         // Per row: the scores, and the copy candidate outside the draft vocabulary, if any,
         // that the extra column after it stands for.
         let (scores, width, outside) = match bonus {
-            Some(bonus) if !copies.is_empty() => {
-                self.with_copy(&states, host, bonus, &copies[..m.min(copies.len())])?
-            }
-            _ => (host, dv, Vec::new()),
+            Some(bonus) => self.with_copy(&states, host, bonus, &copies[..m.min(copies.len())])?,
+            None => (host, dv, Vec::new()),
         };
         let pick = |(r, row): (usize, &[f32])| -> Vec<Candidate> {
             let (ids, probs) = top_k_softmax(row, k);
@@ -581,9 +570,9 @@ impl<B: Backend> Drafter<B> for MultiHeadDrafter<B> {
         };
         // Rows are picked apart on the kernels' threads where the drafter has them.
         let cands = match &self.head {
-            DraftHead::Host(_, threads) if m > 1 => {
-                threads.install(|| scores.par_chunks(width).enumerate().map(pick).collect())
-            }
+            DraftHead::Host(_, blocks) if m > 1 => blocks
+                .threads()
+                .install(|| scores.par_chunks(width).enumerate().map(pick).collect()),
             _ => scores.chunks(width).enumerate().map(pick).collect(),
         };
         Ok((states, cands))

@@ -31,14 +31,11 @@ impl Affine {
             GgmlType::Q8_0 if !d_in.is_multiple_of(32) => GgmlType::F32,
             ty => ty,
         };
-        let w = to_host(l.weight.val())?;
         // Kernels take `[out, in]`.
-        let wt: Vec<f32> = (0..d_out * d_in)
-            .map(|i| w[(i % d_in) * d_out + i / d_in])
-            .collect();
+        let w = to_host(l.weight.val().transpose())?;
         let invalid = |e: s4c_models::ModelError| DraftError::InvalidOption(e.to_string());
         let w = Linear::new(vec![
-            QMatrix::from_f32(d_out, d_in, &wt, ty).map_err(invalid)?
+            QMatrix::from_f32(d_out, d_in, &w, ty).map_err(invalid)?
         ])
         .map_err(invalid)?;
         let b = match &l.bias {
@@ -141,5 +138,10 @@ impl HostBlocks {
     pub(crate) fn copy_bonus(&self, k: usize, states: &[f32], m: usize) -> Option<Vec<f32>> {
         let c = self.blocks[k].copy.as_ref()?;
         Some(c.forward(states, m, &self.threads))
+    }
+
+    /// The threads the blocks run on.
+    pub(crate) fn threads(&self) -> &Threads {
+        &self.threads
     }
 }
