@@ -153,11 +153,20 @@ unsafe fn sums_q6k<const R: usize>(
     s
 }
 
-/// The 16-row accumulators of `R` activation rows (from `r0`) against group `g` of `p`: lane `j`
-/// of `out[i · 16..]` is row `16g + j` times activation row `r0 + i`.
+/// The 16-row accumulators of `R` activation rows (from `r0`) against group `g` of `p`, whose
+/// weight type is `KINDS[K]`: lane `j` of `out[i · 16..]` is row `16g + j` times activation row
+/// `r0 + i`. The type is a constant, so each type's loop is compiled on its own, without a
+/// branch per block and with its accumulators and pointers in registers.
 #[inline(always)]
-unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
-    let kind = p.kind;
+unsafe fn tile<const K: usize, const R: usize>(
+    p: &Packed,
+    g: usize,
+    a: &Q8Acts,
+    r0: usize,
+    out: *mut f32,
+) {
+    let kind = KINDS[K];
+    debug_assert_eq!(kind, p.kind);
     let vb = kind.value_bytes();
     let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
     // One half (eight weight rows) at a time: one accumulator per activation row stays in a
@@ -230,9 +239,37 @@ unsafe fn tile<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out:
 /// every activation row `i` (`n` of them): [`super::packed::reference`], bit for bit.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn packed(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &mut [f32]) {
-    let most = match p.kind {
-        PackedKind::Q8_0 | PackedKind::Q6K => WIDE_TILE,
-        _ => TILE,
-    };
-    run_tiles!(tile, p, groups, a, out, most);
+    match p.kind {
+        PackedKind::Q4_0 => run_tiles!(tile_q4_0, p, groups, a, out, TILE),
+        PackedKind::Q4_1 => run_tiles!(tile_q4_1, p, groups, a, out, TILE),
+        PackedKind::Q4K => run_tiles!(tile_q4_k, p, groups, a, out, TILE),
+        PackedKind::Q8_0 => run_tiles!(tile_q8_0, p, groups, a, out, WIDE_TILE),
+        PackedKind::Q6K => run_tiles!(tile_q6_k, p, groups, a, out, WIDE_TILE),
+    }
 }
+
+/// The weight types by their index in [`tile`]'s constant `K`.
+const KINDS: [PackedKind; 5] = [
+    PackedKind::Q4_0,
+    PackedKind::Q4_1,
+    PackedKind::Q4K,
+    PackedKind::Q8_0,
+    PackedKind::Q6K,
+];
+
+/// `tile::<K, R>` under one name per weight type, as [`run_tiles`] calls it.
+macro_rules! tiles_of_kind {
+    ($($name:ident = $k:expr),* $(,)?) => {$(
+        #[inline(always)]
+        unsafe fn $name<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
+            tile::<{ $k }, R>(p, g, a, r0, out)
+        }
+    )*};
+}
+tiles_of_kind!(
+    tile_q4_0 = 0,
+    tile_q4_1 = 1,
+    tile_q4_k = 2,
+    tile_q8_0 = 3,
+    tile_q6_k = 4
+);
