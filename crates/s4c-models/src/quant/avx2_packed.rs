@@ -154,19 +154,19 @@ unsafe fn sums_q6k<const R: usize>(
 }
 
 /// The 16-row accumulators of `R` activation rows (from `r0`) against group `g` of `p`, whose
-/// weight type is `KINDS[K]`: lane `j` of `out[i · 16..]` is row `16g + j` times activation row
-/// `r0 + i`. The type is a constant, so each type's loop is compiled on its own, without a
-/// branch per block and with its accumulators and pointers in registers.
+/// weight type is `kind`: lane `j` of `out[i · 16..]` is row `16g + j` times activation row
+/// `r0 + i`. Each type's caller passes its type as a constant ([`tiles_of_kind`]), so each
+/// type's loop is compiled on its own, without a branch per block and with its accumulators and
+/// pointers in registers.
 #[inline(always)]
-unsafe fn tile<const K: usize, const R: usize>(
+unsafe fn tile<const R: usize>(
+    kind: PackedKind,
     p: &Packed,
     g: usize,
     a: &Q8Acts,
     r0: usize,
     out: *mut f32,
 ) {
-    let kind = KINDS[K];
-    debug_assert_eq!(kind, p.kind);
     let vb = kind.value_bytes();
     let (q, d, ds, ds16) = (a.q.as_ptr(), a.d.as_ptr(), a.ds.as_ptr(), a.ds16.as_ptr());
     // One half (eight weight rows) at a time: one accumulator per activation row stays in a
@@ -248,28 +248,19 @@ pub(crate) unsafe fn packed(p: &Packed, groups: Range<usize>, a: &Q8Acts, out: &
     }
 }
 
-/// The weight types by their index in [`tile`]'s constant `K`.
-const KINDS: [PackedKind; 5] = [
-    PackedKind::Q4_0,
-    PackedKind::Q4_1,
-    PackedKind::Q4K,
-    PackedKind::Q8_0,
-    PackedKind::Q6K,
-];
-
-/// `tile::<K, R>` under one name per weight type, as [`run_tiles`] calls it.
+/// `tile` for one weight type under a name of its own, as [`run_tiles`] calls it.
 macro_rules! tiles_of_kind {
-    ($($name:ident = $k:expr),* $(,)?) => {$(
+    ($($name:ident = $kind:expr),* $(,)?) => {$(
         #[inline(always)]
         unsafe fn $name<const R: usize>(p: &Packed, g: usize, a: &Q8Acts, r0: usize, out: *mut f32) {
-            tile::<{ $k }, R>(p, g, a, r0, out)
+            tile::<R>($kind, p, g, a, r0, out)
         }
     )*};
 }
 tiles_of_kind!(
-    tile_q4_0 = 0,
-    tile_q4_1 = 1,
-    tile_q4_k = 2,
-    tile_q8_0 = 3,
-    tile_q6_k = 4
+    tile_q4_0 = PackedKind::Q4_0,
+    tile_q4_1 = PackedKind::Q4_1,
+    tile_q4_k = PackedKind::Q4K,
+    tile_q8_0 = PackedKind::Q8_0,
+    tile_q6_k = PackedKind::Q6K,
 );
