@@ -9,6 +9,12 @@
 //! so that what the current choice is compared with keeps being measured: drafting can come
 //! back, trees can grow, and a plain step's own cost is timed rather than inferred.
 //!
+//! [`AdaptiveSizer::grow`] (what the engine's cost-aware tree does when the heads draft) prices
+//! the drafts themselves instead of their depth and rank: it drafts depth by depth and keeps a
+//! candidate while its reach — the product of its branch's acceptance estimated from each draft
+//! probability, calibrated on this generation's verifications — pays for its row. A confident
+//! draft grows a deep branch; an unsure one leaves a plain step.
+//!
 //! ```
 //! use s4c_tree::{AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, CandidateProvider, TokenTree, TreeError};
 //!
@@ -47,7 +53,9 @@ use crate::cost::{best_paths_by, AcceptanceStats};
 use crate::error::TreeError;
 use crate::lookup::{LookupDraft, LookupStats};
 use crate::template::Template;
-use crate::tree::TokenTree;
+use crate::tree::{TokenTree, ROOT};
+use crate::CandidateProvider;
+use std::time::Instant;
 
 /// Settings of an [`AdaptiveSizer`].
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +96,76 @@ const LOOKUP_MAX_TOKENS: usize = 64;
 /// How much each new step time counts in the running estimate of its tree size.
 const TIME_WEIGHT: f64 = 0.25;
 
+/// Draft-probability bins of the calibration that [`AdaptiveSizer::grow`] prices nodes with…
+const CALIBRATION_BINS: usize = 10;
+/// …each starting from this many pseudo-trials accepted at the draft probability itself.
+const CALIBRATION_PRIOR: f64 = 4.0;
+/// Candidates asked per expanded node when growing a tree.
+const GROW_TOP_K: usize = 4;
+
+/// How often drafted candidates were accepted, per depth and draft-probability bin.
+#[derive(Debug, Clone)]
+struct Calibration {
+    /// `tried[d][b]`: candidates at depth `d + 1` with a draft probability in bin `b` whose
+    /// parent was accepted.
+    tried: Vec<[u64; CALIBRATION_BINS]>,
+    /// `accepted[d][b]`: of those, how many were accepted.
+    accepted: Vec<[u64; CALIBRATION_BINS]>,
+}
+
+impl Calibration {
+    fn new(max_depth: usize) -> Self {
+        Calibration {
+            tried: vec![[0; CALIBRATION_BINS]; max_depth.max(1)],
+            accepted: vec![[0; CALIBRATION_BINS]; max_depth.max(1)],
+        }
+    }
+
+    /// The table cell of a candidate at `depth` (≥ 1) drafted with probability `p`.
+    fn cell(&self, depth: usize, p: f64) -> (usize, usize) {
+        let d = depth.clamp(1, self.tried.len()) - 1;
+        let b = ((p.clamp(0.0, 1.0) * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
+        (d, b)
+    }
+
+    /// Estimated acceptance of a candidate at `depth` drafted with probability `p`: the counts
+    /// of its depth and bin, drawn towards those of its bin at every depth, which are drawn
+    /// towards `p` itself (so evidence at one depth moves the others).
+    fn rate(&self, depth: usize, p: f64) -> f64 {
+        let (d, b) = self.cell(depth, p);
+        let (mut t, mut a) = (0.0, 0.0);
+        for (tried, accepted) in self.tried.iter().zip(&self.accepted) {
+            t += tried[b] as f64;
+            a += accepted[b] as f64;
+        }
+        let pooled = (a + CALIBRATION_PRIOR * p.clamp(0.0, 1.0)) / (t + CALIBRATION_PRIOR);
+        let (t, a) = (self.tried[d][b] as f64, self.accepted[d][b] as f64);
+        (a + CALIBRATION_PRIOR * pooled) / (t + CALIBRATION_PRIOR)
+    }
+
+    /// The most any candidate at `depth` is estimated to be accepted (the best bin at its top
+    /// probability).
+    fn best(&self, depth: usize) -> f64 {
+        (1..=CALIBRATION_BINS)
+            .map(|b| self.rate(depth, b as f64 / CALIBRATION_BINS as f64))
+            .fold(0.0, f64::max)
+    }
+
+    /// Counts every child of an accepted node of `tree` (`path`, root first) by its draft
+    /// probability.
+    fn record(&mut self, tree: &TokenTree, path: &[usize]) {
+        for (step, &node) in path.iter().enumerate() {
+            let next = path.get(step + 1).copied();
+            for c in tree.children(node) {
+                let n = tree.node(c);
+                let (d, b) = self.cell(n.depth, f64::from(n.logprob).exp());
+                self.tried[d][b] += 1;
+                self.accepted[d][b] += u64::from(Some(c) == next);
+            }
+        }
+    }
+}
+
 /// Picks each step's tree from acceptance and step times measured so far (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AdaptiveSizer {
@@ -105,7 +183,11 @@ pub struct AdaptiveSizer {
     scale: f64,
     /// Acceptance of lookup chains measured on this generation.
     lookup: LookupStats,
-    /// Calls of [`AdaptiveSizer::choose`] so far.
+    /// Acceptance by draft probability measured on this generation ([`Self::grow`]).
+    calibration: Calibration,
+    /// Running mean of the seconds one drafting level takes in [`Self::grow`].
+    level_s: f64,
+    /// Steps sized so far ([`AdaptiveSizer::choose_step`], [`AdaptiveSizer::grow`]).
     steps: usize,
     /// Sequences whose steps share each forward (1: alone; see [`AdaptiveSizer::set_sharing`]).
     sharing: usize,
@@ -150,6 +232,8 @@ impl AdaptiveSizer {
             predicted,
             scale: 1.0,
             lookup: LookupStats::new(LOOKUP_MAX_MATCH, LOOKUP_MAX_TOKENS),
+            calibration: Calibration::new(config.max_depth),
+            level_s: 0.0,
             steps: 0,
             sharing: 1,
             config,
@@ -315,6 +399,106 @@ impl AdaptiveSizer {
         }
     }
 
+    /// Grows the next step's tree under `root` from the drafted candidates themselves: depth by
+    /// depth, `provider` expands the nodes added last, and each candidate is priced by its reach
+    /// — its parent's times its own acceptance estimated from its draft probability (counts of
+    /// this generation by depth and probability, starting from the probability itself). The
+    /// candidates of a depth are added best first while each raises the expected tokens per
+    /// second ([`Self::step_seconds`]); growth stops at the first depth that adds none. So a
+    /// confident draft grows a deep branch, an unsure one a plain step (the root alone). Then the
+    /// most paying number of `lookup`'s tokens is chosen (those the tree already holds cost
+    /// nothing; the others a node each, priced with the chain's own acceptance, as in
+    /// [`Self::choose_step`]); it is returned with the tree.
+    ///
+    /// Errors only when `provider` does.
+    pub fn grow(
+        &mut self,
+        root: u32,
+        provider: &mut dyn CandidateProvider,
+        lookup: Option<&LookupDraft>,
+    ) -> Result<(TokenTree, usize), TreeError> {
+        let mut tree = TokenTree::new(root);
+        // Each node's reach: the probability that the accepted branch passes through it.
+        let mut reach = vec![1.0];
+        let mut tau = 1.0;
+        let mut frontier = vec![ROOT];
+        for depth in 1..=self.config.max_depth {
+            // Expand only the nodes whose best conceivable child (their reach times the best
+            // estimated acceptance) would pay for a node and for this drafting level.
+            let n = tree.len() - 1;
+            let sure = self.calibration.best(depth);
+            let (now, more) = (
+                self.step_seconds(n),
+                self.step_seconds(n + 1) + self.level_s,
+            );
+            // Every `probe_every`-th step drafts the first level anyway, so that a text where
+            // drafts were wrong is measured again.
+            let probe = depth == 1
+                && self.config.probe_every > 0
+                && self.steps.is_multiple_of(self.config.probe_every);
+            frontier.retain(|&f| probe || (tau + reach[f] * sure) / more > tau / now);
+            if frontier.is_empty() || n >= self.config.max_nodes {
+                break;
+            }
+            let start = Instant::now();
+            let lists = provider.expand(&tree, &frontier, GROW_TOP_K)?;
+            if self.config.learn_latency {
+                let took = start.elapsed().as_secs_f64();
+                self.level_s += TIME_WEIGHT * (took - self.level_s);
+            }
+            let mut pool: Vec<(f64, usize, usize, u32, f32)> = Vec::new();
+            for (&parent, list) in frontier.iter().zip(&lists) {
+                for (rank, c) in list.iter().take(GROW_TOP_K).enumerate() {
+                    let q =
+                        reach[parent] * self.calibration.rate(depth, f64::from(c.logprob).exp());
+                    pool.push((q, parent, rank, c.token, c.logprob));
+                }
+            }
+            pool.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut added = Vec::new();
+            for (q, parent, rank, token, logprob) in pool {
+                let n = tree.len() - 1;
+                if n >= self.config.max_nodes
+                    || (tau + q) / self.step_seconds(n + 1) <= tau / self.step_seconds(n)
+                {
+                    break;
+                }
+                added.push(tree.push_ranked(parent, token, logprob, rank)?);
+                reach.push(q);
+                tau += q;
+            }
+            if added.is_empty() {
+                break;
+            }
+            added.sort_unstable();
+            frontier = added;
+        }
+        // The chain: its first `shared` tokens are a branch of the heads' tree already (no node,
+        // no gain); each token after them costs a node and adds its reach — the chain's own
+        // acceptance so far, a branch apart from the heads' others.
+        let n = tree.len() - 1;
+        let mut best = (0, f64::MIN);
+        if let Some(d) = lookup {
+            let shared = tree.follow(&d.tokens);
+            let mut r: f64 = (1..=shared)
+                .map(|i| self.lookup_rate(d.matched, i))
+                .product();
+            let mut expected = tau;
+            best = (shared, tau / self.step_seconds(n));
+            let most = (shared + self.config.max_nodes.saturating_sub(n)).min(d.tokens.len());
+            for l in shared + 1..=most {
+                r *= self.lookup_rate(d.matched, l);
+                expected += r;
+                let rate = expected / self.step_seconds(n + l - shared);
+                if rate > best.1 {
+                    best = (l, rate);
+                }
+            }
+        }
+        self.steps += 1;
+        Ok((tree, best.0))
+    }
+
     /// The acceptance rate of a lookup chain's token at `position` (≥ 1) after a
     /// `matched`-token match, given the tokens before it were accepted: this generation's counts
     /// plus a prior of one acceptance in two trials. The first token has a rate of its own; later
@@ -341,6 +525,7 @@ impl AdaptiveSizer {
     /// Records one verification of `tree` whose accepted node path (root first) was `path`.
     pub fn record_acceptance(&mut self, tree: &TokenTree, path: &[usize]) {
         self.online.record(tree, path);
+        self.calibration.record(tree, path);
     }
 
     /// Records the wall time of a whole step (draft, verify, accept, commit) with `nodes` draft
@@ -641,6 +826,115 @@ mod tests {
             sizer.record_lookup(2, c.lookup, c.lookup);
         }
         assert_eq!(sizer.choose_step(Some(&draft)).lookup, 8);
+    }
+
+    /// Candidates: token = rank; the top one drafted with probability `p`, the others with
+    /// `(1 - p) / 8`; counts its calls.
+    struct Confident {
+        p: f32,
+        calls: usize,
+    }
+    impl crate::CandidateProvider for Confident {
+        fn expand(
+            &mut self,
+            _: &TokenTree,
+            nodes: &[usize],
+            k: usize,
+        ) -> Result<Vec<Vec<Candidate>>, TreeError> {
+            self.calls += 1;
+            let list: Vec<Candidate> = (0..k as u32)
+                .map(|r| Candidate {
+                    token: r,
+                    logprob: if r == 0 { self.p } else { (1.0 - self.p) / 8.0 }.ln(),
+                })
+                .collect();
+            Ok(vec![list; nodes.len()])
+        }
+    }
+
+    /// Whether `tree` is a chain of the top candidates, `depth` deep.
+    fn is_top_chain(tree: &TokenTree, depth: usize) -> bool {
+        tree.len() == depth + 1
+            && tree.depth() == depth
+            && tree.nodes()[1..].iter().all(|n| n.rank == 0)
+    }
+
+    #[test]
+    fn grown_trees_follow_the_drafts_confidence() {
+        let new = || AdaptiveSizer::new(&prior(600), linear(16), AdaptiveConfig::new(16, 4));
+        // Sure drafts (p = 0.95 at every depth): 0.95, 0.90, 0.86, 0.81 tokens for 2 ms each
+        // on a 10 ms step — the whole chain, and no second candidate (0.006 each).
+        let mut sure = Confident { p: 0.95, calls: 0 };
+        let (tree, take) = new().unwrap().grow(5, &mut sure, None).unwrap();
+        assert!(is_top_chain(&tree, 4), "{tree:?}");
+        assert_eq!((tree.node(0).token, take, sure.calls), (5, 0, 4));
+        // Unsure ones (p = 0.1: 0.1 tokens for 20% more time): a plain step, one level drafted.
+        let mut unsure = Confident { p: 0.1, calls: 0 };
+        let (tree, _) = new().unwrap().grow(5, &mut unsure, None).unwrap();
+        assert_eq!((tree.len(), unsure.calls), (1, 1));
+        // In between (p = 0.6): 0.6 then 0.36 tokens for 2 ms each pay, a third node (0.216)
+        // does not, and the fourth level is not drafted.
+        let mut half = Confident { p: 0.6, calls: 0 };
+        let (tree, _) = new().unwrap().grow(5, &mut half, None).unwrap();
+        assert!(is_top_chain(&tree, 2), "{tree:?}");
+        assert_eq!(half.calls, 3);
+    }
+
+    #[test]
+    fn rejected_confident_drafts_stop_growing() {
+        let mut s =
+            AdaptiveSizer::new(&prior(600), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        let mut lens = vec![];
+        for _ in 0..16 {
+            let (tree, _) = s
+                .grow(5, &mut Confident { p: 0.95, calls: 0 }, None)
+                .unwrap();
+            lens.push(tree.len() - 1);
+            s.record_acceptance(&tree, &[0]); // the target never agrees
+        }
+        // The first rejections at depth 1 also lower what deeper drafts of that confidence are
+        // worth: the chain shrinks, then plain steps.
+        assert_eq!(lens[0], 4);
+        assert!(lens[8..].iter().all(|&n| n == 0), "{lens:?}");
+        // Accepted drafts of another probability are still taken (their bin is untouched).
+        let (tree, _) = s
+            .grow(5, &mut Confident { p: 0.75, calls: 0 }, None)
+            .unwrap();
+        assert!(tree.len() > 1);
+    }
+
+    #[test]
+    fn a_chain_costs_only_the_tokens_the_grown_tree_lacks() {
+        let mut s =
+            AdaptiveSizer::new(&prior(600), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        for _ in 0..50 {
+            s.record_lookup(3, 12, 12); // chains after 3-token matches are always right
+        }
+        // The sure heads' chain is tokens 0 0 0 0; a lookup chain starting 0 0 shares two.
+        let draft = LookupDraft {
+            matched: 3,
+            tokens: vec![0, 0, 7, 8, 9, 10, 11, 12],
+        };
+        let (tree, take) = s
+            .grow(5, &mut Confident { p: 0.95, calls: 0 }, Some(&draft))
+            .unwrap();
+        assert!(is_top_chain(&tree, 4));
+        // 16 nodes at most: the 4 heads' nodes and 6 chain tokens beyond the 2 shared.
+        assert_eq!(take, 8);
+        // A chain that is always wrong is not taken, beyond what the tree shares.
+        let mut wrong =
+            AdaptiveSizer::new(&prior(600), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        for _ in 0..50 {
+            wrong.record_lookup(3, 12, 0);
+        }
+        let (_, take) = wrong
+            .grow(5, &mut Confident { p: 0.95, calls: 0 }, Some(&draft))
+            .unwrap();
+        assert_eq!(take, 2);
+        let (_, take) = wrong
+            .grow(5, &mut Confident { p: 0.1, calls: 0 }, Some(&draft))
+            .unwrap();
+        assert_eq!(take, 0);
     }
 
     #[test]

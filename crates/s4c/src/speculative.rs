@@ -25,10 +25,12 @@ pub enum TreeShape {
     Static(Template),
     /// EAGLE-2-style best-first expansion by cumulative draft probability.
     Dynamic(DynamicConfig),
-    /// Cost-aware and online: before each step an [`AdaptiveSizer`] picks the template (or no
-    /// draft) with the most expected tokens per second, from acceptance and step times measured
-    /// so far in this generation. Each generation starts from the sizer as given. With sampling,
-    /// step times are not learned, so a seed reproduces its output.
+    /// Cost-aware and online: each step an [`AdaptiveSizer`] grows the tree from the drafts
+    /// ([`AdaptiveSizer::grow`]: each candidate kept while its calibrated acceptance pays for its
+    /// row; none: a plain step) and sizes the lookup chain, from acceptance and step times
+    /// measured so far in this generation; at depth 0 (no heads) it sizes lookup chains alone.
+    /// Each generation starts from the sizer as given. With sampling, step times are not
+    /// learned, so a seed reproduces its output.
     Adaptive(Box<AdaptiveSizer>),
     /// No draft at all: each step verifies the root alone (plain decoding through the same
     /// loop, the drafter never called).
@@ -181,7 +183,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
                 if !options.sampling.is_greedy() {
                     s.set_learn_latency(false);
                 }
-                Some(s)
+                Some(Box::new(s))
             }
             _ => None,
         };
@@ -233,9 +235,11 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
 
     /// The draft stage: the heads' part of the tree `plan` asks for (from `state`, or the
     /// newest feature of `history`), the lookup chain grafted on, cut to `room` nodes.
+    #[allow(clippy::too_many_arguments)]
     fn draft_tree(
         &self,
         plan: &mut Plan,
+        sizer: Option<&mut AdaptiveSizer>,
         root: u32,
         state: Option<Tensor<B, 2>>,
         history: &Tensor<B, 2>,
@@ -244,6 +248,22 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
     ) -> Result<DraftedTree> {
         let mut heads_tree = match &plan.heads {
             Heads::None => TokenTree::new(root),
+            Heads::Grown => {
+                let sizer = sizer.ok_or_else(|| {
+                    EngineError::InvalidOption("internal: a grown tree needs its sizer".into())
+                })?;
+                let offer = plan.lookup.take();
+                let (tree, take) = self.draft(state, history, text, |drafting| {
+                    sizer.grow(root, drafting, offer.as_ref())
+                })?;
+                // The sizer priced the chain with what the tree shares: nothing to respend.
+                plan.spare.clear();
+                plan.lookup = offer.and_then(|mut c| {
+                    c.tokens.truncate(take);
+                    (!c.tokens.is_empty()).then_some(c)
+                });
+                tree
+            }
             Heads::Template(tpl) => {
                 self.draft(state, history, text, |drafting| tpl.build(root, drafting))?
             }
@@ -279,13 +299,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
     /// Grows a tree with `build` from `state` — the initial state feature reuse prepared — or,
     /// after plain steps, from one computed for the newest feature of `history`; `text` is the
     /// prompt and answer so far, the root last.
-    fn draft(
+    fn draft<T>(
         &self,
         state: Option<Tensor<B, 2>>,
         history: &Tensor<B, 2>,
         text: &[u32],
-        build: impl FnOnce(&mut Drafting<'_, B, D>) -> std::result::Result<TokenTree, TreeError>,
-    ) -> Result<TokenTree> {
+        build: impl FnOnce(&mut Drafting<'_, B, D>) -> std::result::Result<T, TreeError>,
+    ) -> Result<T> {
         let state = match state {
             Some(s) => s,
             None => self.initial_for_last(history),
@@ -307,9 +327,9 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         self.model.device()
     }
 
-    /// Runs the first drafting stage on all tree nodes (each with its own window: the committed
-    /// history, then its ancestors) and picks the accepted node's state, if `drafts` (the next
-    /// step drafts); returns it with the new history (last `window + 1` committed features).
+    /// Runs the first drafting stage on the accepted node (its window: the committed history,
+    /// then its ancestors), if `drafts` (the next step drafts); returns its state with the new
+    /// history (last `window + 1` committed features).
     fn reuse(
         &self,
         tree: &TokenTree,
@@ -321,8 +341,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         let device = self.device();
         let w = self.drafter.window();
         let [hl, h] = history.dims();
-        let n = tree.len();
-        // Rows: history (0..hl) then tree nodes (hl..hl+n).
+        // Rows: history (0..hl) then tree nodes (hl..).
         let all = Tensor::cat(vec![history.clone(), features.clone()], 0);
         // New history: old history then the accepted nodes, last w + 1 rows.
         let mut rows: Vec<usize> = (0..hl).collect();
@@ -332,22 +351,16 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         if !drafts {
             return (None, next_history);
         }
+        // Only the accepted node's state is needed: its feature, with its window (the committed
+        // history before this step, then its ancestors in the tree).
         let accepted = *path.last().unwrap_or(&0);
-        let windows: Vec<Vec<usize>> = if w == 0 {
-            vec![Vec::new(); n]
-        } else {
-            (0..n)
-                .map(|i| {
-                    let mut rows: Vec<usize> = (0..hl).collect();
-                    let anc = tree.path_to(i);
-                    rows.extend(anc[..anc.len() - 1].iter().map(|&a| hl + a));
-                    rows
-                })
-                .collect()
-        };
-        let (window, valid) = window_rows(&all, &windows, w, device);
-        let states = self.drafter.initial_states(features, window, valid);
-        let state = states.slice([accepted..accepted + 1, 0..h]);
+        let mut rows: Vec<usize> = (0..hl).collect();
+        let anc = tree.path_to(accepted);
+        rows.extend(anc[..anc.len() - 1].iter().map(|&a| hl + a));
+        let window_of = if w == 0 { Vec::new() } else { rows };
+        let (window, valid) = window_rows(&all, &[window_of], w, device);
+        let feature = features.slice([accepted..accepted + 1, 0..h]);
+        let state = self.drafter.initial_states(feature, window, valid);
         (Some(state), next_history)
     }
 }
@@ -367,7 +380,7 @@ pub struct SpecSequence<B: Backend, A> {
     /// The committed features the window reads: the last `w` before the newest one, and it.
     history: Option<Tensor<B, 2>>,
     /// The online sizer of an adaptive shape.
-    sizer: Option<AdaptiveSizer>,
+    sizer: Option<Box<AdaptiveSizer>>,
     /// What the next step drafts.
     plan: Option<Plan>,
     /// The drafter's initial state of the newest committed feature: computed by the first step
@@ -449,6 +462,7 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
         let room = self.cache.capacity() - self.cache.len();
         let drafted = sp.draft_tree(
             &mut plan,
+            self.sizer.as_deref_mut(),
             root,
             self.state.take(),
             history,
@@ -530,7 +544,7 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
             &heads_map,
             &verdict.path,
             stats,
-            self.sizer.as_mut(),
+            self.sizer.as_deref_mut(),
         );
         stats.commit_s += t.elapsed().as_secs_f64();
         if let Some(s) = self.sizer.as_mut() {
@@ -543,8 +557,7 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
         }
 
         // Feature reuse: the accepted nodes' features join the window and, if the next step
-        // drafts, the first drafting stage runs on every node so the accepted one's state is
-        // ready.
+        // drafts, the first drafting stage runs on the last accepted node.
         let t = Instant::now();
         let plan = plan_step(&sp.shape, sp.lookup, &mut self.sizer, &self.text);
         let drafts = !matches!(plan.heads, Heads::None);
@@ -740,6 +753,9 @@ enum Heads {
     Template(Template),
     /// A dynamic tree.
     Dynamic(DynamicConfig),
+    /// Grown from the drafts by the adaptive sizer ([`AdaptiveSizer::grow`]), which also cuts
+    /// the lookup chain.
+    Grown,
 }
 
 /// What the next step drafts after `text` (prompt and answer, the root last): the adaptive
@@ -747,11 +763,16 @@ enum Heads {
 fn plan_step(
     shape: &TreeShape,
     lookup: Option<ContextLookup>,
-    sizer: &mut Option<AdaptiveSizer>,
+    sizer: &mut Option<Box<AdaptiveSizer>>,
     text: &[u32],
 ) -> Plan {
     let chain = lookup.and_then(|l| l.propose(text));
     match (sizer.as_mut(), shape) {
+        (Some(s), _) if s.config().max_depth > 0 => Plan {
+            heads: Heads::Grown,
+            lookup: chain,
+            spare: Vec::new(),
+        },
         (Some(s), _) => {
             let choice = s.choose_step(chain.as_ref());
             let mut spare = Vec::new();

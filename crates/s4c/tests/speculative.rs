@@ -128,11 +128,11 @@ fn greedy_s4c_equals_plain_with_random_heads() {
                     assert_eq!(out.stop, StopReason::MaxTokens);
                     assert!(out.stats.tau >= 1.0);
                     if matches!(g.shape(), TreeShape::Adaptive(_)) && lookup.is_none() {
-                        // A weak prior: plain steps first; probes then find the drafts right
-                        // (random heads often are, on a tiny model's repetitive text) or
-                        // wrong, and drafting follows what they find.
+                        // Trees grow from the drafts' own confidence, priced by what the target
+                        // accepted so far: where the drafts are right (random heads often are,
+                        // on a tiny model's repetitive text) most steps draft (rejections
+                        // stopping growth: `s4c_tree`'s unit tests).
                         let st = &out.stats;
-                        assert!(st.plain_steps > 0, "{st:?}");
                         let drafted = st.steps - st.plain_steps;
                         if st.accepted_at_depth[0] * 2 > drafted {
                             assert!(st.plain_steps * 2 < st.steps, "{st:?}");

@@ -26,9 +26,10 @@ pub enum TreeKind {
     Static,
     /// Best-first expansion by draft probability (EAGLE-2 style).
     Dynamic,
-    /// Sized before every step for the most expected tok/s: from the heads' held-out acceptance
-    /// and this backend's latency curve (measured once, cached) at first, then from the
-    /// acceptance and step times measured while generating; plain steps when no tree pays.
+    /// Grown every step for the most expected tok/s: each draft kept while its acceptance,
+    /// estimated from its draft probability and what was accepted so far, pays for its row on
+    /// this backend's latency curve (measured once, cached; then the step times measured while
+    /// generating); plain steps when no draft pays.
     #[default]
     Cost,
 }
