@@ -13,7 +13,9 @@
 //! the drafts themselves instead of their depth and rank: it drafts depth by depth and keeps a
 //! candidate while its reach — the product of its branch's acceptance estimated from each draft
 //! probability, calibrated on this generation's verifications — pays for its row. A confident
-//! draft grows a deep branch; an unsure one leaves a plain step.
+//! draft grows a deep branch; an unsure one leaves a plain step. Where the steps that drafted
+//! have given fewer tokens per second than those that did not, [`AdaptiveSizer::drafting_pays`]
+//! says not to draft at all (a probe every `probe_every`-th step excepted).
 //!
 //! ```
 //! use s4c_tree::{AcceptanceStats, AdaptiveConfig, AdaptiveSizer, Candidate, CandidateProvider, TokenTree, TreeError};
@@ -187,6 +189,12 @@ pub struct AdaptiveSizer {
     calibration: Calibration,
     /// Running mean of the seconds one drafting level takes in [`Self::grow`].
     level_s: f64,
+    /// The tokens and seconds of the steps that drafted and of those that did not, summed
+    /// ([`Self::drafting_pays`]).
+    drafting: Option<(f64, f64)>,
+    not_drafting: Option<(f64, f64)>,
+    /// Whether the last step drafted, and the tokens its verification gave.
+    last: (bool, usize),
     /// Steps sized so far ([`AdaptiveSizer::choose_step`], [`AdaptiveSizer::grow`]).
     steps: usize,
     /// Sequences whose steps share each forward (1: alone; see [`AdaptiveSizer::set_sharing`]).
@@ -234,6 +242,9 @@ impl AdaptiveSizer {
             lookup: LookupStats::new(LOOKUP_MAX_MATCH, LOOKUP_MAX_TOKENS),
             calibration: Calibration::new(config.max_depth),
             level_s: 0.0,
+            drafting: None,
+            not_drafting: None,
+            last: (false, 1),
             steps: 0,
             sharing: 1,
             config,
@@ -417,12 +428,53 @@ impl AdaptiveSizer {
         provider: &mut dyn CandidateProvider,
         lookup: Option<&LookupDraft>,
     ) -> Result<(TokenTree, usize), TreeError> {
+        self.grow_step(root, Some(provider), lookup)
+    }
+
+    /// Whether the next step should draft at all: on this text, steps that drafted gave at
+    /// least the tokens per second (their drafting included) of steps that did not, as
+    /// measured so far in this generation (before a step without drafting was timed, a plain
+    /// step as predicted). Yes until a drafting step was timed, on every `probe_every`-th step, and
+    /// always without latency learning (the choice then never depends on time).
+    pub fn drafting_pays(&self) -> bool {
+        let probe =
+            self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every);
+        let Some((tokens, seconds)) = self.drafting else {
+            return true;
+        };
+        if !self.config.learn_latency || probe || self.sharing > 1 {
+            return true;
+        }
+        let (plain_tokens, plain_seconds) = self
+            .not_drafting
+            .unwrap_or((1.0, self.predicted[0] * self.scale));
+        tokens / seconds >= plain_tokens / plain_seconds
+    }
+
+    /// How many of `lookup`'s tokens the next step verifies when it does not draft (where
+    /// [`Self::drafting_pays`] says no), chosen as [`Self::grow`] chooses them.
+    pub fn lookup_without_drafts(&mut self, lookup: Option<&LookupDraft>) -> usize {
+        self.grow_step(0, None, lookup).map_or(0, |(_, take)| take)
+    }
+
+    fn grow_step(
+        &mut self,
+        root: u32,
+        mut provider: Option<&mut dyn CandidateProvider>,
+        lookup: Option<&LookupDraft>,
+    ) -> Result<(TokenTree, usize), TreeError> {
+        self.last.0 = provider.is_some();
         let mut tree = TokenTree::new(root);
         // Each node's reach: the probability that the accepted branch passes through it.
         let mut reach = vec![1.0];
         let mut tau = 1.0;
         let mut frontier = vec![ROOT];
-        for depth in 1..=self.config.max_depth {
+        let depths = if provider.is_some() {
+            self.config.max_depth
+        } else {
+            0
+        };
+        for depth in 1..=depths {
             // Expand only the nodes whose best conceivable child (their reach times the best
             // estimated acceptance) would pay for a node and for this drafting level.
             let n = tree.len() - 1;
@@ -441,6 +493,9 @@ impl AdaptiveSizer {
                 break;
             }
             let start = Instant::now();
+            let Some(provider) = provider.as_deref_mut() else {
+                break;
+            };
             let lists = provider.expand(&tree, &frontier, GROW_TOP_K)?;
             if self.config.learn_latency {
                 let took = start.elapsed().as_secs_f64();
@@ -526,6 +581,7 @@ impl AdaptiveSizer {
     pub fn record_acceptance(&mut self, tree: &TokenTree, path: &[usize]) {
         self.online.record(tree, path);
         self.calibration.record(tree, path);
+        self.last.1 = path.len();
     }
 
     /// Records the wall time of a whole step (draft, verify, accept, commit) with `nodes` draft
@@ -537,6 +593,13 @@ impl AdaptiveSizer {
         }
         let mean = &mut self.measured[nodes];
         *mean = Some(mean.map_or(seconds, |m| m + TIME_WEIGHT * (seconds - m)));
+        let tokens = self.last.1 as f64;
+        let sums = if self.last.0 {
+            &mut self.drafting
+        } else {
+            &mut self.not_drafting
+        };
+        *sums = Some(sums.map_or((tokens, seconds), |(t, s)| (t + tokens, s + seconds)));
         self.scale += TIME_WEIGHT * (seconds / self.predicted[nodes] - self.scale);
     }
 }
@@ -935,6 +998,59 @@ mod tests {
             .grow(5, &mut Confident { p: 0.1, calls: 0 }, Some(&draft))
             .unwrap();
         assert_eq!(take, 0);
+    }
+
+    #[test]
+    fn drafting_stops_where_drafting_steps_are_slower_than_plain_ones() {
+        let mut s =
+            AdaptiveSizer::new(&prior(600), linear(16), AdaptiveConfig::new(16, 4)).unwrap();
+        assert!(s.drafting_pays(), "nothing measured yet");
+        // A drafting step (four nodes) that gave one token in 20 ms: half a predicted plain
+        // step's rate.
+        let (tree, _) = s
+            .grow(5, &mut Confident { p: 0.95, calls: 0 }, None)
+            .unwrap();
+        assert_eq!(tree.len(), 5);
+        s.record_acceptance(&tree, &[0]);
+        s.record_time(4, 0.020);
+        assert!(!s.drafting_pays());
+        // Plain steps measured at 10 ms; a probe every 16th step drafts anyway.
+        let mut pays = vec![];
+        for _ in 0..40 {
+            if s.drafting_pays() {
+                let (tree, _) = s
+                    .grow(5, &mut Confident { p: 0.95, calls: 0 }, None)
+                    .unwrap();
+                // The drafts are right: the whole chain accepted, each node 2.5 ms.
+                assert!(
+                    tree.len() > 1 && is_top_chain(&tree, tree.len() - 1),
+                    "{tree:?}"
+                );
+                s.record_acceptance(&tree, &(0..tree.len()).collect::<Vec<_>>());
+                s.record_time(tree.len() - 1, 0.010 + 0.0025 * (tree.len() - 1) as f64);
+                pays.push(true);
+            } else {
+                assert_eq!(s.lookup_without_drafts(None), 0);
+                s.record_acceptance(&TokenTree::new(5), &[0]);
+                s.record_time(0, 0.010);
+                pays.push(false);
+            }
+        }
+        // The first probe (the 16th step) finds more tokens per second than plain steps give:
+        // drafting again.
+        let first = pays.iter().position(|&p| p).unwrap();
+        assert_eq!(first, 15, "{pays:?}");
+        assert!(pays[first..].iter().all(|&p| p), "{pays:?}");
+        // Without latency learning (sampling) the choice never depends on time.
+        let mut config = AdaptiveConfig::new(16, 4);
+        config.learn_latency = false;
+        let mut s = AdaptiveSizer::new(&prior(600), linear(16), config).unwrap();
+        let (tree, _) = s
+            .grow(5, &mut Confident { p: 0.95, calls: 0 }, None)
+            .unwrap();
+        s.record_acceptance(&tree, &[0]);
+        s.record_time(tree.len() - 1, 1.0);
+        assert!(s.drafting_pays());
     }
 
     #[test]

@@ -768,11 +768,24 @@ fn plan_step(
 ) -> Plan {
     let chain = lookup.and_then(|l| l.propose(text));
     match (sizer.as_mut(), shape) {
-        (Some(s), _) if s.config().max_depth > 0 => Plan {
+        (Some(s), _) if s.config().max_depth > 0 && s.drafting_pays() => Plan {
             heads: Heads::Grown,
             lookup: chain,
             spare: Vec::new(),
         },
+        (Some(s), _) if s.config().max_depth > 0 => {
+            let take = s.lookup_without_drafts(chain.as_ref());
+            Plan {
+                heads: Heads::None,
+                lookup: chain
+                    .map(|mut c| {
+                        c.tokens.truncate(take);
+                        c
+                    })
+                    .filter(|c| !c.tokens.is_empty()),
+                spare: Vec::new(),
+            }
+        }
         (Some(s), _) => {
             let choice = s.choose_step(chain.as_ref());
             let mut spare = Vec::new();
