@@ -396,7 +396,7 @@ impl AdaptiveSizer {
             }
         }
         self.steps += 1;
-        if self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every) {
+        if self.probing() {
             let fewer = (self.steps / self.config.probe_every).is_multiple_of(2);
             if fewer && best_n > 0 {
                 best_n -= 1;
@@ -433,74 +433,28 @@ impl AdaptiveSizer {
         provider: &mut dyn CandidateProvider,
         lookup: Option<&LookupDraft>,
     ) -> Result<(TokenTree, usize), TreeError> {
-        self.grow_step(root, Some(provider), lookup)
-    }
-
-    /// Whether the next step should draft at all: on this text, steps that drafted gave at
-    /// least the tokens per second (their drafting included) of steps that did not, as
-    /// measured so far in this generation (before a step without drafting was timed, a plain
-    /// step as predicted). Yes until 8 drafting steps were timed, on every `probe_every`-th step,
-    /// and always without latency learning (the choice then never depends on time).
-    pub fn drafting_pays(&self) -> bool {
-        let probe =
-            self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every);
-        let Some((tokens, seconds)) = self.drafting else {
-            return true;
-        };
-        if !self.config.learn_latency || probe || self.sharing > 1 || self.drafted < MIN_DRAFTED {
-            return true;
-        }
-        let (plain_tokens, plain_seconds) = self
-            .not_drafting
-            .unwrap_or((1.0, self.predicted[0] * self.scale));
-        tokens / seconds >= plain_tokens / plain_seconds
-    }
-
-    /// How many of `lookup`'s tokens the next step verifies when it does not draft (where
-    /// [`Self::drafting_pays`] says no), chosen as [`Self::grow`] chooses them.
-    pub fn lookup_without_drafts(&mut self, lookup: Option<&LookupDraft>) -> usize {
-        self.grow_step(0, None, lookup).map_or(0, |(_, take)| take)
-    }
-
-    fn grow_step(
-        &mut self,
-        root: u32,
-        mut provider: Option<&mut dyn CandidateProvider>,
-        lookup: Option<&LookupDraft>,
-    ) -> Result<(TokenTree, usize), TreeError> {
-        self.last.0 = provider.is_some();
         let mut tree = TokenTree::new(root);
         // Each node's reach: the probability that the accepted branch passes through it.
         let mut reach = vec![1.0];
         let mut tau = 1.0;
         let mut frontier = vec![ROOT];
-        let depths = if provider.is_some() {
-            self.config.max_depth
-        } else {
-            0
-        };
-        for depth in 1..=depths {
+        for depth in 1..=self.config.max_depth {
             // Expand only the nodes whose best conceivable child (their reach times the best
-            // estimated acceptance) would pay for a node and for this drafting level.
+            // estimated acceptance) would pay for a node and for this drafting level; a probe
+            // step drafts the first level anyway, so that a text where drafts were wrong is
+            // measured again.
             let n = tree.len() - 1;
             let sure = self.calibration.best(depth);
             let (now, more) = (
                 self.step_seconds(n),
                 self.step_seconds(n + 1) + self.level_s,
             );
-            // Every `probe_every`-th step drafts the first level anyway, so that a text where
-            // drafts were wrong is measured again.
-            let probe = depth == 1
-                && self.config.probe_every > 0
-                && self.steps.is_multiple_of(self.config.probe_every);
+            let probe = depth == 1 && self.probing();
             frontier.retain(|&f| probe || (tau + reach[f] * sure) / more > tau / now);
             if frontier.is_empty() || n >= self.config.max_nodes {
                 break;
             }
             let start = Instant::now();
-            let Some(provider) = provider.as_deref_mut() else {
-                break;
-            };
             let lists = provider.expand(&tree, &frontier, GROW_TOP_K)?;
             if self.config.learn_latency {
                 let took = start.elapsed().as_secs_f64();
@@ -533,30 +487,73 @@ impl AdaptiveSizer {
             added.sort_unstable();
             frontier = added;
         }
-        // The chain: its first `shared` tokens are a branch of the heads' tree already (no node,
-        // no gain); each token after them costs a node and adds its reach — the chain's own
-        // acceptance so far, a branch apart from the heads' others.
+        let take = self.lookup_take(&tree, tau, lookup);
+        self.last.0 = true;
+        self.steps += 1;
+        Ok((tree, take))
+    }
+
+    /// Whether the next step should draft at all: on this text, steps that drafted gave at
+    /// least the tokens per second (their drafting included) of steps that did not, as
+    /// measured so far in this generation (before a step without drafting was timed, a plain
+    /// step as predicted). Yes until 8 drafting steps were timed, on every `probe_every`-th step,
+    /// and always without latency learning (the choice then never depends on time).
+    pub fn drafting_pays(&self) -> bool {
+        let Some((tokens, seconds)) = self.drafting else {
+            return true;
+        };
+        if !self.config.learn_latency
+            || self.probing()
+            || self.sharing > 1
+            || self.drafted < MIN_DRAFTED
+        {
+            return true;
+        }
+        let (plain_tokens, plain_seconds) = self
+            .not_drafting
+            .unwrap_or((1.0, self.predicted[0] * self.scale));
+        tokens / seconds >= plain_tokens / plain_seconds
+    }
+
+    /// How many of `lookup`'s tokens the next step verifies when it does not draft (where
+    /// [`Self::drafting_pays`] says no), chosen as [`Self::grow`] chooses them.
+    pub fn lookup_without_drafts(&mut self, lookup: Option<&LookupDraft>) -> usize {
+        let take = self.lookup_take(&TokenTree::new(0), 1.0, lookup);
+        self.last.0 = false;
+        self.steps += 1;
+        take
+    }
+
+    /// Whether this step is a probe (every `probe_every`-th).
+    fn probing(&self) -> bool {
+        self.config.probe_every > 0 && self.steps.is_multiple_of(self.config.probe_every)
+    }
+
+    /// How many of `lookup`'s tokens to verify beside `tree`, whose expected accepted length is
+    /// `tau`: its first `shared` tokens are a branch of the tree already (no node, no gain); each
+    /// token after them costs a node and adds its reach — the chain's own acceptance so far, a
+    /// branch apart from the tree's others.
+    fn lookup_take(&self, tree: &TokenTree, tau: f64, lookup: Option<&LookupDraft>) -> usize {
+        let Some(d) = lookup else {
+            return 0;
+        };
         let n = tree.len() - 1;
-        let mut best = (0, f64::MIN);
-        if let Some(d) = lookup {
-            let shared = tree.follow(&d.tokens);
-            let mut r: f64 = (1..=shared)
-                .map(|i| self.lookup_rate(d.matched, i))
-                .product();
-            let mut expected = tau;
-            best = (shared, tau / self.step_seconds(n));
-            let most = (shared + self.config.max_nodes.saturating_sub(n)).min(d.tokens.len());
-            for l in shared + 1..=most {
-                r *= self.lookup_rate(d.matched, l);
-                expected += r;
-                let rate = expected / self.step_seconds(n + l - shared);
-                if rate > best.1 {
-                    best = (l, rate);
-                }
+        let shared = tree.follow(&d.tokens);
+        let mut r: f64 = (1..=shared)
+            .map(|i| self.lookup_rate(d.matched, i))
+            .product();
+        let mut expected = tau;
+        let mut best = (shared, tau / self.step_seconds(n));
+        let most = (shared + self.config.max_nodes.saturating_sub(n)).min(d.tokens.len());
+        for l in shared + 1..=most {
+            r *= self.lookup_rate(d.matched, l);
+            expected += r;
+            let rate = expected / self.step_seconds(n + l - shared);
+            if rate > best.1 {
+                best = (l, rate);
             }
         }
-        self.steps += 1;
-        Ok((tree, best.0))
+        best.0
     }
 
     /// The acceptance rate of a lookup chain's token at `position` (≥ 1) after a
@@ -658,29 +655,32 @@ mod tests {
         assert!(s.choose().is_some());
     }
 
-    /// Candidates: token = rank.
-    struct ByRank;
-    impl crate::CandidateProvider for ByRank {
+    /// Candidates: token = rank; the top one drafted with probability `p`, the others with
+    /// `(1 - p) / 8`; counts its calls.
+    struct Confident {
+        p: f32,
+        calls: usize,
+    }
+    impl crate::CandidateProvider for Confident {
         fn expand(
             &mut self,
             _: &TokenTree,
             nodes: &[usize],
             k: usize,
         ) -> Result<Vec<Vec<Candidate>>, TreeError> {
-            Ok({
-                let list: Vec<Candidate> = (0..k as u32)
-                    .map(|r| Candidate {
-                        token: r,
-                        logprob: -1.0,
-                    })
-                    .collect();
-                vec![list; nodes.len()]
-            })
+            self.calls += 1;
+            let list: Vec<Candidate> = (0..k as u32)
+                .map(|r| Candidate {
+                    token: r,
+                    logprob: if r == 0 { self.p } else { (1.0 - self.p) / 8.0 }.ln(),
+                })
+                .collect();
+            Ok(vec![list; nodes.len()])
         }
     }
 
     fn build(t: &Template) -> TokenTree {
-        t.build(9, &mut ByRank).unwrap()
+        t.build(9, &mut Confident { p: 0.5, calls: 0 }).unwrap()
     }
 
     /// The node path of `tree` that follows rank 0 for `depth` levels.
@@ -895,30 +895,6 @@ mod tests {
             sizer.record_lookup(2, c.lookup, c.lookup);
         }
         assert_eq!(sizer.choose_step(Some(&draft)).lookup, 8);
-    }
-
-    /// Candidates: token = rank; the top one drafted with probability `p`, the others with
-    /// `(1 - p) / 8`; counts its calls.
-    struct Confident {
-        p: f32,
-        calls: usize,
-    }
-    impl crate::CandidateProvider for Confident {
-        fn expand(
-            &mut self,
-            _: &TokenTree,
-            nodes: &[usize],
-            k: usize,
-        ) -> Result<Vec<Vec<Candidate>>, TreeError> {
-            self.calls += 1;
-            let list: Vec<Candidate> = (0..k as u32)
-                .map(|r| Candidate {
-                    token: r,
-                    logprob: if r == 0 { self.p } else { (1.0 - self.p) / 8.0 }.ln(),
-                })
-                .collect();
-            Ok(vec![list; nodes.len()])
-        }
     }
 
     /// Whether `tree` is a chain of the top candidates, `depth` deep.

@@ -258,10 +258,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
                 })?;
                 // The sizer priced the chain with what the tree shares: nothing to respend.
                 plan.spare.clear();
-                plan.lookup = offer.and_then(|mut c| {
-                    c.tokens.truncate(take);
-                    (!c.tokens.is_empty()).then_some(c)
-                });
+                plan.lookup = cut(offer, take);
                 tree
             }
             Heads::Template(tpl) => {
@@ -777,12 +774,7 @@ fn plan_step(
             let take = s.lookup_without_drafts(chain.as_ref());
             Plan {
                 heads: Heads::None,
-                lookup: chain
-                    .map(|mut c| {
-                        c.tokens.truncate(take);
-                        c
-                    })
-                    .filter(|c| !c.tokens.is_empty()),
+                lookup: cut(chain, take),
                 spare: Vec::new(),
             }
         }
@@ -815,6 +807,16 @@ fn plan_step(
             }
         }
     }
+}
+
+/// `chain` cut to its first `take` tokens; none where that leaves none.
+fn cut(chain: Option<LookupDraft>, take: usize) -> Option<LookupDraft> {
+    chain
+        .map(|mut c| {
+            c.tokens.truncate(take);
+            c
+        })
+        .filter(|c| !c.tokens.is_empty())
 }
 
 /// For each entry of `rows` (indices into `source`, oldest first), the last `w` of them as a
