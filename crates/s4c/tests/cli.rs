@@ -449,6 +449,34 @@ fn bench_writes_json_markdown_and_chart() {
         (share - copied as f64 / tokens as f64).abs() < 1e-9,
         "{share}"
     );
+    // Decode figures: the tokens after the prefill's first over the seconds after the prefill,
+    // from the turn's own timings; the summary's ratio and prefill share from those.
+    let f = |t: &Value, k: &str| t[k].as_f64().unwrap();
+    let (mut plain_decode, mut s4c_decode, mut prefill_s, mut wall_s) = (0.0, 0.0, 0.0, 0.0);
+    for t in &turns {
+        for mode in ["plain", "s4c"] {
+            let (wall, prefill) = (
+                f(t, &format!("{mode}_s")),
+                f(t, &format!("{mode}_prefill_s")),
+            );
+            let n = t[format!("{mode}_new_tokens")].as_u64().unwrap() as f64;
+            assert!(0.0 < prefill && prefill < wall, "{t}");
+            let decode = f(t, &format!("{mode}_decode_tok_s"));
+            assert!(
+                (decode - (n - 1.0) / (wall - prefill)).abs() < 1e-6 * decode,
+                "{t}"
+            );
+            assert!((f(t, &format!("{mode}_tok_s")) - n / wall).abs() < 1e-6 * n / wall);
+        }
+        plain_decode += f(t, "plain_decode_tok_s") / turns.len() as f64;
+        s4c_decode += f(t, "s4c_decode_tok_s") / turns.len() as f64;
+        prefill_s += f(t, "plain_prefill_s");
+        wall_s += f(t, "plain_s");
+    }
+    let o = &v["overall"];
+    assert!((f(o, "plain_decode_tok_s") - plain_decode).abs() < 1e-6 * plain_decode);
+    assert!((f(o, "decode_speedup") - s4c_decode / plain_decode).abs() < 1e-6);
+    assert!((f(o, "prefill_share") - prefill_s / wall_s).abs() < 1e-9);
     assert!(v["machine"]["cpu"].is_string());
     assert!(std::fs::read_to_string(out.with_extension("svg"))
         .unwrap()

@@ -293,6 +293,13 @@ impl TokenRun {
     pub fn tokens_per_second(&self) -> f64 {
         self.new_ids.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// New tokens per second after the prefill: the tokens after the prefill's first one over
+    /// the time after it (what speculation speeds up; the prefill is the same in both modes).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        let decode_s = self.elapsed.saturating_sub(self.prefill).as_secs_f64();
+        self.new_ids.len().saturating_sub(1) as f64 / decode_s.max(1e-9)
+    }
 }
 
 impl<B: Backend> Engine<B> {

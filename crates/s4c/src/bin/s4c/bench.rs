@@ -115,24 +115,43 @@ struct Summary {
     greedy_match: f64,
     /// Share of S4C's new tokens accepted from chains copied from the context (lookup).
     copied: f64,
+    /// Mean tok/s after the prefill (`TokenRun::decode_tokens_per_second`), plain decoding.
+    plain_decode_tok_s: f64,
+    /// The same for S4C.
+    s4c_decode_tok_s: f64,
+    /// `s4c_decode_tok_s / plain_decode_tok_s`: the speedup of the steps after the prefill.
+    decode_speedup: f64,
+    /// Share of plain decoding's wall time spent in the prefill (the part both modes share).
+    prefill_share: f64,
     #[serde(skip)]
     sums: (f64, f64, usize, usize, usize, usize),
+    /// Sums of the decode tok/s (plain, S4C) and of plain's prefill and wall seconds.
+    #[serde(skip)]
+    decode_sums: (f64, f64, f64, f64),
 }
 
 impl Summary {
-    fn add_turn(&mut self, plain: f64, s4c: f64, tokens: usize, steps: usize, copied: usize) {
+    fn add_turn(&mut self, plain: &TokenRun, spec: &TokenRun, steps: usize, copied: usize) {
         self.turns += 1;
         self.sums.5 += copied;
-        self.sums.0 += plain;
-        self.sums.1 += s4c;
-        self.sums.2 += tokens;
+        self.sums.0 += plain.tokens_per_second();
+        self.sums.1 += spec.tokens_per_second();
+        self.sums.2 += spec.new_ids.len();
         self.sums.3 += steps;
+        self.decode_sums.0 += plain.decode_tokens_per_second();
+        self.decode_sums.1 += spec.decode_tokens_per_second();
+        self.decode_sums.2 += plain.prefill.as_secs_f64();
+        self.decode_sums.3 += plain.elapsed.as_secs_f64();
     }
     fn finish(&mut self) {
         let n = self.turns.max(1) as f64;
         self.plain_tok_s = self.sums.0 / n;
         self.s4c_tok_s = self.sums.1 / n;
         self.speedup = self.s4c_tok_s / self.plain_tok_s.max(1e-9);
+        self.plain_decode_tok_s = self.decode_sums.0 / n;
+        self.s4c_decode_tok_s = self.decode_sums.1 / n;
+        self.decode_speedup = self.s4c_decode_tok_s / self.plain_decode_tok_s.max(1e-9);
+        self.prefill_share = self.decode_sums.2 / self.decode_sums.3.max(1e-9);
         self.tau = self.sums.2 as f64 / self.sums.3.max(1) as f64;
         self.greedy_match = self.sums.4 as f64 / self.questions.max(1) as f64;
         self.copied = self.sums.5 as f64 / self.sums.2.max(1) as f64;
@@ -227,10 +246,15 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
             // τ counts the prefill's token as a step of its own (see SpecStats::tau).
             let steps = stats.steps + 1;
             for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
-                s.add_turn(pt, st, spec.new_ids.len(), steps, stats.lookup_accepted);
+                s.add_turn(&plain, &spec, steps, stats.lookup_accepted);
             }
             turns.push(json!({
                 "plain_tok_s": pt, "s4c_tok_s": st, "tau": stats.tau,
+                "plain_s": plain.elapsed.as_secs_f64(), "s4c_s": spec.elapsed.as_secs_f64(),
+                "plain_prefill_s": plain.prefill.as_secs_f64(),
+                "s4c_prefill_s": spec.prefill.as_secs_f64(),
+                "plain_decode_tok_s": plain.decode_tokens_per_second(),
+                "s4c_decode_tok_s": spec.decode_tokens_per_second(),
                 "plain_new_tokens": plain.new_ids.len(), "s4c_new_tokens": spec.new_ids.len(),
                 "same": same, "stats": stats, "divergence": divergence,
                 "prompt_ids": p_ids,
@@ -322,8 +346,9 @@ fn write_outputs(
 
 fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
     let mut s = String::from(
-        "| task | questions | turns | plain tok/s | s4c tok/s | speedup | τ | greedy match | copied |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| task | questions | turns | plain tok/s | s4c tok/s | speedup | τ | greedy match | copied | \
+         decode speedup | prefill share |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let rows = tasks
         .iter()
@@ -331,7 +356,7 @@ fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
         .chain([("**overall**", overall)]);
     for (name, t) in rows {
         s += &format!(
-            "| {name} | {} | {} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.0}% | {:.0}% |\n",
+            "| {name} | {} | {} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.0}% | {:.0}% | {:.2}× | {:.0}% |\n",
             t.questions,
             t.turns,
             t.plain_tok_s,
@@ -339,7 +364,9 @@ fn markdown(tasks: &BTreeMap<String, Summary>, overall: &Summary) -> String {
             t.speedup,
             t.tau,
             t.greedy_match * 100.0,
-            t.copied * 100.0
+            t.copied * 100.0,
+            t.decode_speedup,
+            t.prefill_share * 100.0
         );
     }
     s
