@@ -124,37 +124,53 @@ struct Summary {
     /// Share of plain decoding's wall time spent in the prefill (the part both modes share).
     prefill_share: f64,
     #[serde(skip)]
-    sums: (f64, f64, usize, usize, usize, usize),
-    /// Sums of the decode tok/s (plain, S4C) and of plain's prefill and wall seconds.
-    #[serde(skip)]
-    decode_sums: (f64, f64, f64, f64),
+    sums: Totals,
+}
+
+/// What a [`Summary`] adds up over its turns before [`Summary::finish`] averages it.
+#[derive(Default, Clone)]
+struct Totals {
+    plain_tok_s: f64,
+    s4c_tok_s: f64,
+    plain_decode_tok_s: f64,
+    s4c_decode_tok_s: f64,
+    /// Plain decoding's prefill and wall seconds.
+    plain_prefill_s: f64,
+    plain_s: f64,
+    /// S4C's new tokens, steps (the prefill's one included), and tokens from lookup.
+    tokens: usize,
+    steps: usize,
+    copied: usize,
+    /// Questions whose every turn matched plain greedy decoding.
+    matched: usize,
 }
 
 impl Summary {
     fn add_turn(&mut self, plain: &TokenRun, spec: &TokenRun, steps: usize, copied: usize) {
         self.turns += 1;
-        self.sums.5 += copied;
-        self.sums.0 += plain.tokens_per_second();
-        self.sums.1 += spec.tokens_per_second();
-        self.sums.2 += spec.new_ids.len();
-        self.sums.3 += steps;
-        self.decode_sums.0 += plain.decode_tokens_per_second();
-        self.decode_sums.1 += spec.decode_tokens_per_second();
-        self.decode_sums.2 += plain.prefill.as_secs_f64();
-        self.decode_sums.3 += plain.elapsed.as_secs_f64();
+        let t = &mut self.sums;
+        t.plain_tok_s += plain.tokens_per_second();
+        t.s4c_tok_s += spec.tokens_per_second();
+        t.plain_decode_tok_s += plain.decode_tokens_per_second();
+        t.s4c_decode_tok_s += spec.decode_tokens_per_second();
+        t.plain_prefill_s += plain.prefill.as_secs_f64();
+        t.plain_s += plain.elapsed.as_secs_f64();
+        t.tokens += spec.new_ids.len();
+        t.steps += steps;
+        t.copied += copied;
     }
     fn finish(&mut self) {
-        let n = self.turns.max(1) as f64;
-        self.plain_tok_s = self.sums.0 / n;
-        self.s4c_tok_s = self.sums.1 / n;
+        let (n, t) = (self.turns.max(1) as f64, &self.sums);
+        self.plain_tok_s = t.plain_tok_s / n;
+        self.s4c_tok_s = t.s4c_tok_s / n;
         self.speedup = self.s4c_tok_s / self.plain_tok_s.max(1e-9);
-        self.plain_decode_tok_s = self.decode_sums.0 / n;
-        self.s4c_decode_tok_s = self.decode_sums.1 / n;
+        self.plain_decode_tok_s = t.plain_decode_tok_s / n;
+        self.s4c_decode_tok_s = t.s4c_decode_tok_s / n;
         self.decode_speedup = self.s4c_decode_tok_s / self.plain_decode_tok_s.max(1e-9);
-        self.prefill_share = self.decode_sums.2 / self.decode_sums.3.max(1e-9);
-        self.tau = self.sums.2 as f64 / self.sums.3.max(1) as f64;
-        self.greedy_match = self.sums.4 as f64 / self.questions.max(1) as f64;
-        self.copied = self.sums.5 as f64 / self.sums.2.max(1) as f64;
+        self.prefill_share = t.plain_prefill_s / t.plain_s.max(1e-9);
+        self.tau = t.tokens as f64 / t.steps.max(1) as f64;
+        self.greedy_match = t.matched as f64 / self.questions.max(1) as f64;
+        self.copied = t.copied as f64 / t.tokens.max(1) as f64;
     }
 }
 
@@ -270,7 +286,7 @@ fn bench<B: Backend>(engine: &Engine<B>, args: &BenchArgs) -> Result<()> {
         }
         for s in [tasks.entry(q.task.clone()).or_default(), &mut overall] {
             s.questions += 1;
-            s.sums.4 += all_match as usize;
+            s.sums.matched += all_match as usize;
         }
         let last = &turns[turns.len() - 1];
         eprintln!(
