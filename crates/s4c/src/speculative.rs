@@ -351,10 +351,14 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         // Only the accepted node's state is needed: its feature, with its window (the committed
         // history before this step, then its ancestors in the tree).
         let accepted = *path.last().unwrap_or(&0);
-        let mut rows: Vec<usize> = (0..hl).collect();
-        let anc = tree.path_to(accepted);
-        rows.extend(anc[..anc.len() - 1].iter().map(|&a| hl + a));
-        let window_of = if w == 0 { Vec::new() } else { rows };
+        let window_of: Vec<usize> = if w == 0 {
+            Vec::new()
+        } else {
+            let anc = tree.path_to(accepted);
+            (0..hl)
+                .chain(anc[..anc.len() - 1].iter().map(|&a| hl + a))
+                .collect()
+        };
         let (window, valid) = window_rows(&all, &[window_of], w, device);
         let feature = features.slice([accepted..accepted + 1, 0..h]);
         let state = self.drafter.initial_states(feature, window, valid);
@@ -765,17 +769,20 @@ fn plan_step(
 ) -> Plan {
     let chain = lookup.and_then(|l| l.propose(text));
     match (sizer.as_mut(), shape) {
-        (Some(s), _) if s.config().max_depth > 0 && s.drafting_pays() => Plan {
-            heads: Heads::Grown,
-            lookup: chain,
-            spare: Vec::new(),
-        },
         (Some(s), _) if s.config().max_depth > 0 => {
-            let take = s.lookup_without_drafts(chain.as_ref());
-            Plan {
-                heads: Heads::None,
-                lookup: cut(chain, take),
-                spare: Vec::new(),
+            if s.drafting_pays() {
+                Plan {
+                    heads: Heads::Grown,
+                    lookup: chain,
+                    spare: Vec::new(),
+                }
+            } else {
+                let take = s.lookup_without_drafts(chain.as_ref());
+                Plan {
+                    heads: Heads::None,
+                    lookup: cut(chain, take),
+                    spare: Vec::new(),
+                }
             }
         }
         (Some(s), _) => {
