@@ -5,7 +5,11 @@
 //! super-blocks of 256) and F16, for the row counts of a decode
 //! step (1) and of verification trees and prompt blocks (2–64). One sample multiplies by every
 //! matrix once, as a forward does; throughput is the weight bytes read per sample (GB/s), next to
-//! a plain copy of as many bytes (`memcpy`) measured in the same run.
+//! a plain copy of as many bytes (`memcpy`) measured in the same run. On x86-64 with AVX2,
+//! `quant_peak/vpmaddubsw` measures what one core's 8-bit multiply-add instruction can do at
+//! most (independent `vpmaddubsw` on 256-bit registers, 32 products each, reported as products
+//! per second), so a row count's products per second (the weights' values times the rows over
+//! its time) read as a share of the machine's peak.
 //!
 //! ```sh
 //! cargo bench -p s4c-models --bench quant            # all
@@ -66,6 +70,11 @@ fn bench(c: &mut Criterion) {
     for (name, layers, head) in configs {
         let mats = model(layers, head);
         let total = bytes(&mats);
+        let products: usize = mats
+            .iter()
+            .map(|l| l.in_features() * l.out_features())
+            .sum();
+        eprintln!("quant_{name}: {products} multiply-adds per row");
         let mut group = c.benchmark_group(format!("quant_{name}"));
         group.sample_size(10);
         group.throughput(Throughput::Bytes(total as u64));
@@ -95,5 +104,56 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Multiply-adds of `vpmaddubsw` on 256-bit registers per [`peak_loop`] iteration.
+#[cfg(target_arch = "x86_64")]
+const PEAK_PRODUCTS: u64 = 8 * 32;
+
+/// `iterations` rounds of eight independent `vpmaddubsw` (no memory, no dependency between
+/// them): the instruction's throughput on one core.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn peak_loop(iterations: u64) {
+    std::arch::asm!(
+        "vpxor ymm8, ymm8, ymm8",
+        "vpxor ymm9, ymm9, ymm9",
+        "2:",
+        "vpmaddubsw ymm0, ymm8, ymm9",
+        "vpmaddubsw ymm1, ymm8, ymm9",
+        "vpmaddubsw ymm2, ymm8, ymm9",
+        "vpmaddubsw ymm3, ymm8, ymm9",
+        "vpmaddubsw ymm4, ymm8, ymm9",
+        "vpmaddubsw ymm5, ymm8, ymm9",
+        "vpmaddubsw ymm6, ymm8, ymm9",
+        "vpmaddubsw ymm7, ymm8, ymm9",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iterations.max(1) => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+        out("ymm8") _, out("ymm9") _,
+        options(nostack, nomem),
+    );
+}
+
+/// One core's peak rate of 8-bit multiply-adds (`vpmaddubsw`), in products per second.
+fn peak(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        const ITERATIONS: u64 = 1 << 20;
+        let mut group = c.benchmark_group("quant_peak");
+        group.throughput(Throughput::Elements(ITERATIONS * PEAK_PRODUCTS));
+        // SAFETY: AVX2 was detected.
+        group.bench_function("vpmaddubsw", |b| {
+            b.iter(|| unsafe { peak_loop(ITERATIONS) })
+        });
+        group.finish();
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = c;
+}
+
+criterion_group!(benches, peak, bench);
 criterion_main!(benches);
