@@ -265,104 +265,197 @@ impl<T: KvElem> Head<'_, T> {
         scores
     }
 
-    /// [`Head::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time.
+    /// [`Head::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time
+    /// (heads of any width; [`Group::attend_avx2`] serves those of 64 and 128 values).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
         // SAFETY (the closures): this function is compiled with AVX2 and F16C.
-        match self.layout.head_dim {
-            64 => self.attend_avx2_in_registers::<8>(q, out),
-            128 => self.attend_avx2_in_registers::<16>(q, out),
-            _ => self.attend_with(
-                q,
-                out,
-                |a, b| unsafe { ops::dot_avx(a, b) },
-                |a, x, y| unsafe { ops::axpy_avx(a, x, y) },
-            ),
+        self.attend_with(
+            q,
+            out,
+            |a, b| unsafe { ops::dot_avx(a, b) },
+            |a, x, y| unsafe { ops::axpy_avx(a, x, y) },
+        )
+    }
+}
+
+/// Keys (and values) [`Group`] widens to `f32` at a time for all its query heads (a multiple of
+/// the eight keys scored together).
+#[cfg(target_arch = "x86_64")]
+const CHUNK: usize = 32;
+
+/// The query heads of one KV group, for one row, against the keys the row sees: each chunk of
+/// keys and values is read from the cache and widened to `f32` once for all of them, where
+/// [`Head`] reads and widens the whole cache once per query head.
+#[cfg(target_arch = "x86_64")]
+struct Group<'a, T> {
+    layout: Layout,
+    planes: &'a Planes<T>,
+    layer: usize,
+    kv_head: usize,
+    keys: &'a [usize],
+    scale: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: KvElem> Group<'_, T> {
+    /// [`Head::attend`] for each query head of the group (`q` and `out`: the heads' vectors
+    /// side by side), heads of `8·C` values: every score and output has [`Head::attend`]'s bits
+    /// (scores of eight keys at a time, each key's eight lane sums transposed and added in the
+    /// portable dot product's order; each output lane adds `p · v` in key order).
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn attend_avx2<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
+        let d = 8 * C;
+        let (heads, n) = (q.len() / d, self.keys.len());
+        let mut scores = vec![0f32; heads * n];
+        let mut wide = vec![0f32; CHUNK * d];
+        for c0 in (0..n).step_by(CHUNK) {
+            let m = (n - c0).min(CHUNK);
+            self.widen::<C>(&self.planes.keys[self.layer], c0, m, &mut wide);
+            for (h, s) in scores.chunks_exact_mut(n).enumerate() {
+                let s = &mut s[c0..c0 + m];
+                scores_avx2::<C>(&q[h * d..(h + 1) * d], &wide[..m * d], s);
+                for s in s {
+                    *s *= self.scale;
+                }
+            }
+        }
+        for s in scores.chunks_exact_mut(n) {
+            ops::softmax(s);
+        }
+        out.fill(0.0);
+        for c0 in (0..n).step_by(CHUNK) {
+            let m = (n - c0).min(CHUNK);
+            self.widen::<C>(&self.planes.values[self.layer], c0, m, &mut wide);
+            for (p, o) in scores.chunks_exact(n).zip(out.chunks_exact_mut(d)) {
+                add_weighted::<C>(&p[c0..c0 + m], &wide[..m * d], o);
+            }
         }
     }
 
-    /// `q·Kᵀ · scale` over the visible keys for heads of `8·C` values, eight keys at a time:
-    /// each key's eight lane sums are those of [`ops::dot_avx`], and a transpose adds them in
-    /// its pairwise order, so every score has the same bits.
-    #[cfg(target_arch = "x86_64")]
+    /// The rows of `plane` of the visible keys `c0..c0 + m`, widened to `f32` into `wide`.
     #[inline(always)]
-    unsafe fn scores_avx2<const C: usize>(&self, q: &[f32]) -> Vec<f32> {
+    unsafe fn widen<const C: usize>(&self, plane: &[T], c0: usize, m: usize, wide: &mut [f32]) {
         use std::arch::x86_64::*;
-        let keys = &self.planes.keys[self.layer];
-        let n = self.keys.len();
-        let mut scores = vec![0f32; n];
-        let scale = _mm256_set1_ps(self.scale);
-        let whole = n - n % 8;
-        for b in (0..whole).step_by(8) {
-            let mut ptr = [std::ptr::null::<T>(); 8];
-            for (k, p) in ptr.iter_mut().enumerate() {
-                *p = keys[self.layout.slot(self.kv_head, self.keys[b + k])].as_ptr();
-            }
-            let mut a = [_mm256_setzero_ps(); 8];
+        for (t, &j) in self.keys[c0..c0 + m].iter().enumerate() {
+            let src = plane[self.layout.slot(self.kv_head, j)].as_ptr();
             for c in 0..C {
-                let x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-                for (a, p) in a.iter_mut().zip(&ptr) {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, T::load8(p.add(8 * c))));
-                }
+                let v = T::load8(src.add(8 * c));
+                _mm256_storeu_ps(wide.as_mut_ptr().add(t * 8 * C + 8 * c), v);
             }
-            // Lane l of every key's sums into vector l, then ((0+4)+(2+6))+((1+5)+(3+7)).
-            let unpack = |x, y| (_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
-            let shuffle = |x, y| {
-                (
-                    _mm256_shuffle_ps::<0x44>(x, y),
-                    _mm256_shuffle_ps::<0xEE>(x, y),
-                )
-            };
-            let ((t0, t1), (t2, t3)) = (unpack(a[0], a[1]), unpack(a[2], a[3]));
-            let ((t4, t5), (t6, t7)) = (unpack(a[4], a[5]), unpack(a[6], a[7]));
-            let ((u0, u1), (u2, u3)) = (shuffle(t0, t2), shuffle(t1, t3));
-            let ((u4, u5), (u6, u7)) = (shuffle(t4, t6), shuffle(t5, t7));
-            let lane = |lo: __m256, hi: __m256, high: bool| {
-                if high {
-                    _mm256_permute2f128_ps::<0x31>(lo, hi)
-                } else {
-                    _mm256_permute2f128_ps::<0x20>(lo, hi)
-                }
-            };
-            let (l0, l4) = (lane(u0, u4, false), lane(u0, u4, true));
-            let (l1, l5) = (lane(u1, u5, false), lane(u1, u5, true));
-            let (l2, l6) = (lane(u2, u6, false), lane(u2, u6, true));
-            let (l3, l7) = (lane(u3, u7, false), lane(u3, u7, true));
-            let even = _mm256_add_ps(_mm256_add_ps(l0, l4), _mm256_add_ps(l2, l6));
-            let odd = _mm256_add_ps(_mm256_add_ps(l1, l5), _mm256_add_ps(l3, l7));
-            let r = _mm256_mul_ps(_mm256_add_ps(even, odd), scale);
-            _mm256_storeu_ps(scores.as_mut_ptr().add(b), r);
         }
-        for t in whole..n {
-            let k = &keys[self.layout.slot(self.kv_head, self.keys[t])];
-            scores[t] = ops::dot_avx(q, k) * self.scale;
-        }
-        scores
     }
+}
 
-    /// [`Head::attend`] for heads of `8·C` values with the output held in registers while the
-    /// values are summed: each lane adds `p · v` to its sum in key order, as
-    /// [`ops::axpy_avx`] does, so the bits are the same.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn attend_avx2_in_registers<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let values = &self.planes.values[self.layer];
-        let mut scores = self.scores_avx2::<C>(q);
-        ops::softmax(&mut scores);
-        let mut acc = [_mm256_setzero_ps(); C];
-        for (&j, &p) in self.keys.iter().zip(&scores) {
-            // A slot holds `head_dim = 8·C` values.
-            let v = values[self.layout.slot(self.kv_head, j)].as_ptr();
-            let pv = _mm256_set1_ps(p);
-            for (c, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, T::load8(v.add(8 * c))));
+/// `scores[t] = q · k_t` for the keys `k_t` (rows of `8·C` values in `keys`), eight keys at a
+/// time: each key's eight lane sums are those of [`ops::dot_avx`], and a transpose adds them in
+/// its pairwise order, so every score has the same bits (the last `len % 8` keys go through
+/// [`ops::dot_avx`] itself).
+///
+/// # Safety
+/// Only for code compiled with AVX2 (it is inlined into such functions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scores_avx2<const C: usize>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (d, n) = (8 * C, scores.len());
+    debug_assert!(q.len() >= d && keys.len() >= n * d);
+    let whole = n - n % 8;
+    for b in (0..whole).step_by(8) {
+        let base = keys.as_ptr().add(b * d);
+        let mut a = [_mm256_setzero_ps(); 8];
+        for c in 0..C {
+            let x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+            for (k, a) in a.iter_mut().enumerate() {
+                *a = _mm256_add_ps(
+                    *a,
+                    _mm256_mul_ps(x, _mm256_loadu_ps(base.add(k * d + 8 * c))),
+                );
             }
         }
-        for (c, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *acc);
+        // Lane l of every key's sums into vector l, then ((0+4)+(2+6))+((1+5)+(3+7)).
+        let (t0, t1) = (
+            _mm256_unpacklo_ps(a[0], a[1]),
+            _mm256_unpackhi_ps(a[0], a[1]),
+        );
+        let (t2, t3) = (
+            _mm256_unpacklo_ps(a[2], a[3]),
+            _mm256_unpackhi_ps(a[2], a[3]),
+        );
+        let (t4, t5) = (
+            _mm256_unpacklo_ps(a[4], a[5]),
+            _mm256_unpackhi_ps(a[4], a[5]),
+        );
+        let (t6, t7) = (
+            _mm256_unpacklo_ps(a[6], a[7]),
+            _mm256_unpackhi_ps(a[6], a[7]),
+        );
+        let (u0, u1) = (
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+        );
+        let (u2, u3) = (
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+        );
+        let (u4, u5) = (
+            _mm256_shuffle_ps::<0x44>(t4, t6),
+            _mm256_shuffle_ps::<0xEE>(t4, t6),
+        );
+        let (u6, u7) = (
+            _mm256_shuffle_ps::<0x44>(t5, t7),
+            _mm256_shuffle_ps::<0xEE>(t5, t7),
+        );
+        // Direct calls, not closures: a closure would not be compiled for the caller's
+        // instruction set.
+        let (l0, l4) = (
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+        );
+        let (l1, l5) = (
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+        );
+        let (l2, l6) = (
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+        );
+        let (l3, l7) = (
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        );
+        let even = _mm256_add_ps(_mm256_add_ps(l0, l4), _mm256_add_ps(l2, l6));
+        let odd = _mm256_add_ps(_mm256_add_ps(l1, l5), _mm256_add_ps(l3, l7));
+        _mm256_storeu_ps(scores.as_mut_ptr().add(b), _mm256_add_ps(even, odd));
+    }
+    for t in whole..n {
+        scores[t] = ops::dot_avx(q, &keys[t * d..(t + 1) * d]);
+    }
+}
+
+/// `out += Σ_t p[t] · v_t` over the values `v_t` (rows of `8·C` values in `values`), the output
+/// held in registers: each lane adds `p · v` in order, as [`ops::axpy_avx`] does.
+///
+/// # Safety
+/// Only for code compiled with AVX2 (it is inlined into such functions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_weighted<const C: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(out.len() >= 8 * C && values.len() >= p.len() * 8 * C);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for (c, acc) in acc.iter_mut().enumerate() {
+        *acc = _mm256_loadu_ps(out.as_ptr().add(8 * c));
+    }
+    for (t, &p) in p.iter().enumerate() {
+        let (v, pv) = (values.as_ptr().add(t * 8 * C), _mm256_set1_ps(p));
+        for (c, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, _mm256_loadu_ps(v.add(8 * c))));
         }
+    }
+    for (c, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *acc);
     }
 }
 
@@ -434,6 +527,38 @@ fn attend_planes<T: KvElem>(
         }
         one.attend(qv, o)
     };
+    // With AVX2 and heads of 64 or 128 values, one task per (row, KV group) instead: its query
+    // heads are side by side in `q` and `out`.
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && matches!(d, 64 | 128) {
+        let task = |(t, o): (usize, &mut [f32])| {
+            let (i, kv_head) = (t / h.kv, t % h.kv);
+            let g = Group {
+                layout: kv.layout,
+                planes,
+                layer,
+                kv_head,
+                keys: &rows[i],
+                scale,
+            };
+            let at = i * width + kv_head * group * d;
+            let qv = &q[at..at + group * d];
+            // SAFETY: the caller saw AVX2 and F16C on this CPU (`Isa::has_avx2`).
+            unsafe {
+                if d == 64 {
+                    g.attend_avx2::<8>(qv, o)
+                } else {
+                    g.attend_avx2::<16>(qv, o)
+                }
+            }
+        };
+        if work >= PARALLEL_WORK {
+            out.par_chunks_mut(group * d).enumerate().for_each(task);
+        } else {
+            out.chunks_mut(group * d).enumerate().for_each(task);
+        }
+        return out;
+    }
     if work >= PARALLEL_WORK {
         out.par_chunks_mut(d).enumerate().for_each(task);
     } else {
@@ -465,13 +590,17 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
             return;
         }
-        let h = Heads {
-            q: 6,
-            kv: 2,
-            dim: 64,
-        };
-        let (cached, n, layers) = (37, 5, 2);
-        for ty in [KvType::F32, KvType::F16] {
+        let (n, layers) = (5, 2);
+        // Heads of 64 and 128 values (by KV group) and of another width (head by head); one
+        // chunk of widened keys and a part, and several.
+        for (dim, cached, ty) in [
+            (64, 37, KvType::F32),
+            (64, 37, KvType::F16),
+            (64, 77, KvType::F16),
+            (128, 77, KvType::F32),
+            (40, 37, KvType::F16),
+        ] {
+            let h = Heads { q: 6, kv: 2, dim };
             let mut kv = HostKv::new(layers, h.kv, h.dim, cached + n, ty);
             let width = h.kv * h.dim;
             for l in 0..layers {
