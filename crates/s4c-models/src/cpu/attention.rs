@@ -2,6 +2,8 @@
 
 use half::f16;
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 use super::ops;
 use crate::error::{ModelError, Result};
@@ -337,7 +339,6 @@ impl<T: KvElem> Group<'_, T> {
     /// The rows of `plane` of the visible keys `c0..c0 + m`, widened to `f32` into `wide`.
     #[inline(always)]
     unsafe fn widen<const C: usize>(&self, plane: &[T], c0: usize, m: usize, wide: &mut [f32]) {
-        use std::arch::x86_64::*;
         for (t, &j) in self.keys[c0..c0 + m].iter().enumerate() {
             let src = plane[self.layout.slot(self.kv_head, j)].as_ptr();
             for c in 0..C {
@@ -358,7 +359,6 @@ impl<T: KvElem> Group<'_, T> {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn scores_avx2<const C: usize>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
-    use std::arch::x86_64::*;
     let (d, n) = (8 * C, scores.len());
     debug_assert!(q.len() >= d && keys.len() >= n * d);
     let whole = n - n % 8;
@@ -375,56 +375,12 @@ unsafe fn scores_avx2<const C: usize>(q: &[f32], keys: &[f32], scores: &mut [f32
             }
         }
         // Lane l of every key's sums into vector l, then ((0+4)+(2+6))+((1+5)+(3+7)).
-        let (t0, t1) = (
-            _mm256_unpacklo_ps(a[0], a[1]),
-            _mm256_unpackhi_ps(a[0], a[1]),
-        );
-        let (t2, t3) = (
-            _mm256_unpacklo_ps(a[2], a[3]),
-            _mm256_unpackhi_ps(a[2], a[3]),
-        );
-        let (t4, t5) = (
-            _mm256_unpacklo_ps(a[4], a[5]),
-            _mm256_unpackhi_ps(a[4], a[5]),
-        );
-        let (t6, t7) = (
-            _mm256_unpacklo_ps(a[6], a[7]),
-            _mm256_unpackhi_ps(a[6], a[7]),
-        );
-        let (u0, u1) = (
-            _mm256_shuffle_ps::<0x44>(t0, t2),
-            _mm256_shuffle_ps::<0xEE>(t0, t2),
-        );
-        let (u2, u3) = (
-            _mm256_shuffle_ps::<0x44>(t1, t3),
-            _mm256_shuffle_ps::<0xEE>(t1, t3),
-        );
-        let (u4, u5) = (
-            _mm256_shuffle_ps::<0x44>(t4, t6),
-            _mm256_shuffle_ps::<0xEE>(t4, t6),
-        );
-        let (u6, u7) = (
-            _mm256_shuffle_ps::<0x44>(t5, t7),
-            _mm256_shuffle_ps::<0xEE>(t5, t7),
-        );
-        // Direct calls, not closures: a closure would not be compiled for the caller's
-        // instruction set.
-        let (l0, l4) = (
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-        );
-        let (l1, l5) = (
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-        );
-        let (l2, l6) = (
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-        );
-        let (l3, l7) = (
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        );
+        let ((t0, t1), (t2, t3)) = (unpack(a[0], a[1]), unpack(a[2], a[3]));
+        let ((t4, t5), (t6, t7)) = (unpack(a[4], a[5]), unpack(a[6], a[7]));
+        let ((u0, u1), (u2, u3)) = (shuffle(t0, t2), shuffle(t1, t3));
+        let ((u4, u5), (u6, u7)) = (shuffle(t4, t6), shuffle(t5, t7));
+        let ((l0, l4), (l1, l5)) = (halves(u0, u4), halves(u1, u5));
+        let ((l2, l6), (l3, l7)) = (halves(u2, u6), halves(u3, u7));
         let even = _mm256_add_ps(_mm256_add_ps(l0, l4), _mm256_add_ps(l2, l6));
         let odd = _mm256_add_ps(_mm256_add_ps(l1, l5), _mm256_add_ps(l3, l7));
         _mm256_storeu_ps(scores.as_mut_ptr().add(b), _mm256_add_ps(even, odd));
@@ -432,6 +388,33 @@ unsafe fn scores_avx2<const C: usize>(q: &[f32], keys: &[f32], scores: &mut [f32
     for t in whole..n {
         scores[t] = ops::dot_avx(q, &keys[t * d..(t + 1) * d]);
     }
+}
+
+/// The interleaved low and high pairs of lanes of `x` and `y` (a transpose step).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unpack(x: __m256, y: __m256) -> (__m256, __m256) {
+    (_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y))
+}
+
+/// Lanes 0–1 and lanes 2–3 of each 128-bit half of `x`, then of `y` (a transpose step).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn shuffle(x: __m256, y: __m256) -> (__m256, __m256) {
+    (
+        _mm256_shuffle_ps::<0x44>(x, y),
+        _mm256_shuffle_ps::<0xEE>(x, y),
+    )
+}
+
+/// The low 128-bit halves of `x` and `y`, and their high halves (a transpose step).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn halves(x: __m256, y: __m256) -> (__m256, __m256) {
+    (
+        _mm256_permute2f128_ps::<0x20>(x, y),
+        _mm256_permute2f128_ps::<0x31>(x, y),
+    )
 }
 
 /// `out += Σ_t p[t] · v_t` over the values `v_t` (rows of `8·C` values in `values`), the output
@@ -442,7 +425,6 @@ unsafe fn scores_avx2<const C: usize>(q: &[f32], keys: &[f32], scores: &mut [f32
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn add_weighted<const C: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
     debug_assert!(out.len() >= 8 * C && values.len() >= p.len() * 8 * C);
     let mut acc = [_mm256_setzero_ps(); C];
     for (c, acc) in acc.iter_mut().enumerate() {
