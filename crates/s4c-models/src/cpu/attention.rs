@@ -219,8 +219,12 @@ pub(crate) struct Heads {
     pub dim: usize,
 }
 
-/// One query head of one row against the keys it sees.
-struct Head<'a, T> {
+/// One KV head's keys and values as one row sees them (its visible slots); the query heads that
+/// share the KV head attend through it, one at a time ([`KvHead::attend`]) or, on AVX2 with
+/// heads of 64 or 128 values, all together ([`KvHead::attend_group_avx2`]: each chunk of keys and
+/// values is read from the cache and widened to `f32` once for all of them, where one at a time
+/// reads and widens the whole cache once per query head).
+struct KvHead<'a, T> {
     layout: Layout,
     planes: &'a Planes<T>,
     layer: usize,
@@ -229,14 +233,14 @@ struct Head<'a, T> {
     scale: f32,
 }
 
-impl<T: KvElem> Head<'_, T> {
+impl<T: KvElem> KvHead<'_, T> {
     /// `out = softmax(q·Kᵀ · scale) · V` over the visible keys, in slot order.
     #[inline(always)]
     fn attend(&self, q: &[f32], out: &mut [f32]) {
         self.attend_with(q, out, ops::dot, ops::axpy)
     }
 
-    /// [`Head::attend`] with the products `dot` and `axpy`.
+    /// [`KvHead::attend`] with the products `dot` and `axpy`.
     #[inline(always)]
     fn attend_with(
         &self,
@@ -267,8 +271,8 @@ impl<T: KvElem> Head<'_, T> {
         scores
     }
 
-    /// [`Head::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time
-    /// (heads of any width; [`Group::attend_avx2`] serves those of 64 and 128 values).
+    /// [`KvHead::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time
+    /// (heads of any width; [`KvHead::attend_group_avx2`] serves those of 64 and 128 values).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
@@ -282,32 +286,19 @@ impl<T: KvElem> Head<'_, T> {
     }
 }
 
-/// Keys (and values) [`Group`] widens to `f32` at a time for all its query heads (a multiple of
-/// the eight keys scored together).
+/// Keys (and values) [`KvHead::attend_group_avx2`] widens to `f32` at a time for all the query
+/// heads (a multiple of the eight keys scored together).
 #[cfg(target_arch = "x86_64")]
 const CHUNK: usize = 32;
 
-/// The query heads of one KV group, for one row, against the keys the row sees: each chunk of
-/// keys and values is read from the cache and widened to `f32` once for all of them, where
-/// [`Head`] reads and widens the whole cache once per query head.
 #[cfg(target_arch = "x86_64")]
-struct Group<'a, T> {
-    layout: Layout,
-    planes: &'a Planes<T>,
-    layer: usize,
-    kv_head: usize,
-    keys: &'a [usize],
-    scale: f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<T: KvElem> Group<'_, T> {
-    /// [`Head::attend`] for each query head of the group (`q` and `out`: the heads' vectors
-    /// side by side), heads of `8·C` values: every score and output has [`Head::attend`]'s bits
+impl<T: KvElem> KvHead<'_, T> {
+    /// [`KvHead::attend`] for each query head of the group (`q` and `out`: the heads' vectors
+    /// side by side), heads of `8·C` values: every score and output has [`KvHead::attend`]'s bits
     /// (scores of eight keys at a time, each key's eight lane sums transposed and added in the
     /// portable dot product's order; each output lane adds `p · v` in key order).
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn attend_avx2<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
+    unsafe fn attend_group_avx2<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
         let d = 8 * C;
         let (heads, n) = (q.len() / d, self.keys.len());
         let mut scores = vec![0f32; heads * n];
@@ -490,17 +481,19 @@ fn attend_planes<T: KvElem>(
         })
         .collect();
     let work: usize = rows.iter().map(Vec::len).sum::<usize>() * h.q;
+    // KV head `kv_head` as row `i` sees it.
+    let seen = |i: usize, kv_head: usize| KvHead {
+        layout: kv.layout,
+        planes,
+        layer,
+        kv_head,
+        keys: &rows[i],
+        scale,
+    };
     // One task per (row, head): its output is one head-wide slice of `out`.
     let task = |(t, o): (usize, &mut [f32])| {
         let (i, head) = (t / h.q, t % h.q);
-        let one = Head {
-            layout: kv.layout,
-            planes,
-            layer,
-            kv_head: head / group,
-            keys: &rows[i],
-            scale,
-        };
+        let one = seen(i, head / group);
         let qv = &q[i * width + head * d..i * width + (head + 1) * d];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
@@ -515,22 +508,15 @@ fn attend_planes<T: KvElem>(
     if avx2 && matches!(d, 64 | 128) {
         let task = |(t, o): (usize, &mut [f32])| {
             let (i, kv_head) = (t / h.kv, t % h.kv);
-            let g = Group {
-                layout: kv.layout,
-                planes,
-                layer,
-                kv_head,
-                keys: &rows[i],
-                scale,
-            };
+            let head = seen(i, kv_head);
             let at = i * width + kv_head * group * d;
             let qv = &q[at..at + group * d];
             // SAFETY: the caller saw AVX2 and F16C on this CPU (`Isa::has_avx2`).
             unsafe {
                 if d == 64 {
-                    g.attend_avx2::<8>(qv, o)
+                    head.attend_group_avx2::<8>(qv, o)
                 } else {
-                    g.attend_avx2::<16>(qv, o)
+                    head.attend_group_avx2::<16>(qv, o)
                 }
             }
         };
