@@ -301,6 +301,11 @@ impl<T: KvElem> KvHead<'_, T> {
     unsafe fn attend_group_avx2<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
         let d = 8 * C;
         let (heads, n) = (q.len() / d, self.keys.len());
+        out.fill(0.0);
+        if n == 0 {
+            // A row that sees no key (a mask may say so): zeros, as the portable path gives.
+            return;
+        }
         let mut scores = vec![0f32; heads * n];
         let mut wide = vec![0f32; CHUNK * d];
         for c0 in (0..n).step_by(CHUNK) {
@@ -317,7 +322,6 @@ impl<T: KvElem> KvHead<'_, T> {
         for s in scores.chunks_exact_mut(n) {
             ops::softmax(s);
         }
-        out.fill(0.0);
         for c0 in (0..n).step_by(CHUNK) {
             let m = (n - c0).min(CHUNK);
             self.widen::<C>(&self.planes.values[self.layer], c0, m, &mut wide);
@@ -549,6 +553,35 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// A row whose mask shows it no key gets zeros on both paths (and no panic).
+    #[test]
+    fn a_row_that_sees_no_key_gets_zeros() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let h = Heads {
+            q: 6,
+            kv: 2,
+            dim: 64,
+        };
+        let mut kv = HostKv::new(1, h.kv, h.dim, 2, KvType::F16);
+        let width = h.kv * h.dim;
+        kv.write(0, 0, &values(2 * width, 1), &values(2 * width, 7));
+        // Row 0 sees itself, row 1 nothing.
+        let mask = AttentionMask::tree(0, 2, &[true, false, false, false]).unwrap();
+        let visible = Visibility::Mask {
+            mask: &mask,
+            offset: 0,
+        };
+        let q = values(2 * h.q * h.dim, 3);
+        for avx2 in [false, true] {
+            let out = attend(&kv, 0, &q, 2, h, visible, avx2);
+            let row = h.q * h.dim;
+            assert!(out[row..].iter().all(|&x| x == 0.0), "avx2 {avx2}");
+            assert!(out[..row].iter().any(|&x| x != 0.0), "avx2 {avx2}");
+        }
     }
 
     /// The AVX2 path gives the portable path's bits, for both cache types, causal rows and tree
