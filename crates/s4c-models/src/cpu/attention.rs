@@ -307,7 +307,7 @@ impl<T: KvElem> KvHead<'_, T> {
             return;
         }
         let mut scores = vec![0f32; heads * n];
-        let mut wide = vec![0f32; CHUNK * d];
+        let mut wide = vec![0f32; n.min(CHUNK) * d];
         for c0 in (0..n).step_by(CHUNK) {
             let m = (n - c0).min(CHUNK);
             self.widen::<C>(&self.planes.keys[self.layer], c0, m, &mut wide);
