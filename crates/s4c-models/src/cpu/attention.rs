@@ -219,11 +219,12 @@ pub(crate) struct Heads {
     pub dim: usize,
 }
 
-/// One KV head's keys and values as one row sees them (its visible slots); the query heads that
-/// share the KV head attend through it, one at a time ([`KvHead::attend`]) or, on AVX2 with
-/// heads of 64 or 128 values, all together ([`KvHead::attend_group_avx2`]: each chunk of keys and
-/// values is read from the cache and widened to `f32` once for all of them, where one at a time
-/// reads and widens the whole cache once per query head).
+/// One KV head's keys and values at the slots `keys`: those one row sees, through which the query
+/// heads that share the KV head attend one at a time ([`KvHead::attend`]); or, on AVX2 with heads
+/// of 64 or 128 values, those any of several rows of a block sees, through which all their query
+/// heads attend together ([`KvHead::attend_rows_avx2`]: each chunk of keys and values is read from
+/// the cache and widened to `f32` once for all the rows and heads, where one at a time reads and
+/// widens the whole cache once per row and query head).
 struct KvHead<'a, T> {
     layout: Layout,
     planes: &'a Planes<T>,
@@ -293,40 +294,83 @@ const CHUNK: usize = 32;
 
 #[cfg(target_arch = "x86_64")]
 impl<T: KvElem> KvHead<'_, T> {
-    /// [`KvHead::attend`] for each query head of the group (`q` and `out`: the heads' vectors
-    /// side by side), heads of `8·C` values: every score and output has [`KvHead::attend`]'s bits
+    /// [`KvHead::attend`] for each query head of the group and each row of a block, heads of
+    /// `8·C` values. `self.keys` are the keys any of the rows sees, and `seen[r]` the positions
+    /// in it of those row `r` sees; `q` and `out` hold each row's query heads side by side, row
+    /// after row. Every score and output has [`KvHead::attend`]'s bits for the row's own keys
     /// (scores of eight keys at a time, each key's eight lane sums transposed and added in the
-    /// portable dot product's order; each output lane adds `p · v` in key order).
+    /// portable dot product's order, so a score does not depend on the keys scored with it;
+    /// each output lane adds `p · v` over the row's keys in order).
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn attend_group_avx2<const C: usize>(&self, q: &[f32], out: &mut [f32]) {
+    unsafe fn attend_rows_avx2<const C: usize>(
+        &self,
+        seen: &[Vec<usize>],
+        q: &[f32],
+        out: &mut [f32],
+    ) {
         let d = 8 * C;
-        let (heads, n) = (q.len() / d, self.keys.len());
+        let width = q.len() / seen.len().max(1);
+        let (heads, n) = (width / d, self.keys.len());
+        // A row that sees no key (a mask may say so) keeps zeros, as the portable path gives.
         out.fill(0.0);
         if n == 0 {
-            // A row that sees no key (a mask may say so): zeros, as the portable path gives.
             return;
         }
-        let mut scores = vec![0f32; heads * n];
+        // Row `r`'s scores, head after head, over the keys it sees.
+        let mut scores: Vec<Vec<f32>> = seen.iter().map(|s| vec![0f32; heads * s.len()]).collect();
         let mut wide = vec![0f32; n.min(CHUNK) * d];
+        let mut chunk = vec![0f32; n.min(CHUNK)];
+        // Each row's next position in `seen`, chunk after chunk.
+        let mut next = vec![0usize; seen.len()];
         for c0 in (0..n).step_by(CHUNK) {
             let m = (n - c0).min(CHUNK);
             self.widen::<C>(&self.planes.keys[self.layer], c0, m, &mut wide);
-            for (h, s) in scores.chunks_exact_mut(n).enumerate() {
-                let s = &mut s[c0..c0 + m];
-                scores_avx2::<C>(&q[h * d..(h + 1) * d], &wide[..m * d], s);
-                for s in s {
-                    *s *= self.scale;
+            for (r, next) in next.iter_mut().enumerate() {
+                let (lo, hi) = within(&seen[r], next, c0, m);
+                if lo == hi {
+                    continue;
+                }
+                let len = seen[r].len();
+                for h in 0..heads {
+                    let qh = &q[r * width + h * d..][..d];
+                    let dst = &mut scores[r][h * len + lo..h * len + hi];
+                    if hi - lo == m {
+                        scores_avx2::<C>(qh, &wide[..m * d], dst);
+                    } else {
+                        // The row sees part of the chunk: its keys' scores of the whole chunk's.
+                        scores_avx2::<C>(qh, &wide[..m * d], &mut chunk[..m]);
+                        for (x, &u) in dst.iter_mut().zip(&seen[r][lo..hi]) {
+                            *x = chunk[u - c0];
+                        }
+                    }
+                    for x in dst {
+                        *x *= self.scale;
+                    }
                 }
             }
         }
-        for s in scores.chunks_exact_mut(n) {
-            ops::softmax(s);
+        for (s, row) in scores.iter_mut().zip(seen) {
+            for s in s.chunks_exact_mut(row.len().max(1)) {
+                ops::softmax(s);
+            }
         }
+        next.fill(0);
         for c0 in (0..n).step_by(CHUNK) {
             let m = (n - c0).min(CHUNK);
             self.widen::<C>(&self.planes.values[self.layer], c0, m, &mut wide);
-            for (p, o) in scores.chunks_exact(n).zip(out.chunks_exact_mut(d)) {
-                add_weighted::<C>(&p[c0..c0 + m], &wide[..m * d], o);
+            for (r, next) in next.iter_mut().enumerate() {
+                let (lo, hi) = within(&seen[r], next, c0, m);
+                let len = seen[r].len();
+                for h in 0..heads {
+                    let p = &scores[r][h * len + lo..h * len + hi];
+                    let o = &mut out[r * width + h * d..][..d];
+                    if hi - lo == m {
+                        add_weighted::<C>(p, 0..m, &wide[..m * d], o);
+                    } else {
+                        let at = seen[r][lo..hi].iter().map(|&u| u - c0);
+                        add_weighted::<C>(p, at, &wide[..m * d], o);
+                    }
+                }
             }
         }
     }
@@ -412,20 +456,42 @@ unsafe fn halves(x: __m256, y: __m256) -> (__m256, __m256) {
     )
 }
 
-/// `out += Σ_t p[t] · v_t` over the values `v_t` (rows of `8·C` values in `values`), the output
-/// held in registers: each lane adds `p · v` in order, as [`ops::axpy_avx`] does.
+/// The range of `seen` (sorted, distinct positions, none below `c0` from `*lo` on) that falls in
+/// `c0..c0 + m`; `*lo` moves past it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn within(seen: &[usize], lo: &mut usize, c0: usize, m: usize) -> (usize, usize) {
+    let start = *lo;
+    // A row that sees the whole chunk: its next `m` positions are `c0..c0 + m`.
+    *lo += if seen.get(start + m - 1) == Some(&(c0 + m - 1)) {
+        m
+    } else {
+        seen[start..].partition_point(|&u| u < c0 + m)
+    };
+    (start, *lo)
+}
+
+/// `out += Σ_t p[t] · v_t` over the values `v_t` at the rows `at` of `values` (rows of `8·C`
+/// values), the output held in registers: each lane adds `p · v` in order, as
+/// [`ops::axpy_avx`] does.
 ///
 /// # Safety
 /// Only for code compiled with AVX2 (it is inlined into such functions).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn add_weighted<const C: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
-    debug_assert!(out.len() >= 8 * C && values.len() >= p.len() * 8 * C);
+unsafe fn add_weighted<const C: usize>(
+    p: &[f32],
+    at: impl Iterator<Item = usize>,
+    values: &[f32],
+    out: &mut [f32],
+) {
+    debug_assert!(out.len() >= 8 * C);
     let mut acc = [_mm256_setzero_ps(); C];
     for (c, acc) in acc.iter_mut().enumerate() {
         *acc = _mm256_loadu_ps(out.as_ptr().add(8 * c));
     }
-    for (t, &p) in p.iter().enumerate() {
+    for (&p, t) in p.iter().zip(at) {
+        debug_assert!(values.len() >= (t + 1) * 8 * C);
         let (v, pv) = (values.as_ptr().add(t * 8 * C), _mm256_set1_ps(p));
         for (c, acc) in acc.iter_mut().enumerate() {
             *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, _mm256_loadu_ps(v.add(8 * c))));
@@ -476,7 +542,6 @@ fn attend_planes<T: KvElem>(
     let width = h.q * d;
     let group = h.q / h.kv;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; n * width];
     let rows: Vec<Vec<usize>> = (0..n)
         .map(|i| {
             let mut v = Vec::new();
@@ -506,37 +571,130 @@ fn attend_planes<T: KvElem>(
         }
         one.attend(qv, o)
     };
-    // With AVX2 and heads of 64 or 128 values, one task per (row, KV group) instead: its query
-    // heads are side by side in `q` and `out`.
     #[cfg(target_arch = "x86_64")]
     if avx2 && matches!(d, 64 | 128) {
-        let task = |(t, o): (usize, &mut [f32])| {
-            let (i, kv_head) = (t / h.kv, t % h.kv);
-            let head = seen(i, kv_head);
-            let at = i * width + kv_head * group * d;
-            let qv = &q[at..at + group * d];
-            // SAFETY: the caller saw AVX2 and F16C on this CPU (`Isa::has_avx2`).
-            unsafe {
-                if d == 64 {
-                    head.attend_group_avx2::<8>(qv, o)
-                } else {
-                    head.attend_group_avx2::<16>(qv, o)
-                }
-            }
+        let at = LayerAttention {
+            kv,
+            planes,
+            layer,
+            h,
+            scale,
         };
-        if work >= PARALLEL_WORK {
-            out.par_chunks_mut(group * d).enumerate().for_each(task);
-        } else {
-            out.chunks_mut(group * d).enumerate().for_each(task);
-        }
-        return out;
+        return at.attend_blocks_avx2(q, &rows, work >= PARALLEL_WORK);
     }
+    let mut out = vec![0f32; n * width];
     if work >= PARALLEL_WORK {
         out.par_chunks_mut(d).enumerate().for_each(task);
     } else {
         out.chunks_mut(d).enumerate().for_each(task);
     }
     out
+}
+
+/// Rows of a block that attend together on the AVX2 path (they share each read of the cache).
+#[cfg(target_arch = "x86_64")]
+const BLOCK_ROWS: usize = 8;
+
+/// One layer's attention on the AVX2 path for heads of 64 or 128 values.
+#[cfg(target_arch = "x86_64")]
+struct LayerAttention<'a, T> {
+    kv: &'a HostKv,
+    planes: &'a Planes<T>,
+    layer: usize,
+    h: Heads,
+    scale: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: KvElem> LayerAttention<'_, T> {
+    /// [`attend`] of the rows whose visible keys are `rows`: one task per (block of up to
+    /// [`BLOCK_ROWS`] rows, KV head) reads each chunk of the keys and values any of the block's
+    /// rows sees once, for all of them and all the KV head's query heads
+    /// ([`KvHead::attend_rows_avx2`]); on all threads with `parallel`.
+    fn attend_blocks_avx2(&self, q: &[f32], rows: &[Vec<usize>], parallel: bool) -> Vec<f32> {
+        let h = self.h;
+        let (d, group) = (h.dim, h.q / h.kv);
+        let (width, span) = (h.q * d, group * d);
+        let blocks: Vec<(Vec<usize>, Vec<Vec<usize>>)> =
+            rows.chunks(BLOCK_ROWS).map(union).collect();
+        // Task `t`: the block's query heads of the KV head, row after row, in and out.
+        let task = |t: usize| -> Vec<f32> {
+            let (b, kv_head) = (t / h.kv, t % h.kv);
+            let (keys, seen) = &blocks[b];
+            let head = KvHead {
+                layout: self.kv.layout,
+                planes: self.planes,
+                layer: self.layer,
+                kv_head,
+                keys,
+                scale: self.scale,
+            };
+            let first = b * BLOCK_ROWS;
+            let mut qv = Vec::with_capacity(seen.len() * span);
+            for i in first..first + seen.len() {
+                qv.extend_from_slice(&q[i * width + kv_head * span..][..span]);
+            }
+            let mut o = vec![0f32; qv.len()];
+            // SAFETY: the caller saw AVX2 and F16C on this CPU (`Isa::has_avx2`).
+            unsafe {
+                if d == 64 {
+                    head.attend_rows_avx2::<8>(seen, &qv, &mut o)
+                } else {
+                    head.attend_rows_avx2::<16>(seen, &qv, &mut o)
+                }
+            }
+            o
+        };
+        let tasks = blocks.len() * h.kv;
+        let done: Vec<Vec<f32>> = if parallel {
+            (0..tasks).into_par_iter().map(task).collect()
+        } else {
+            (0..tasks).map(task).collect()
+        };
+        let mut out = vec![0f32; rows.len() * width];
+        for (t, o) in done.iter().enumerate() {
+            let (b, kv_head) = (t / h.kv, t % h.kv);
+            for (r, o) in o.chunks_exact(span).enumerate() {
+                let at = (b * BLOCK_ROWS + r) * width + kv_head * span;
+                out[at..at + span].copy_from_slice(o);
+            }
+        }
+        out
+    }
+}
+
+/// The keys any of `rows` sees (each row's keys sorted), in slot order, and for each row the
+/// positions of its keys among them.
+#[cfg(target_arch = "x86_64")]
+fn union(rows: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    // Rows that see a prefix of the slots (causal rows): positions are slots.
+    if rows
+        .iter()
+        .all(|r| r.last().is_none_or(|&k| k + 1 == r.len()))
+    {
+        let end = rows.iter().map(Vec::len).max().unwrap_or(0);
+        return ((0..end).collect(), rows.to_vec());
+    }
+    let end = rows
+        .iter()
+        .filter_map(|r| r.last())
+        .max()
+        .map_or(0, |&k| k + 1);
+    let mut seen_by_any = vec![false; end];
+    for &k in rows.iter().flatten() {
+        seen_by_any[k] = true;
+    }
+    let mut keys = Vec::new();
+    let mut position = vec![0usize; end];
+    for (k, _) in seen_by_any.iter().enumerate().filter(|(_, &any)| any) {
+        position[k] = keys.len();
+        keys.push(k);
+    }
+    let seen = rows
+        .iter()
+        .map(|r| r.iter().map(|&k| position[k]).collect())
+        .collect();
+    (keys, seen)
 }
 
 /// The AVX2 path against the portable one (x86-64 only).
@@ -585,13 +743,13 @@ mod tests {
     }
 
     /// The AVX2 path gives the portable path's bits, for both cache types, causal rows and tree
-    /// rows, with grouped query heads.
+    /// rows (more than one block of rows that attend together), with grouped query heads.
     #[test]
     fn the_avx2_path_equals_the_portable_path_bit_for_bit() {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
             return;
         }
-        let (n, layers) = (5, 2);
+        let (n, layers) = (BLOCK_ROWS + 3, 2);
         // Heads of 64 and 128 values (by KV group) and of another width (head by head); one
         // chunk of widened keys and a part, and several.
         for (dim, cached, ty) in [
@@ -610,15 +768,14 @@ mod tests {
                 kv.write(l, 0, &k, &v);
             }
             let q = values(n * h.q * h.dim, 3);
-            // A tree: rows 1 and 2 see row 0, rows 3 and 4 see rows 0 and 1.
+            // A binary tree: row `i` sees itself and its ancestors `(i - 1) / 2`, ….
             let mut dense = vec![false; n * n];
-            for (i, parents) in [vec![], vec![0], vec![0], vec![0, 1], vec![0, 1]]
-                .iter()
-                .enumerate()
-            {
-                dense[i * n + i] = true;
-                for &p in parents {
-                    dense[i * n + p] = true;
+            for i in 0..n {
+                let mut a = i;
+                dense[i * n + a] = true;
+                while a > 0 {
+                    a = (a - 1) / 2;
+                    dense[i * n + a] = true;
                 }
             }
             let mask = AttentionMask::tree(cached, n, &dense).unwrap();
