@@ -200,14 +200,40 @@ pub(crate) enum Visibility<'a> {
 
 impl Visibility<'_> {
     /// The keys row `i` sees, in slot order.
-    fn keys(&self, i: usize, out: &mut Vec<usize>) {
-        out.clear();
+    fn keys(&self, i: usize) -> Vec<usize> {
         match *self {
-            Visibility::Causal { cached } => out.extend(0..=cached + i),
-            Visibility::Mask { mask, offset } => {
-                out.extend((0..mask.cols()).filter(|&j| mask.is_visible(offset + i, j)))
-            }
+            Visibility::Causal { cached } => (0..=cached + i).collect(),
+            Visibility::Mask { mask, offset } => (0..mask.cols())
+                .filter(|&j| mask.is_visible(offset + i, j))
+                .collect(),
         }
+    }
+}
+
+/// The keys a block of rows sees, worked out once for all the layers of a forward: each row's,
+/// in slot order, and on AVX2 the blocks of rows that attend together (made on first use).
+pub(crate) struct SeenKeys {
+    rows: Vec<Vec<usize>>,
+    /// The rows in blocks of up to [`ATTEND_ROWS`].
+    #[cfg(target_arch = "x86_64")]
+    blocks: std::sync::OnceLock<Vec<RowBlock>>,
+}
+
+impl SeenKeys {
+    /// The keys each of `n` rows sees under `visible`.
+    pub(crate) fn new(visible: Visibility<'_>, n: usize) -> Self {
+        SeenKeys {
+            rows: (0..n).map(|i| visible.keys(i)).collect(),
+            #[cfg(target_arch = "x86_64")]
+            blocks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The blocks of rows that attend together, and the keys of each.
+    #[cfg(target_arch = "x86_64")]
+    fn blocks(&self) -> &[RowBlock] {
+        self.blocks
+            .get_or_init(|| self.rows.chunks(ATTEND_ROWS).map(union).collect())
     }
 }
 
@@ -273,7 +299,7 @@ impl<T: KvElem> KvHead<'_, T> {
     }
 
     /// [`KvHead::attend`] compiled for AVX2 and F16C: the same operations, eight lanes at a time
-    /// (heads of any width; [`KvHead::attend_group_avx2`] serves those of 64 and 128 values).
+    /// (heads of any width; [`KvHead::attend_rows_avx2`] serves those of 64 and 128 values).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
@@ -287,8 +313,8 @@ impl<T: KvElem> KvHead<'_, T> {
     }
 }
 
-/// Keys (and values) [`KvHead::attend_group_avx2`] widens to `f32` at a time for all the query
-/// heads (a multiple of the eight keys scored together).
+/// Keys (and values) [`KvHead::attend_rows_avx2`] widens to `f32` at a time for all the rows
+/// and query heads (a multiple of the eight keys scored together).
 #[cfg(target_arch = "x86_64")]
 const CHUNK: usize = 32;
 
@@ -505,35 +531,32 @@ unsafe fn add_weighted<const C: usize>(
 /// Query rows × keys above which attention runs on all threads.
 const PARALLEL_WORK: usize = 4096;
 
-/// Attention of `n` query rows `[n][heads · dim]` (rotated) over the keys and values of
-/// `layer` that each row sees; returns `[n][heads · dim]`.
+/// Attention of the query rows `[n][heads · dim]` (rotated) over the keys and values of
+/// `layer` that each row sees (`seen`, one entry per row); returns `[n][heads · dim]`.
 ///
 /// A row's keys are visited in slot order and each output depends on its row alone.
 pub(crate) fn attend(
     kv: &HostKv,
     layer: usize,
     q: &[f32],
-    n: usize,
     h: Heads,
-    visible: Visibility<'_>,
+    seen: &SeenKeys,
     avx2: bool,
 ) -> Vec<f32> {
     match &kv.store {
-        Store::F32(p) => attend_planes(kv, p, layer, q, n, h, visible, avx2),
-        Store::F16(p) => attend_planes(kv, p, layer, q, n, h, visible, avx2),
+        Store::F32(p) => attend_planes(kv, p, layer, q, h, seen, avx2),
+        Store::F16(p) => attend_planes(kv, p, layer, q, h, seen, avx2),
     }
 }
 
 /// [`attend`] over the planes of one storage type.
-#[allow(clippy::too_many_arguments)]
 fn attend_planes<T: KvElem>(
     kv: &HostKv,
     planes: &Planes<T>,
     layer: usize,
     q: &[f32],
-    n: usize,
     h: Heads,
-    visible: Visibility<'_>,
+    seen_keys: &SeenKeys,
     avx2: bool,
 ) -> Vec<f32> {
     #[cfg(not(target_arch = "x86_64"))]
@@ -542,13 +565,8 @@ fn attend_planes<T: KvElem>(
     let width = h.q * d;
     let group = h.q / h.kv;
     let scale = 1.0 / (d as f32).sqrt();
-    let rows: Vec<Vec<usize>> = (0..n)
-        .map(|i| {
-            let mut v = Vec::new();
-            visible.keys(i, &mut v);
-            v
-        })
-        .collect();
+    let rows = &seen_keys.rows;
+    let n = rows.len();
     let work: usize = rows.iter().map(Vec::len).sum::<usize>() * h.q;
     // KV head `kv_head` as row `i` sees it.
     let seen = |i: usize, kv_head: usize| KvHead {
@@ -580,7 +598,7 @@ fn attend_planes<T: KvElem>(
             h,
             scale,
         };
-        return at.attend_blocks_avx2(q, &rows, work >= PARALLEL_WORK);
+        return at.attend_blocks_avx2(q, seen_keys.blocks(), n, work >= PARALLEL_WORK);
     }
     let mut out = vec![0f32; n * width];
     if work >= PARALLEL_WORK {
@@ -593,7 +611,7 @@ fn attend_planes<T: KvElem>(
 
 /// Rows of a block that attend together on the AVX2 path (they share each read of the cache).
 #[cfg(target_arch = "x86_64")]
-const BLOCK_ROWS: usize = 8;
+const ATTEND_ROWS: usize = 8;
 
 /// One layer's attention on the AVX2 path for heads of 64 or 128 values.
 #[cfg(target_arch = "x86_64")]
@@ -607,20 +625,24 @@ struct LayerAttention<'a, T> {
 
 #[cfg(target_arch = "x86_64")]
 impl<T: KvElem> LayerAttention<'_, T> {
-    /// [`attend`] of the rows whose visible keys are `rows`: one task per (block of up to
-    /// [`BLOCK_ROWS`] rows, KV head) reads each chunk of the keys and values any of the block's
+    /// [`attend`] of `n` rows in `blocks` ([`SeenKeys::blocks`]): one task per (block of up to
+    /// [`ATTEND_ROWS`] rows, KV head) reads each chunk of the keys and values any of the block's
     /// rows sees once, for all of them and all the KV head's query heads
     /// ([`KvHead::attend_rows_avx2`]); on all threads with `parallel`.
-    fn attend_blocks_avx2(&self, q: &[f32], rows: &[Vec<usize>], parallel: bool) -> Vec<f32> {
+    fn attend_blocks_avx2(
+        &self,
+        q: &[f32],
+        blocks: &[RowBlock],
+        n: usize,
+        parallel: bool,
+    ) -> Vec<f32> {
         let h = self.h;
         let (d, group) = (h.dim, h.q / h.kv);
         let (width, span) = (h.q * d, group * d);
-        let blocks: Vec<(Vec<usize>, Vec<Vec<usize>>)> =
-            rows.chunks(BLOCK_ROWS).map(union).collect();
         // Task `t`: the block's query heads of the KV head, row after row, in and out.
         let task = |t: usize| -> Vec<f32> {
             let (b, kv_head) = (t / h.kv, t % h.kv);
-            let (keys, seen) = &blocks[b];
+            let RowBlock { keys, seen } = &blocks[b];
             let head = KvHead {
                 layout: self.kv.layout,
                 planes: self.planes,
@@ -629,7 +651,7 @@ impl<T: KvElem> LayerAttention<'_, T> {
                 keys,
                 scale: self.scale,
             };
-            let first = b * BLOCK_ROWS;
+            let first = b * ATTEND_ROWS;
             let mut qv = Vec::with_capacity(seen.len() * span);
             for i in first..first + seen.len() {
                 qv.extend_from_slice(&q[i * width + kv_head * span..][..span]);
@@ -651,11 +673,11 @@ impl<T: KvElem> LayerAttention<'_, T> {
         } else {
             (0..tasks).map(task).collect()
         };
-        let mut out = vec![0f32; rows.len() * width];
+        let mut out = vec![0f32; n * width];
         for (t, o) in done.iter().enumerate() {
             let (b, kv_head) = (t / h.kv, t % h.kv);
             for (r, o) in o.chunks_exact(span).enumerate() {
-                let at = (b * BLOCK_ROWS + r) * width + kv_head * span;
+                let at = (b * ATTEND_ROWS + r) * width + kv_head * span;
                 out[at..at + span].copy_from_slice(o);
             }
         }
@@ -663,17 +685,28 @@ impl<T: KvElem> LayerAttention<'_, T> {
     }
 }
 
-/// The keys any of `rows` sees (each row's keys sorted), in slot order, and for each row the
-/// positions of its keys among them.
+/// Rows that attend together on the AVX2 path.
 #[cfg(target_arch = "x86_64")]
-fn union(rows: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+struct RowBlock {
+    /// The keys any of the rows sees, in slot order.
+    keys: Vec<usize>,
+    /// For each row, the positions in `keys` of those it sees.
+    seen: Vec<Vec<usize>>,
+}
+
+/// `rows` (each row's keys sorted) as one [`RowBlock`].
+#[cfg(target_arch = "x86_64")]
+fn union(rows: &[Vec<usize>]) -> RowBlock {
     // Rows that see a prefix of the slots (causal rows): positions are slots.
     if rows
         .iter()
         .all(|r| r.last().is_none_or(|&k| k + 1 == r.len()))
     {
         let end = rows.iter().map(Vec::len).max().unwrap_or(0);
-        return ((0..end).collect(), rows.to_vec());
+        return RowBlock {
+            keys: (0..end).collect(),
+            seen: rows.to_vec(),
+        };
     }
     let end = rows
         .iter()
@@ -694,7 +727,7 @@ fn union(rows: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
         .iter()
         .map(|r| r.iter().map(|&k| position[k]).collect())
         .collect();
-    (keys, seen)
+    RowBlock { keys, seen }
 }
 
 /// The AVX2 path against the portable one (x86-64 only).
@@ -735,7 +768,7 @@ mod tests {
         };
         let q = values(2 * h.q * h.dim, 3);
         for avx2 in [false, true] {
-            let out = attend(&kv, 0, &q, 2, h, visible, avx2);
+            let out = attend(&kv, 0, &q, h, &SeenKeys::new(visible, 2), avx2);
             let row = h.q * h.dim;
             assert!(out[row..].iter().all(|&x| x == 0.0), "avx2 {avx2}");
             assert!(out[..row].iter().any(|&x| x != 0.0), "avx2 {avx2}");
@@ -749,7 +782,7 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
             return;
         }
-        let (n, layers) = (BLOCK_ROWS + 3, 2);
+        let (n, layers) = (ATTEND_ROWS + 3, 2);
         // Heads of 64 and 128 values (by KV group) and of another width (head by head); one
         // chunk of widened keys and a part, and several.
         for (dim, cached, ty) in [
@@ -786,9 +819,10 @@ mod tests {
                     offset: 0,
                 },
             ] {
+                let seen = SeenKeys::new(visible, n);
                 for l in 0..layers {
-                    let portable = attend(&kv, l, &q, n, h, visible, false);
-                    let avx2 = attend(&kv, l, &q, n, h, visible, true);
+                    let portable = attend(&kv, l, &q, h, &seen, false);
+                    let avx2 = attend(&kv, l, &q, h, &seen, true);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&avx2), bits(&portable), "{ty:?}, layer {l}");
                 }

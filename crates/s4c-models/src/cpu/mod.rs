@@ -13,7 +13,7 @@ mod ops;
 pub use ops::RotaryLayout;
 
 pub(crate) use attention::HostKv;
-use attention::{attend, Heads, KvType, Visibility};
+use attention::{attend, Heads, KvType, SeenKeys, Visibility};
 
 use burn::tensor::DType;
 
@@ -343,6 +343,11 @@ impl CpuModel {
             .iter()
             .flat_map(|s| s.positions.iter().copied())
             .collect();
+        // The keys each row sees, the same in every layer.
+        let seen: Vec<SeenKeys> = segments
+            .iter()
+            .map(|s| SeenKeys::new(s.visible, s.tokens.len()))
+            .collect();
         let mut x = self.embed(&ids)?;
         let (cos, sin) = ops::rotary_angles(&self.inv_freq, &positions);
         let mut xn = vec![0f32; n * h];
@@ -371,7 +376,7 @@ impl CpuModel {
             }
             let mut att = Vec::with_capacity(n * qw);
             let mut r0 = 0;
-            for seg in segments.iter_mut() {
+            for (seg, seen) in segments.iter_mut().zip(&seen) {
                 let r1 = r0 + seg.tokens.len();
                 seg.cache
                     .write(l, seg.start, &k[r0 * kvw..r1 * kvw], &v[r0 * kvw..r1 * kvw]);
@@ -379,9 +384,8 @@ impl CpuModel {
                     seg.cache,
                     l,
                     &q[r0 * qw..r1 * qw],
-                    r1 - r0,
                     heads,
-                    seg.visible,
+                    seen,
                     avx2,
                 ));
                 r0 = r1;
