@@ -39,7 +39,7 @@ mod weights;
 /// Revision of the forward's implementation and of its latency measurement, bumped whenever a
 /// change makes forwards cost (or measure) differently, so cost-aware trees re-measure the
 /// latency curves they cached for an older one.
-pub const FORWARD_REVISION: u32 = 7;
+pub const FORWARD_REVISION: u32 = 8;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message, TemplateKind};
