@@ -155,7 +155,7 @@ unsafe fn sums_q6k<const R: usize>(
 
 /// The 16-row accumulators of `R` activation rows (from `r0`) against group `g` of `p`, whose
 /// weight type is `kind`: lane `j` of `out[i · 16..]` is row `16g + j` times activation row
-/// `r0 + i`. Each type's caller passes its type as a constant ([`tiles_of_kind`]), so each
+/// `r0 + i`. Each type's caller passes its type as a constant (`tiles_of_kind!`), so each
 /// type's loop is compiled on its own, without a branch per block and with its accumulators and
 /// pointers in registers.
 #[inline(always)]

@@ -30,7 +30,7 @@
 //! acc = fma(m_w₀, d_x·Σ₀q, acc);       acc = fma(m_w₁, d_x·Σ₁q, acc)
 //! ```
 //!
-//! with `u` the 6-bit value, `d_w = d · sc` and `m_w = −32 · d_w`. [`reference`] computes exactly
+//! with `u` the 6-bit value, `d_w = d · sc` and `m_w = −32 · d_w`. [`reference()`] computes exactly
 //! that in plain Rust; the kernel's tests compare the two bit for bit.
 
 use std::ops::Range;
@@ -358,7 +358,7 @@ fn sub_block(kind: PackedKind, blk: &[u8], t: usize) -> ([u8; QK], [u8; 2]) {
 }
 
 /// Runs `$tile::<R>(p, g, a, r0, dst)` for every group `g` of `$groups` (its outputs one after
-/// the other in `$out`, as [`reference`] writes them) over the activation rows in tiles of at
+/// the other in `$out`, as [`reference()`] writes them) over the activation rows in tiles of at
 /// most `$most` (≤ 8) rows, then the rest.
 #[cfg(target_arch = "x86_64")]
 macro_rules! run_tiles {
