@@ -1,6 +1,7 @@
 //! Cost-aware trees: the backend's verify-latency curve, measured once and cached per backend and
-//! model, turned into the predicted step times of the online [`AdaptiveSizer`] that sizes each
-//! step's tree for the most expected tokens per second (`--tree cost`).
+//! model (and measured again where the machine now runs a step well below the cached figure),
+//! turned into the predicted step times of the online [`AdaptiveSizer`] that sizes each step's
+//! tree for the most expected tokens per second (`--tree cost`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +28,9 @@ pub struct CostProfile {
     pub draft_level_s: f64,
     /// Extra seconds per drafted node.
     pub draft_node_s: f64,
+    /// Seconds of one token's forward on an empty cache, timed with the curve: what
+    /// [`profile`] times again to tell whether a cached profile still holds.
+    pub row_s: f64,
 }
 
 impl CostProfile {
@@ -51,6 +55,39 @@ pub fn curve_from_samples(samples: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
+/// A cached profile is measured again when its [`CostProfile::row_s`] is more than this many
+/// times what the machine does now: a curve timed while other work shared the processor prices
+/// every tree too high (and drafts too little) for as long as it is cached.
+pub const STALE_RATIO: f64 = 1.5;
+
+/// Timed one-token forwards of [`row_seconds`] after its untimed first one (three).
+const ROW_REPS: usize = 3;
+
+/// Waits until `device` has run all queued work. Backends with lazy fusion (CUDA, wgpu) run
+/// queued operations at the next read: a timer must start on an idle device.
+fn idle<B: Backend>(device: &B::Device) -> Result<()> {
+    B::sync(device).map_err(|e| s4c_verify::VerifyError::Read(format!("device sync: {e:?}")))?;
+    Ok(())
+}
+
+/// The fastest of three timed forwards of one token on an empty cache, argmax read back,
+/// after an untimed one (weights paged in, kernels compiled): a plain step with nothing cached.
+pub fn row_seconds<B: Backend, M: CausalLm<B>>(model: &M) -> Result<f64> {
+    let mut cache = model.new_cache(1);
+    let mut fastest = f64::INFINITY;
+    for rep in 0..=ROW_REPS {
+        idle::<B>(model.device())?;
+        let t = Instant::now();
+        let out = model.forward(&Input::causal(&[0], 0, Logits::Last), &mut cache)?;
+        s4c_verify::read_argmax(out.logits)?;
+        if rep > 0 {
+            fastest = fastest.min(t.elapsed().as_secs_f64());
+        }
+        cache.truncate(0);
+    }
+    Ok(fastest)
+}
+
 /// Timed rounds of [`measure`] stop at this many seconds' worth (at least one is timed): a 7B
 /// model on a small CPU gets a coarser curve in bounded time instead of minutes of profiling.
 const MEASURE_BUDGET_S: f64 = 15.0;
@@ -59,7 +96,7 @@ const MEASURE_BUDGET_S: f64 = 15.0;
 /// `drafter`'s cost per level and per node: up to `reps` rounds over every size in turn after a
 /// warm-up round (so a burst of other work on the machine touches all sizes alike; fewer when
 /// the warm-up round shows they would take more than 15 s), reduced by
-/// [`curve_from_samples`].
+/// [`curve_from_samples`]; and [`row_seconds`].
 pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     model: &M,
     drafter: &D,
@@ -68,6 +105,7 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     reps: usize,
 ) -> Result<CostProfile> {
     let reps = reps.max(1);
+    let row_s = row_seconds(model)?;
     let vocab = model.dims().vocab_size as u32;
     let max = *CURVE_SIZES.last().unwrap_or(&1);
     let mut cache = model.new_cache(prefix + max);
@@ -75,13 +113,10 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     let out = model.forward(&Input::causal(&ctx, 0, Logits::Last), &mut cache)?;
     let hidden = model.dims().hidden_size;
     let feature = out.features.slice([prefix - 1..prefix, 0..hidden]);
-    // Each timer starts on an idle device and stops when its work is done. Backends with lazy
-    // fusion (CUDA, wgpu) run queued operations at the next read: unread drafter outputs would
-    // otherwise be run, and on first use compiled, inside the next timed forward.
+    // Each timer starts on an idle device and stops when its work is done: unread drafter
+    // outputs would otherwise be run, and on first use compiled, inside the next timed forward.
     let device = feature.device();
-    let idle = || {
-        B::sync(&device).map_err(|e| s4c_verify::VerifyError::Read(format!("device sync: {e:?}")))
-    };
+    let idle = || idle::<B>(&device);
     let mut verify = vec![Vec::new(); CURVE_SIZES.len()];
     // Drafting: one level for 1 node and for 16 nodes.
     let mut draft = [Vec::new(), Vec::new()];
@@ -134,6 +169,7 @@ pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
         verify: LatencyCurve::new(points)?,
         draft_level_s: one,
         draft_node_s: ((many - one) / 15.0).max(0.0),
+        row_s,
     })
 }
 
@@ -190,7 +226,12 @@ fn file_for(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("cost-{safe}.json"))
 }
 
-/// The cached profile for `key`, or a fresh measurement that is then cached.
+/// The cached profile for `key`, or a fresh measurement that is then cached. A cached profile
+/// is checked first: where the machine now runs a one-token forward ([`row_seconds`]) more than
+/// [`STALE_RATIO`] times faster than the profile says, the profile was measured under load and
+/// is measured again; the faster of the two (by [`CostProfile::row_s`]) is kept. A machine
+/// busier now than at measuring time keeps its cached profile (the sizer corrects its step times
+/// online).
 pub fn profile<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     model: &M,
     drafter: &D,
@@ -198,14 +239,20 @@ pub fn profile<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     dir: &Path,
 ) -> Result<CostProfile> {
     let path = file_for(dir, &key);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(p) = serde_json::from_str::<CostProfile>(&text) {
-            if p.key == key {
-                return Ok(p);
-            }
+    let cached = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<CostProfile>(&text).ok())
+        .filter(|p| p.key == key && p.row_s.is_finite() && p.row_s > 0.0);
+    if let Some(c) = &cached {
+        if c.row_s <= STALE_RATIO * row_seconds(model)? {
+            return Ok(c.clone());
         }
     }
-    let p = measure(model, drafter, key, 128, 5)?;
+    let fresh = measure(model, drafter, key, 128, 5)?;
+    let p = match cached {
+        Some(c) if c.row_s <= fresh.row_s => c,
+        _ => fresh,
+    };
     if std::fs::create_dir_all(dir).is_ok() {
         // A cache that cannot be written is only slower next time.
         let _ = std::fs::write(&path, serde_json::to_string_pretty(&p).unwrap_or_default());
@@ -267,14 +314,17 @@ mod tests {
             verify: LatencyCurve::new(points).unwrap(),
             draft_level_s,
             draft_node_s,
+            row_s: 0.01,
         }
     }
 
-    /// `profile` measures a tiny model's curve at every size, writes it under its key, and
-    /// reads it back on the next call instead of measuring again.
+    /// `profile` measures a tiny model's curve at every size and writes it under its key; the
+    /// next call reads the file instead of measuring again while the file's one-token time is
+    /// no dearer than the machine's now, and measures again where the file's time is far dearer
+    /// (a curve timed under load), writing the new curve over it.
     #[cfg(feature = "flex")]
     #[test]
-    fn a_profile_is_measured_once_then_read_from_its_file() {
+    fn a_profile_is_read_from_its_file_unless_it_was_measured_under_load() {
         use burn::backend::Flex;
         use s4c_draft::{fingerprint, DrafterConfig, MultiHeadDrafter};
         let model = s4c_models::testing::tiny_model::<Flex>(50, 1, &Default::default());
@@ -282,16 +332,45 @@ mod tests {
         let drafter = MultiHeadDrafter::random(config, &model, 2).unwrap();
         let dir = std::env::temp_dir().join(format!("s4c-cost-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = super::profile(&model, &drafter, "tiny/test".into(), &dir).unwrap();
-        assert_eq!(first.key, "tiny/test");
+        let key = "tiny/test";
+        let first = super::profile(&model, &drafter, key.into(), &dir).unwrap();
+        assert_eq!(first.key, key);
         let sizes: Vec<usize> = first.verify.points.iter().map(|p| p.0).collect();
         assert_eq!(sizes, CURVE_SIZES.to_vec());
         assert!(first.verify.points.iter().all(|p| p.1 > 0.0));
         assert!(first.draft_level_s > 0.0 && first.draft_node_s >= 0.0);
-        // The file is there, under a name made safe from the key, and is what the next call uses.
-        assert!(file_for(&dir, "tiny/test").exists());
-        let again = super::profile(&model, &drafter, "tiny/test".into(), &dir).unwrap();
-        assert_eq!(again, first);
+        assert!(first.row_s > 0.0 && first.row_s < 1.0);
+        // The file is there, under a name made safe from the key.
+        let path = file_for(&dir, key);
+        let read = |p: &Path| -> CostProfile {
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        assert_eq!(read(&path), first);
+        let write = |p: &CostProfile| {
+            std::fs::write(&path, serde_json::to_string(p).unwrap()).unwrap();
+        };
+        // A file whose one-token time no machine beats is used as it is.
+        let quick = CostProfile {
+            key: key.into(),
+            row_s: 1e-12,
+            ..profile(vec![(1, 7.0), (64, 9.0)], 0.5, 0.25)
+        };
+        write(&quick);
+        let again = super::profile(&model, &drafter, key.into(), &dir).unwrap();
+        assert_eq!(again, quick);
+        // One whose one-token time is far above the machine's is measured again and replaced.
+        let loaded = CostProfile {
+            key: key.into(),
+            row_s: 1e3,
+            ..profile(vec![(1, 1e3), (64, 2e3)], 0.5, 0.25)
+        };
+        write(&loaded);
+        let fresh = super::profile(&model, &drafter, key.into(), &dir).unwrap();
+        assert!(fresh.row_s < 1.0);
+        let sizes: Vec<usize> = fresh.verify.points.iter().map(|p| p.0).collect();
+        assert_eq!(sizes, CURVE_SIZES.to_vec());
+        assert!(fresh.verify.points.iter().all(|p| p.1 > 0.0 && p.1 < 1e3));
+        assert_eq!(read(&path), fresh);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
