@@ -96,7 +96,7 @@ const MEASURE_BUDGET_S: f64 = 15.0;
 /// `drafter`'s cost per level and per node: up to `reps` rounds over every size in turn after a
 /// warm-up round (so a burst of other work on the machine touches all sizes alike; fewer when
 /// the warm-up round shows they would take more than 15 s), reduced by
-/// [`curve_from_samples`]; and [`row_seconds`].
+/// [`curve_from_samples`]. Its [`CostProfile::row_s`] comes from [`row_seconds`].
 pub fn measure<B: Backend, M: CausalLm<B>, D: Drafter<B>>(
     model: &M,
     drafter: &D,
