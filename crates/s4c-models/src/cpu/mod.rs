@@ -16,6 +16,7 @@ pub(crate) use attention::HostKv;
 use attention::{attend, Heads, KvType, SeenKeys, Visibility};
 
 use burn::tensor::DType;
+use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -351,29 +352,21 @@ impl CpuModel {
         let mut x = self.embed(&ids)?;
         let (cos, sin) = ops::rotary_angles(&self.inv_freq, &positions);
         let mut xn = vec![0f32; n * h];
+        let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
         let mut mid = vec![0f32; n * c.intermediate_size];
+        let rotary = Rotary {
+            cos: &cos,
+            sin: &sin,
+            layout: self.rotary,
+        };
+        let first_norm = self
+            .layers
+            .first()
+            .map_or(&self.final_norm, |first| &first.attn_norm);
+        norm_rows(&x, first_norm, eps, &mut xn);
         for (l, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &layer.attn_norm, eps, &mut xn);
             let qkv = layer.wqkv.forward(&xn, n, &self.threads);
-            let (mut q, mut k, mut v) = (
-                Vec::with_capacity(n * qw),
-                Vec::with_capacity(n * kvw),
-                Vec::with_capacity(n * kvw),
-            );
-            for row in qkv.chunks_exact(qw + 2 * kvw) {
-                q.extend_from_slice(&row[..qw]);
-                k.extend_from_slice(&row[qw..qw + kvw]);
-                v.extend_from_slice(&row[qw + kvw..]);
-            }
-            for i in 0..n {
-                let (ci, si) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..]);
-                for head in q[i * qw..(i + 1) * qw].chunks_exact_mut(hd) {
-                    ops::rotate(head, ci, &si[..hd / 2], self.rotary);
-                }
-                for head in k[i * kvw..(i + 1) * kvw].chunks_exact_mut(hd) {
-                    ops::rotate(head, ci, &si[..hd / 2], self.rotary);
-                }
-            }
+            split_rotate_rows(&qkv, heads, rotary, &mut q, &mut k, &mut v);
             let mut att = Vec::with_capacity(n * qw);
             let mut r0 = 0;
             for (seg, seen) in segments.iter_mut().zip(&seen) {
@@ -391,16 +384,92 @@ impl CpuModel {
                 r0 = r1;
             }
             let o = layer.wo.forward(&att, n, &self.threads);
-            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            ops::rms_norm(&x, &layer.mlp_norm, eps, &mut xn);
+            add_norm_rows(&mut x, &o, &layer.mlp_norm, eps, &mut xn);
             let gu = layer.w_gate_up.forward(&xn, n, &self.threads);
-            ops::swiglu(&gu, c.intermediate_size, &mut mid, avx2);
+            let inter = c.intermediate_size;
+            mid.par_chunks_mut(ROWS_PER_TASK * inter)
+                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * inter))
+                .for_each(|(m, gu)| ops::swiglu(gu, inter, m, avx2));
             let down = layer.w_down.forward(&mid, n, &self.threads);
-            x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
+            // The residual, and the next layer's attention norm (the final norm after the last).
+            let next = self
+                .layers
+                .get(l + 1)
+                .map_or(&self.final_norm, |next| &next.attn_norm);
+            add_norm_rows(&mut x, &down, next, eps, &mut xn);
         }
-        ops::rms_norm(&x, &self.final_norm, eps, &mut xn);
         Ok(xn)
     }
+}
+
+/// Rows one task of the row-wise steps (norms, rotary embeddings, SwiGLU, residual sums) takes:
+/// a block of more rows is split over the threads, a decode step or a small tree runs on the
+/// calling thread. Each row is computed on its own either way (the same bits).
+const ROWS_PER_TASK: usize = 16;
+
+/// [`ops::rms_norm`] of every row of `x` into `out`.
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let part = ROWS_PER_TASK * weight.len();
+    out.par_chunks_mut(part)
+        .zip(x.par_chunks(part))
+        .for_each(|(out, x)| ops::rms_norm(x, weight, eps, out));
+}
+
+/// `x += d` (a residual sum), then [`ops::rms_norm`] of every row of the new `x` into `out`.
+fn add_norm_rows(x: &mut [f32], d: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let part = ROWS_PER_TASK * weight.len();
+    x.par_chunks_mut(part)
+        .zip(d.par_chunks(part))
+        .zip(out.par_chunks_mut(part))
+        .for_each(|((x, d), out)| {
+            x.iter_mut().zip(d).for_each(|(x, d)| *x += d);
+            ops::rms_norm(x, weight, eps, out);
+        });
+}
+
+/// The rotary angles of a block's rows: `cos`/`sin` hold `head_dim / 2` values per row.
+#[derive(Clone, Copy)]
+struct Rotary<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    layout: RotaryLayout,
+}
+
+/// Splits each row of the fused projection `qkv` (`[q ‖ k ‖ v]`) into `q`, `k` and `v`, and
+/// rotates each query and key head by its row's angles.
+fn split_rotate_rows(
+    qkv: &[f32],
+    heads: Heads,
+    rotary: Rotary<'_>,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+) {
+    let hd = heads.dim;
+    let (qw, kvw) = (heads.q * hd, heads.kv * hd);
+    let r = ROWS_PER_TASK;
+    q.par_chunks_mut(r * qw)
+        .zip(k.par_chunks_mut(r * kvw))
+        .zip(v.par_chunks_mut(r * kvw))
+        .zip(qkv.par_chunks(r * (qw + 2 * kvw)))
+        .enumerate()
+        .for_each(|(t, (((q, k), v), qkv))| {
+            let rows = q
+                .chunks_exact_mut(qw)
+                .zip(k.chunks_exact_mut(kvw))
+                .zip(v.chunks_exact_mut(kvw))
+                .zip(qkv.chunks_exact(qw + 2 * kvw));
+            for (i, (((q, k), v), src)) in rows.enumerate() {
+                let at = (t * r + i) * hd / 2;
+                let (cos, sin) = (&rotary.cos[at..at + hd / 2], &rotary.sin[at..at + hd / 2]);
+                q.copy_from_slice(&src[..qw]);
+                k.copy_from_slice(&src[qw..qw + kvw]);
+                v.copy_from_slice(&src[qw + kvw..]);
+                for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                    ops::rotate(head, cos, sin, rotary.layout);
+                }
+            }
+        });
 }
 
 /// One sequence's block in [`CpuModel::layers_forward`].
