@@ -568,19 +568,17 @@ fn attend_planes<T: KvElem>(
     let rows = &seen_keys.rows;
     let n = rows.len();
     let work: usize = rows.iter().map(Vec::len).sum::<usize>() * h.q;
-    // KV head `kv_head` as row `i` sees it.
-    let seen = |i: usize, kv_head: usize| KvHead {
-        layout: kv.layout,
+    let at = LayerAttention {
+        kv,
         planes,
         layer,
-        kv_head,
-        keys: &rows[i],
+        h,
         scale,
     };
     // One task per (row, head): its output is one head-wide slice of `out`.
     let task = |(t, o): (usize, &mut [f32])| {
         let (i, head) = (t / h.q, t % h.q);
-        let one = seen(i, head / group);
+        let one = at.head(head / group, &rows[i]);
         let qv = &q[i * width + head * d..i * width + (head + 1) * d];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
@@ -591,13 +589,6 @@ fn attend_planes<T: KvElem>(
     };
     #[cfg(target_arch = "x86_64")]
     if avx2 && matches!(d, 64 | 128) {
-        let at = LayerAttention {
-            kv,
-            planes,
-            layer,
-            h,
-            scale,
-        };
         return at.attend_blocks_avx2(q, seen_keys.blocks(), n, work >= PARALLEL_WORK);
     }
     let mut out = vec![0f32; n * width];
@@ -613,14 +604,30 @@ fn attend_planes<T: KvElem>(
 #[cfg(target_arch = "x86_64")]
 const ATTEND_ROWS: usize = 8;
 
-/// One layer's attention on the AVX2 path for heads of 64 or 128 values.
-#[cfg(target_arch = "x86_64")]
+/// One layer's attention over the planes of one storage type.
 struct LayerAttention<'a, T> {
     kv: &'a HostKv,
     planes: &'a Planes<T>,
     layer: usize,
     h: Heads,
     scale: f32,
+}
+
+impl<'a, T: KvElem> LayerAttention<'a, T> {
+    /// KV head `kv_head` at the slots `keys`.
+    fn head<'k>(&self, kv_head: usize, keys: &'k [usize]) -> KvHead<'k, T>
+    where
+        'a: 'k,
+    {
+        KvHead {
+            layout: self.kv.layout,
+            planes: self.planes,
+            layer: self.layer,
+            kv_head,
+            keys,
+            scale: self.scale,
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -643,14 +650,7 @@ impl<T: KvElem> LayerAttention<'_, T> {
         let task = |t: usize| -> Vec<f32> {
             let (b, kv_head) = (t / h.kv, t % h.kv);
             let RowBlock { keys, seen } = &blocks[b];
-            let head = KvHead {
-                layout: self.kv.layout,
-                planes: self.planes,
-                layer: self.layer,
-                kv_head,
-                keys,
-                scale: self.scale,
-            };
+            let head = self.head(kv_head, keys);
             let first = b * ATTEND_ROWS;
             let mut qv = Vec::with_capacity(seen.len() * span);
             for i in first..first + seen.len() {

@@ -386,10 +386,7 @@ impl CpuModel {
             let o = layer.wo.forward(&att, n, &self.threads);
             add_norm_rows(&mut x, &o, &layer.mlp_norm, eps, &mut xn);
             let gu = layer.w_gate_up.forward(&xn, n, &self.threads);
-            let inter = c.intermediate_size;
-            mid.par_chunks_mut(ROWS_PER_TASK * inter)
-                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * inter))
-                .for_each(|(m, gu)| ops::swiglu(gu, inter, m, avx2));
+            swiglu_rows(&gu, c.intermediate_size, &mut mid, avx2);
             let down = layer.w_down.forward(&mid, n, &self.threads);
             // The residual, and the next layer's attention norm (the final norm after the last).
             let next = self
@@ -425,6 +422,13 @@ fn add_norm_rows(x: &mut [f32], d: &[f32], weight: &[f32], eps: f32, out: &mut [
             x.iter_mut().zip(d).for_each(|(x, d)| *x += d);
             ops::rms_norm(x, weight, eps, out);
         });
+}
+
+/// [`ops::swiglu`] of every row of the fused `[gate ‖ up]` rows into `out`.
+fn swiglu_rows(gate_up: &[f32], inter: usize, out: &mut [f32], avx2: bool) {
+    out.par_chunks_mut(ROWS_PER_TASK * inter)
+        .zip(gate_up.par_chunks(ROWS_PER_TASK * 2 * inter))
+        .for_each(|(out, gate_up)| ops::swiglu(gate_up, inter, out, avx2));
 }
 
 /// The rotary angles of a block's rows: `cos`/`sin` hold `head_dim / 2` values per row.
