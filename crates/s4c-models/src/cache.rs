@@ -100,6 +100,28 @@ impl<B: Backend> KvCache<B> {
         self.truncate(0);
     }
 
+    /// Makes room for `capacity` entries (at most the model's context length), keeping the
+    /// valid ones: a cache kept from one generation can serve a longer one. Nothing happens when
+    /// it already has the room.
+    pub fn reserve(&mut self, capacity: usize) {
+        if capacity <= self.capacity {
+            return;
+        }
+        match &mut self.store {
+            Store::Host(kv) => kv.grow(capacity, self.len),
+            Store::Device { keys, values } => {
+                for slot in keys.iter_mut().chain(values.iter_mut()) {
+                    let t = slot.take().expect("cache tensor present between calls");
+                    let [one, heads, have, hd] = t.dims();
+                    let room =
+                        Tensor::zeros([one, heads, capacity - have, hd], (&t.device(), t.dtype()));
+                    *slot = Some(Tensor::cat(vec![t, room], 2));
+                }
+            }
+        }
+        self.capacity = capacity;
+    }
+
     /// Keeps, of the block appended by the latest forward pass, the entries at offsets `keep`
     /// (in that order), moved to the slots right after the block's start; drops the rest.
     ///

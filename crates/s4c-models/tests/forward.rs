@@ -64,6 +64,46 @@ fn sequence_at_once_equals_token_by_token_with_cache() {
     }
 }
 
+/// A cache grown with `reserve` after a first forward continues as one made large at the start:
+/// the same logits for the next tokens (the same bits on the CPU engine), and the new room used.
+#[test]
+fn a_grown_cache_keeps_its_entries() {
+    for (e, m) in engines(7).into_iter().enumerate() {
+        let (first, next): (&[u32], &[u32]) = (&[3, 17, 5, 42, 8], &[1, 9, 30, 12, 44, 6]);
+        let mut large = m.new_cache(16);
+        m.forward(&Input::causal(first, 0, Logits::Last), &mut large)
+            .unwrap();
+        let want = rows(
+            m.forward(&Input::causal(next, first.len(), Logits::All), &mut large)
+                .unwrap()
+                .logits,
+        );
+        let mut small = m.new_cache(first.len());
+        m.forward(&Input::causal(first, 0, Logits::Last), &mut small)
+            .unwrap();
+        assert!(
+            m.forward(&Input::causal(next, first.len(), Logits::All), &mut small)
+                .is_err(),
+            "engine {e}: a full cache must refuse more tokens"
+        );
+        small.truncate(first.len());
+        small.reserve(first.len() + next.len());
+        assert_eq!(small.capacity(), first.len() + next.len());
+        let got = rows(
+            m.forward(&Input::causal(next, first.len(), Logits::All), &mut small)
+                .unwrap()
+                .logits,
+        );
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if e < 2 {
+                assert_eq!(g, w, "engine {e}: row {i} after growing");
+            } else {
+                assert_close(g, w, 1e-5, &format!("engine {e}: row {i} after growing"));
+            }
+        }
+    }
+}
+
 #[test]
 fn chain_mask_equals_causal_forward() {
     for m in engines(2) {

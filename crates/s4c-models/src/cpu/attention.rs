@@ -84,6 +84,23 @@ impl<T: KvElem> Planes<T> {
         }
     }
 
+    /// [`HostKv::grow`] in this storage type: planes for `capacity` slots holding the first
+    /// `used` slots of each head of `at`.
+    fn grow(&mut self, at: Layout, capacity: usize, used: usize) {
+        let hd = at.head_dim;
+        let copy = |old: &Vec<T>| {
+            let mut new = T::zeroed(at.kv_heads * capacity * hd);
+            for h in 0..at.kv_heads {
+                let src = &old[h * at.capacity * hd..][..used * hd];
+                new[h * capacity * hd..][..used * hd].copy_from_slice(src);
+            }
+            new
+        };
+        for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *plane = copy(plane);
+        }
+    }
+
     /// [`HostKv::compact`] in this storage type.
     fn compact(&mut self, at: Layout, start: usize, keep: &[usize]) {
         let hd = at.head_dim;
@@ -135,6 +152,20 @@ impl HostKv {
             Store::F32(p) => p.write(at, layer, start, k, v),
             Store::F16(p) => p.write(at, layer, start, k, v),
         }
+    }
+
+    /// Room for `capacity` slots (more than now), the first `used` slots of every head kept.
+    pub(crate) fn grow(&mut self, capacity: usize, used: usize) {
+        let at = self.layout;
+        if capacity <= at.capacity {
+            return;
+        }
+        let used = used.min(at.capacity);
+        match &mut self.store {
+            Store::F32(p) => p.grow(at, capacity, used),
+            Store::F16(p) => p.grow(at, capacity, used),
+        }
+        self.layout.capacity = capacity;
     }
 
     /// Keeps, of the `block` entries from slot `start`, those at offsets `keep` (in that order),
