@@ -242,13 +242,20 @@ impl<B: Backend> PlainSequence<B> {
 
     /// The result (call once [`Self::pending`] is `None`, or to cut generation short).
     pub fn finish(self) -> Generation {
-        Generation {
+        self.finish_with_cache().0
+    }
+
+    /// [`Self::finish`], and the cache: the keys and values of the prompt and of every new token
+    /// but the last.
+    pub fn finish_with_cache(self) -> (Generation, KvCache<B>) {
+        let generation = Generation {
             new_ids: self.new_ids,
             steps: self.steps,
             elapsed: self.start.elapsed(),
             prefill: self.prefill,
             stop: self.stop.unwrap_or(StopReason::Interrupted),
-        }
+        };
+        (generation, self.cache)
     }
 }
 

@@ -160,6 +160,13 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
         &self.shape
     }
 
+    /// How many of a prompt's last rows of features a sequence begins with (the drafter's
+    /// window and the newest): a prefill must run at least that many prompt tokens for the
+    /// drafts to be those of a whole prompt's prefill.
+    pub fn feature_rows(&self) -> usize {
+        self.drafter.window() + 1
+    }
+
     /// A sequence for `prompt`, before its prefill: the options checked, the cache made, the
     /// acceptor (matching `options.sampling`) its own. Run the prompt causally into
     /// [`SpecSequence::cache_mut`] (last logits), then [`SpecSequence::begin`].
@@ -433,7 +440,7 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
         let mut sampler = Sampler::new(self.options.sampling, self.options.seed);
         let first = next_token(out.logits, &mut sampler)?;
         let [n, hidden] = out.features.dims();
-        let keep = (sp.drafter.window() + 1).min(n);
+        let keep = sp.feature_rows().min(n);
         self.history = Some(out.features.slice([n - keep..n, 0..hidden]));
         self.prefill = self.start.elapsed();
         self.new_ids.push(first);
@@ -603,17 +610,24 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
 
     /// The result (once [`Self::is_running`] is false, or to cut generation short).
     pub fn finish(self) -> SpecGeneration {
+        self.finish_with_cache().0
+    }
+
+    /// [`Self::finish`], and the cache: the keys and values of the prompt and of every accepted
+    /// token but the last.
+    pub fn finish_with_cache(self) -> (SpecGeneration, KvCache<B>) {
         let mut stats = self.stats;
         // The prefill's token counts as a step of its own, as in plain decoding (τ = 1).
         stats.tau = self.new_ids.len() as f64 / (stats.steps + 1) as f64;
         stats.mean_tree_nodes = stats.drafted as f64 / stats.steps.max(1) as f64;
-        SpecGeneration {
+        let generation = SpecGeneration {
             new_ids: self.new_ids,
             elapsed: self.start.elapsed(),
             prefill: self.prefill,
             stop: self.stop.unwrap_or(StopReason::Interrupted),
             stats,
-        }
+        };
+        (generation, self.cache)
     }
 }
 

@@ -313,6 +313,67 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
     assert!(drafted > 0, "the S4C requests verified trees");
 }
 
+/// A conversation continued turn after turn through the batch path of an engine with a prompt
+/// cache: each turn reuses the keys and values of the conversation before it, runs only the
+/// rest of its prompt, and gets the answer — with the static tree, the very drafts — that a
+/// whole prefill gives.
+#[test]
+fn a_continued_conversation_reuses_its_cache_and_gets_the_same_answers() {
+    let e = EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .tree(TreeOptions {
+            kind: TreeKind::Static,
+            nodes: 8,
+            ..Default::default()
+        })
+        .heads(HeadsChoice::File(
+            repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors"),
+        ))
+        .prompt_cache(2)
+        .build::<Flex>(&Default::default())
+        .unwrap();
+    assert_eq!(e.info().prompt_cache, 2);
+    for mode in [Mode::Plain, Mode::S4c] {
+        let mut messages = vec![];
+        let mut before = 0;
+        for (turn, q) in ["Name three colors.", "Which one is the warmest?", "Why?"]
+            .into_iter()
+            .enumerate()
+        {
+            messages.push(Message::new("user", q));
+            let r = Request::chat(messages.clone())
+                .max_new_tokens(16)
+                .mode(mode);
+            let c = batch(&e, vec![r.clone()]).pop().unwrap().unwrap();
+            let whole = answer(&e, &r).0;
+            assert_eq!(c.new_ids, whole.new_ids, "{mode:?}, turn {turn}");
+            assert_eq!(whole.timings.cache_n, 0, "the single path keeps no cache");
+            if let (Some(a), Some(b)) = (&c.spec, &whole.spec) {
+                assert_eq!(
+                    (a.steps, a.drafted, a.accepted),
+                    (b.steps, b.drafted, b.accepted),
+                    "{mode:?}, turn {turn}: the drafts of a whole prefill"
+                );
+            }
+            let (cached, prompt) = (c.timings.cache_n, c.timings.prompt_n);
+            // The prefill runs at least the tokens whose features begin an S4C sequence.
+            let run = match mode {
+                Mode::Plain => 1,
+                Mode::S4c => e.heads_config().unwrap().window + 1,
+            };
+            assert!(cached + run <= prompt, "{mode:?}, turn {turn}");
+            if turn > 0 {
+                assert!(
+                    before <= cached,
+                    "{mode:?}, turn {turn}: {cached} of {prompt} prompt tokens cached, \
+                     the turn before had {before}"
+                );
+            }
+            before = prompt;
+            messages.push(Message::new("assistant", &c.text));
+        }
+    }
+}
+
 /// A tiny random-weight Llama 2 shaped model (crates/s4c-models/tests/fixtures/family): from its
 /// Hugging Face folder and from its GGUF file, a plain-text prompt gets the BOS its tokenizer adds
 /// and both modes answer with HF transformers' greedy tokens (S4C without heads verifies chains

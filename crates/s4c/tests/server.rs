@@ -20,10 +20,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The engine `s4c serve` runs: the default model, its heads, a prompt cache of 4 answers.
 fn builder() -> EngineBuilder {
-    EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).heads(
-        HeadsChoice::File(repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors")),
-    )
+    EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .heads(HeadsChoice::File(
+            repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors"),
+        ))
+        .prompt_cache(4)
 }
 
 /// One server for the whole file (API key, 64 KiB body limit).
@@ -65,8 +68,13 @@ fn client() -> Client {
 }
 
 fn post(path: &str, body: &Value) -> (StatusCode, Value) {
+    post_to(base(), path, body)
+}
+
+/// [`post`] to the server at `url`.
+fn post_to(url: &str, path: &str, body: &Value) -> (StatusCode, Value) {
     let r = client()
-        .post(format!("{}{path}", base()))
+        .post(format!("{url}{path}"))
         .bearer_auth(KEY)
         .json(body)
         .send()
@@ -122,6 +130,46 @@ fn chat_answers_equal_plain_greedy_decoding_with_usage_and_timings() {
     let (_, p) = post("/v1/chat/completions", &plain);
     assert_eq!(p["choices"][0]["message"]["content"], want);
     assert_eq!(p["timings"]["draft_n"], 0);
+}
+
+/// A chat continued over HTTP runs only its new tokens: the next turn's usage counts the
+/// conversation before it as cached, and the answer is still the library's.
+#[test]
+fn a_continued_chat_reports_its_cached_prompt_tokens() {
+    // A server of its own: no other test's answers in its prompt cache.
+    let url = start(8);
+    let mut messages = vec![json!({"role": "user", "content": QUESTION})];
+    let ask = |messages: &[Value]| {
+        let body = json!({"messages": messages, "temperature": 0, "max_tokens": 24});
+        let (status, v) = post_to(&url, "/v1/chat/completions", &body);
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    };
+    let first = ask(&messages);
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(cached(&first), Some(0), "{first}");
+    let said = first["choices"][0]["message"]["content"].as_str().unwrap();
+    messages.push(json!({"role": "assistant", "content": said}));
+    messages.push(json!({"role": "user", "content": "Which one matters most?"}));
+    let next = ask(&messages);
+    let (before, prompt) = (
+        first["usage"]["prompt_tokens"].as_u64().unwrap(),
+        next["usage"]["prompt_tokens"].as_u64().unwrap(),
+    );
+    let reused = cached(&next).unwrap();
+    assert!(
+        before <= reused && reused < prompt,
+        "{reused} of {prompt}, before {before}"
+    );
+    assert_eq!(next["timings"]["cache_n"], reused);
+    let as_messages: Vec<Message> = messages
+        .iter()
+        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        next["choices"][0]["message"]["content"],
+        library_answer(as_messages, 24, vec![])
+    );
 }
 
 #[test]

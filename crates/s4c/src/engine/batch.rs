@@ -3,6 +3,7 @@
 //! weights are read once for all of them. Each answer is what the request would get alone.
 
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -10,6 +11,7 @@ use s4c_draft::MultiHeadDrafter;
 use s4c_models::{CausalLm, Input, KvCache, Llama, LmOutput, Logits, SequenceInput, Tokenizer};
 use s4c_verify::Acceptor;
 
+use super::prompt_cache::PromptCache;
 use super::speculation::acceptor;
 use super::{Completion, Engine, Mode, Output, Request, TokenRun};
 use crate::error::{EngineError, Result};
@@ -65,6 +67,8 @@ impl<B: Backend> Decoding<B> {
 /// A request running in [`Engine::generate_batch`].
 struct Running<B: Backend> {
     prompt: Vec<u32>,
+    /// Prompt tokens whose keys and values came from the prompt cache.
+    cached: usize,
     mode: Mode,
     seq: Decoding<B>,
     out: Output,
@@ -72,12 +76,27 @@ struct Running<B: Backend> {
 }
 
 impl<B: Backend> Running<B> {
-    /// Hands the completion to the job's `done`.
-    fn complete(self, tokenizer: &Tokenizer) {
-        let run: TokenRun = match self.seq {
-            Decoding::Plain(s) => s.finish().into(),
-            Decoding::S4c(s) => s.finish().into(),
+    /// Hands the completion to the job's `done`, and the cache to `kept` (if any): it holds the
+    /// prompt and the answer but its last token.
+    fn complete(self, tokenizer: &Tokenizer, kept: Option<&Mutex<PromptCache<B>>>) {
+        let (mut run, cache): (TokenRun, _) = match self.seq {
+            Decoding::Plain(s) => {
+                let (g, c) = s.finish_with_cache();
+                (g.into(), c)
+            }
+            Decoding::S4c(s) => {
+                let (g, c) = s.finish_with_cache();
+                (g.into(), c)
+            }
         };
+        run.cached = self.cached;
+        if let Some(kept) = kept {
+            let ids = [self.prompt.as_slice(), &run.new_ids].concat();
+            // A poisoned lock only loses the cache: answers never depend on it.
+            if let Ok(mut kept) = kept.lock() {
+                kept.put(ids, cache);
+            }
+        }
         let mut job = self.job;
         let result = self
             .out
@@ -134,7 +153,9 @@ impl<B: Backend> Engine<B> {
                 if running[i].seq.is_running() {
                     i += 1;
                 } else {
-                    running.swap_remove(i).complete(&self.m.tokenizer);
+                    running
+                        .swap_remove(i)
+                        .complete(&self.m.tokenizer, self.prompt_cache.as_ref());
                 }
             }
             let room = max_running.max(1).saturating_sub(running.len());
@@ -262,23 +283,30 @@ impl<B: Backend> Engine<B> {
         let mut ready = vec![];
         for job in jobs {
             match self.prepare(spec, &job.request) {
-                Ok((prompt, mode, seq)) => ready.push(Running {
-                    out: Output::new(&job.request.stop),
-                    prompt,
-                    mode,
-                    seq,
-                    job,
-                }),
+                Ok((prompt, mode, mut seq)) => {
+                    let cached = self.reuse(spec, &prompt, &mut seq);
+                    ready.push(Running {
+                        out: Output::new(&job.request.stop),
+                        prompt,
+                        cached,
+                        mode,
+                        seq,
+                        job,
+                    })
+                }
                 Err(e) => (job.done)(Err(e)),
             }
         }
         if ready.is_empty() {
             return ready;
         }
-        let prompts: Vec<Vec<u32>> = ready.iter().map(|r| r.prompt.clone()).collect();
+        let prompts: Vec<(Vec<u32>, usize)> = ready
+            .iter()
+            .map(|r| (r.prompt[r.cached..].to_vec(), r.cached))
+            .collect();
         let inputs: Vec<Input<'_>> = prompts
             .iter()
-            .map(|p| Input::causal(p, 0, Logits::Last))
+            .map(|(p, at)| Input::causal(p, *at, Logits::Last))
             .collect();
         let outs = match self.forward_rows(&mut ready, 0..prompts.len(), &inputs) {
             Ok(o) => o,
@@ -315,6 +343,28 @@ impl<B: Backend> Engine<B> {
             }
         }
         started
+    }
+
+    /// Gives `seq` the prompt cache's entry that shares the most of `prompt` (grown to `seq`'s
+    /// capacity); returns how many prompt tokens it holds (0 without a prompt cache or a match).
+    /// The prefill still runs the prompt's last tokens that begin the sequence: its last logits,
+    /// and for S4C the feature window, so the answer is the one of a whole prefill.
+    fn reuse(&self, spec: Option<&Spec<'_, B>>, prompt: &[u32], seq: &mut Decoding<B>) -> usize {
+        let Some(kept) = &self.prompt_cache else {
+            return 0;
+        };
+        let run = match (&*seq, spec) {
+            (Decoding::S4c(_), Some(sp)) => sp.feature_rows(),
+            _ => 1,
+        };
+        let Some((mut cache, cached)) = kept.lock().ok().and_then(|mut k| k.take(prompt, run))
+        else {
+            return 0;
+        };
+        let fresh = seq.cache_mut();
+        cache.reserve(fresh.capacity());
+        *fresh = cache;
+        cached
     }
 
     /// A request's prompt ids, mode and generation before its prefill.

@@ -19,6 +19,7 @@
 //! ```
 
 mod batch;
+mod prompt_cache;
 mod request;
 mod speculation;
 mod text;
@@ -43,6 +44,7 @@ use crate::divergence::{first_divergence, Divergence};
 use crate::error::{EngineError, Result};
 use crate::plain::{generate_plain, GenerateOptions, StopReason};
 use crate::speculative::SpecStats;
+use prompt_cache::PromptCache;
 use speculation::{find_heads, speculation, Speculation};
 use text::TextStream;
 
@@ -75,6 +77,7 @@ pub struct EngineBuilder {
     mode: Option<Mode>,
     tree: TreeOptions,
     template: Option<TemplateKind>,
+    prompt_cache: usize,
 }
 
 impl EngineBuilder {
@@ -87,6 +90,7 @@ impl EngineBuilder {
             mode: None,
             tree: TreeOptions::default(),
             template: None,
+            prompt_cache: 0,
         }
     }
 
@@ -116,6 +120,16 @@ impl EngineBuilder {
     /// The verification tree.
     pub fn tree(mut self, tree: TreeOptions) -> Self {
         self.tree = tree;
+        self
+    }
+
+    /// Keep the keys and values of up to `slots` finished answers of
+    /// [`Engine::generate_batch`] (default 0: none), so that a request whose prompt starts with
+    /// an earlier conversation — the next turn of a chat — runs only its new tokens. Answers are
+    /// the same: a token's keys and values do not depend on the forward that made them on the
+    /// CPU engine (on GPU backends they may differ in the last bits).
+    pub fn prompt_cache(mut self, slots: usize) -> Self {
+        self.prompt_cache = slots;
         self
     }
 
@@ -178,6 +192,7 @@ impl EngineBuilder {
             heads: spec.as_ref().and_then(|s| s.heads.clone()),
             tree: spec.as_ref().map(|s| s.info.clone()),
             chat_template: template.as_ref().map(|t| t.describe()),
+            prompt_cache: self.prompt_cache,
         };
         let stop_tokens = stop_tokens(&m, template.as_ref());
         let engine = Engine {
@@ -186,6 +201,8 @@ impl EngineBuilder {
             template,
             stop_tokens,
             info,
+            prompt_cache: (self.prompt_cache > 0)
+                .then(|| std::sync::Mutex::new(PromptCache::new(self.prompt_cache))),
         };
         engine.warm_up()?;
         Ok(engine)
@@ -234,6 +251,8 @@ pub struct EngineInfo {
     pub tree: Option<Value>,
     /// The chat template (`None`: the model names none).
     pub chat_template: Option<String>,
+    /// Finished answers whose keys and values are kept for later prompts (0: none).
+    pub prompt_cache: usize,
 }
 
 /// A model ready to generate: [`EngineBuilder::build`] makes one.
@@ -243,6 +262,8 @@ pub struct Engine<B: Backend> {
     template: Option<ChatTemplate>,
     stop_tokens: Vec<u32>,
     info: EngineInfo,
+    /// Finished answers' caches ([`EngineBuilder::prompt_cache`]).
+    prompt_cache: Option<std::sync::Mutex<PromptCache<B>>>,
 }
 
 /// One generation's tokens, before they become text ([`Engine::generate_tokens`]).
@@ -260,6 +281,8 @@ pub struct TokenRun {
     pub steps: usize,
     /// S4C's per-step statistics (S4C mode).
     pub spec: Option<SpecStats>,
+    /// Prompt tokens whose keys and values came from the prompt cache (not run by the prefill).
+    pub cached: usize,
 }
 
 impl From<crate::plain::Generation> for TokenRun {
@@ -271,6 +294,7 @@ impl From<crate::plain::Generation> for TokenRun {
             prefill: g.prefill,
             steps: g.steps,
             spec: None,
+            cached: 0,
         }
     }
 }
@@ -284,6 +308,7 @@ impl From<crate::speculative::SpecGeneration> for TokenRun {
             prefill: g.prefill,
             steps: g.stats.steps,
             spec: Some(g.stats),
+            cached: 0,
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct Timings {
     pub mode: Mode,
     /// Prompt tokens.
     pub prompt_n: usize,
+    /// Prompt tokens reused from the prompt cache (not run again).
+    pub cache_n: usize,
     /// Milliseconds of the prompt's forward (prefill, first token included).
     pub prompt_ms: f64,
     /// New tokens.
@@ -138,6 +140,7 @@ impl Timings {
         Timings {
             mode,
             prompt_n,
+            cache_n: run.cached,
             prompt_ms: prefill * 1e3,
             predicted_n: n,
             predicted_ms: (total - prefill) * 1e3,

@@ -284,7 +284,12 @@ fn finish_reason(c: &Completion) -> &'static str {
 /// `usage` of an answer.
 pub(crate) fn usage(c: &Completion) -> Value {
     let (p, n) = (c.timings.prompt_n, c.timings.predicted_n);
-    json!({"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n})
+    json!({
+        "prompt_tokens": p,
+        "completion_tokens": n,
+        "total_tokens": p + n,
+        "prompt_tokens_details": {"cached_tokens": c.timings.cache_n},
+    })
 }
 
 /// What every answer and chunk of one request shares.

@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// The model's name in the API (default: its file name without `.gguf`).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Finished answers whose keys and values each engine keeps, so that a request that
+    /// continues a conversation runs only its new tokens (0 keeps none). Each holds its KV
+    /// cache: 23 KiB per token for the default model.
+    #[arg(long, default_value_t = 4)]
+    pub prompt_cache: usize,
 }
 
 /// Runs `s4c serve` until SIGINT or SIGTERM.
@@ -57,7 +62,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if let Some(mode) = args.mode {
         engine = engine.mode(mode);
     }
-    let mut config = ServerConfig::new(engine);
+    let mut config = ServerConfig::new(engine.prompt_cache(args.prompt_cache));
     config.backend = args.model.backend;
     config.api_key = args.api_key.clone().filter(|k| !k.is_empty());
     config.workers = args.max_concurrent;
