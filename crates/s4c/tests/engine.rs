@@ -313,26 +313,34 @@ fn requests_decoded_together_get_the_answers_they_get_alone() {
     assert!(drafted > 0, "the S4C requests verified trees");
 }
 
-/// A conversation continued turn after turn through the batch path of an engine with a prompt
-/// cache: each turn reuses the keys and values of the conversation before it, runs only the
-/// rest of its prompt, and gets the answer — with the static tree, the very drafts — that a
-/// whole prefill gives.
+/// A conversation continued turn after turn on an engine with a prompt cache, each turn asked
+/// alone ([`Engine::generate`]) and then in a batch ([`Engine::generate_batch`]): each reuses
+/// the keys and values of the conversation before it, runs only the rest of its prompt, and gets
+/// the answer — with the static tree, the very drafts — of an engine that prefills it whole.
 #[test]
 fn a_continued_conversation_reuses_its_cache_and_gets_the_same_answers() {
-    let e = EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .tree(TreeOptions {
-            kind: TreeKind::Static,
-            nodes: 8,
-            ..Default::default()
-        })
-        .heads(HeadsChoice::File(
-            repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors"),
-        ))
-        .prompt_cache(2)
-        .build::<Flex>(&Default::default())
-        .unwrap();
-    assert_eq!(e.info().prompt_cache, 2);
+    let build = |slots| {
+        EngineBuilder::new(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+            .tree(TreeOptions {
+                kind: TreeKind::Static,
+                nodes: 8,
+                ..Default::default()
+            })
+            .heads(HeadsChoice::File(
+                repo().join("assets/SmolLM2-135M-Instruct.heads.safetensors"),
+            ))
+            .prompt_cache(slots)
+            .build::<Flex>(&Default::default())
+            .unwrap()
+    };
+    let (e, whole) = (build(2), build(0));
+    assert_eq!((e.info().prompt_cache, whole.info().prompt_cache), (2, 0));
     for mode in [Mode::Plain, Mode::S4c] {
+        // The prefill runs at least the tokens whose features begin an S4C sequence.
+        let run = match mode {
+            Mode::Plain => 1,
+            Mode::S4c => e.heads_config().unwrap().window + 1,
+        };
         let mut messages = vec![];
         let mut before = 0;
         for (turn, q) in ["Name three colors.", "Which one is the warmest?", "Why?"]
@@ -343,23 +351,24 @@ fn a_continued_conversation_reuses_its_cache_and_gets_the_same_answers() {
             let r = Request::chat(messages.clone())
                 .max_new_tokens(16)
                 .mode(mode);
-            let c = batch(&e, vec![r.clone()]).pop().unwrap().unwrap();
-            let whole = answer(&e, &r).0;
-            assert_eq!(c.new_ids, whole.new_ids, "{mode:?}, turn {turn}");
-            assert_eq!(whole.timings.cache_n, 0, "the single path keeps no cache");
-            if let (Some(a), Some(b)) = (&c.spec, &whole.spec) {
-                assert_eq!(
-                    (a.steps, a.drafted, a.accepted),
-                    (b.steps, b.drafted, b.accepted),
-                    "{mode:?}, turn {turn}: the drafts of a whole prefill"
-                );
+            let want = answer(&whole, &r).0;
+            assert_eq!(want.timings.cache_n, 0, "an engine without a prompt cache");
+            let alone = answer(&e, &r).0;
+            // The batch takes the cache the same request left: the whole prompt but `run`.
+            let batched = batch(&e, vec![r.clone()]).pop().unwrap().unwrap();
+            assert_eq!(batched.timings.cache_n + run, batched.timings.prompt_n);
+            for (c, path) in [(&alone, "alone"), (&batched, "batched")] {
+                let at = format!("{mode:?}, turn {turn}, {path}");
+                assert_eq!(c.new_ids, want.new_ids, "{at}");
+                if let (Some(a), Some(b)) = (&c.spec, &want.spec) {
+                    assert_eq!(
+                        (a.steps, a.drafted, a.accepted),
+                        (b.steps, b.drafted, b.accepted),
+                        "{at}: the drafts of a whole prefill"
+                    );
+                }
             }
-            let (cached, prompt) = (c.timings.cache_n, c.timings.prompt_n);
-            // The prefill runs at least the tokens whose features begin an S4C sequence.
-            let run = match mode {
-                Mode::Plain => 1,
-                Mode::S4c => e.heads_config().unwrap().window + 1,
-            };
+            let (cached, prompt) = (alone.timings.cache_n, alone.timings.prompt_n);
             assert!(cached + run <= prompt, "{mode:?}, turn {turn}");
             if turn > 0 {
                 assert!(
@@ -369,7 +378,7 @@ fn a_continued_conversation_reuses_its_cache_and_gets_the_same_answers() {
                 );
             }
             before = prompt;
-            messages.push(Message::new("assistant", &c.text));
+            messages.push(Message::new("assistant", &alone.text));
         }
     }
 }

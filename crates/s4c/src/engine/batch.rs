@@ -3,20 +3,15 @@
 //! weights are read once for all of them. Each answer is what the request would get alone.
 
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use s4c_draft::MultiHeadDrafter;
-use s4c_models::{CausalLm, Input, KvCache, Llama, LmOutput, Logits, SequenceInput, Tokenizer};
-use s4c_verify::Acceptor;
+use s4c_models::{CausalLm, Input, KvCache, LmOutput, Logits, SequenceInput};
 
-use super::prompt_cache::PromptCache;
-use super::speculation::acceptor;
-use super::{Completion, Engine, Mode, Output, Request, TokenRun};
+use super::sequence::{no_speculation, Decoding, Spec};
+use super::{Completion, Engine, Mode, Output, Request};
 use crate::error::{EngineError, Result};
-use crate::plain::PlainSequence;
-use crate::speculative::{SpecSequence, SpecStep, Speculator};
+use crate::speculative::SpecStep;
 
 /// Where a request's text goes as it is generated; `Break` cancels the request.
 pub type TextSink = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
@@ -32,38 +27,6 @@ pub struct BatchJob {
     pub done: Box<dyn FnOnce(Result<Completion>) + Send>,
 }
 
-/// The speculator S4C requests of a batch share.
-type Spec<'a, B> = Speculator<'a, B, Llama<B>, Option<MultiHeadDrafter<B>>>;
-
-/// A request's generation, in its mode.
-enum Decoding<B: Backend> {
-    Plain(PlainSequence<B>),
-    S4c(SpecSequence<B, Box<dyn Acceptor<B>>>),
-}
-
-impl<B: Backend> Decoding<B> {
-    fn cache_mut(&mut self) -> &mut KvCache<B> {
-        match self {
-            Decoding::Plain(s) => s.cache_mut(),
-            Decoding::S4c(s) => s.cache_mut(),
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        match self {
-            Decoding::Plain(s) => s.pending().is_some(),
-            Decoding::S4c(s) => s.is_running(),
-        }
-    }
-
-    /// How many requests share the coming forwards (S4C sizes its trees by it).
-    fn set_sharing(&mut self, sequences: usize) {
-        if let Decoding::S4c(s) = self {
-            s.set_sharing(sequences);
-        }
-    }
-}
-
 /// A request running in [`Engine::generate_batch`].
 struct Running<B: Backend> {
     prompt: Vec<u32>,
@@ -76,31 +39,18 @@ struct Running<B: Backend> {
 }
 
 impl<B: Backend> Running<B> {
-    /// Hands the completion to the job's `done`, and the cache to `kept` (if any): it holds the
-    /// prompt and the answer but its last token.
-    fn complete(self, tokenizer: &Tokenizer, kept: Option<&Mutex<PromptCache<B>>>) {
-        let (mut run, cache): (TokenRun, _) = match self.seq {
-            Decoding::Plain(s) => {
-                let (g, c) = s.finish_with_cache();
-                (g.into(), c)
-            }
-            Decoding::S4c(s) => {
-                let (g, c) = s.finish_with_cache();
-                (g.into(), c)
-            }
-        };
-        run.cached = self.cached;
-        if let Some(kept) = kept {
-            let ids = [self.prompt.as_slice(), &run.new_ids].concat();
-            // A poisoned lock only loses the cache: answers never depend on it.
-            if let Ok(mut kept) = kept.lock() {
-                kept.put(ids, cache);
-            }
-        }
+    /// Hands the completion to the job's `done`, and the cache to `engine`'s prompt cache.
+    fn complete(self, engine: &Engine<B>) {
+        let (run, cache) = self.seq.finish(self.cached);
+        engine.keep(&self.prompt, &run.new_ids, cache);
         let mut job = self.job;
-        let result = self
-            .out
-            .complete(tokenizer, self.mode, self.prompt, run, &mut *job.on_text);
+        let result = self.out.complete(
+            &engine.m.tokenizer,
+            self.mode,
+            self.prompt,
+            run,
+            &mut *job.on_text,
+        );
         (job.done)(result);
     }
 
@@ -131,15 +81,14 @@ impl<B: Backend> Engine<B> {
         max_running: usize,
         admit: &mut dyn FnMut(usize) -> Vec<BatchJob>,
     ) {
-        let spec = match self.spec.as_ref().map(|s| s.speculator(&self.m.model)) {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
+        let spec = match self.speculator() {
+            Ok(s) => s,
+            Err(e) => {
                 for job in jobs {
                     (job.done)(Err(EngineError::InvalidOption(e.to_string())));
                 }
                 return;
             }
-            None => None,
         };
         let mut running: Vec<Running<B>> = vec![];
         let mut waiting = jobs;
@@ -153,9 +102,7 @@ impl<B: Backend> Engine<B> {
                 if running[i].seq.is_running() {
                     i += 1;
                 } else {
-                    running
-                        .swap_remove(i)
-                        .complete(&self.m.tokenizer, self.prompt_cache.as_ref());
+                    running.swap_remove(i).complete(self);
                 }
             }
             let room = max_running.max(1).saturating_sub(running.len());
@@ -345,28 +292,6 @@ impl<B: Backend> Engine<B> {
         started
     }
 
-    /// Gives `seq` the prompt cache's entry that shares the most of `prompt` (grown to `seq`'s
-    /// capacity); returns how many prompt tokens it holds (0 without a prompt cache or a match).
-    /// The prefill still runs the prompt's last tokens that begin the sequence: its last logits,
-    /// and for S4C the feature window, so the answer is the one of a whole prefill.
-    fn reuse(&self, spec: Option<&Spec<'_, B>>, prompt: &[u32], seq: &mut Decoding<B>) -> usize {
-        let Some(kept) = &self.prompt_cache else {
-            return 0;
-        };
-        let run = match (&*seq, spec) {
-            (Decoding::S4c(_), Some(sp)) => sp.feature_rows(),
-            _ => 1,
-        };
-        let Some((mut cache, cached)) = kept.lock().ok().and_then(|mut k| k.take(prompt, run))
-        else {
-            return 0;
-        };
-        let fresh = seq.cache_mut();
-        cache.reserve(fresh.capacity());
-        *fresh = cache;
-        cached
-    }
-
     /// A request's prompt ids, mode and generation before its prefill.
     fn prepare(
         &self,
@@ -375,27 +300,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(Vec<u32>, Mode, Decoding<B>)> {
         let prompt = self.prompt_ids(&request.prompt)?;
         let mode = request.mode.unwrap_or(self.info.mode);
-        let options = self.options(request);
-        let context = self.m.model.max_positions();
-        let seq = match (mode, spec) {
-            (Mode::Plain, _) => Decoding::Plain(PlainSequence::new(
-                &self.m.model,
-                prompt.len(),
-                &options,
-                context,
-            )?),
-            (Mode::S4c, Some(sp)) => {
-                Decoding::S4c(sp.start(&prompt, &options, context, acceptor(&options)?)?)
-            }
-            (Mode::S4c, None) => return Err(no_speculation()),
-        };
+        let seq = self.sequence(spec, &prompt, &self.options(request), mode)?;
         Ok((prompt, mode, seq))
     }
-}
-
-/// The error of an S4C request to an engine built for plain decoding.
-pub(super) fn no_speculation() -> EngineError {
-    EngineError::InvalidOption(
-        "this engine was built for plain decoding; build it in S4C mode to use S4C".into(),
-    )
 }

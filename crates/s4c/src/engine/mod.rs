@@ -21,6 +21,7 @@
 mod batch;
 mod prompt_cache;
 mod request;
+mod sequence;
 mod speculation;
 mod text;
 
@@ -42,7 +43,7 @@ pub use speculation::{heads_search_path, TreeKind, TreeOptions};
 use crate::backend::{with_backend, BackendJob, BackendKind};
 use crate::divergence::{first_divergence, Divergence};
 use crate::error::{EngineError, Result};
-use crate::plain::{generate_plain, GenerateOptions, StopReason};
+use crate::plain::{GenerateOptions, StopReason};
 use crate::speculative::SpecStats;
 use prompt_cache::PromptCache;
 use speculation::{find_heads, speculation, Speculation};
@@ -123,11 +124,11 @@ impl EngineBuilder {
         self
     }
 
-    /// Keep the keys and values of up to `slots` finished answers of
-    /// [`Engine::generate_batch`] (default 0: none), so that a request whose prompt starts with
-    /// an earlier conversation — the next turn of a chat — runs only its new tokens. Answers are
-    /// the same: a token's keys and values do not depend on the forward that made them on the
-    /// CPU engine (on GPU backends they may differ in the last bits).
+    /// Keep the keys and values of up to `slots` finished answers (default 0: none), so that a
+    /// request whose prompt starts with an earlier conversation — the next turn of a chat — runs
+    /// only its new tokens ([`Engine::generate`] and [`Engine::generate_batch`] alike). Answers
+    /// are the same: a token's keys and values do not depend on the forward that made them on
+    /// the CPU engine (on GPU backends they may differ in the last bits).
     pub fn prompt_cache(mut self, slots: usize) -> Self {
         self.prompt_cache = slots;
         self
@@ -195,16 +196,18 @@ impl EngineBuilder {
             prompt_cache: self.prompt_cache,
         };
         let stop_tokens = stop_tokens(&m, template.as_ref());
-        let engine = Engine {
+        let mut engine = Engine {
             m,
             spec,
             template,
             stop_tokens,
             info,
-            prompt_cache: (self.prompt_cache > 0)
-                .then(|| std::sync::Mutex::new(PromptCache::new(self.prompt_cache))),
+            prompt_cache: None,
         };
         engine.warm_up()?;
+        // After the warm-up, whose answer no request continues.
+        engine.prompt_cache = (self.prompt_cache > 0)
+            .then(|| std::sync::Mutex::new(PromptCache::new(self.prompt_cache)));
         Ok(engine)
     }
 
@@ -434,16 +437,7 @@ impl<B: Backend> Engine<B> {
         mode: Mode,
         on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
     ) -> Result<TokenRun> {
-        let context = self.m.model.max_positions();
-        match (mode, &self.spec) {
-            (Mode::Plain, _) => {
-                Ok(generate_plain(&self.m.model, prompt, options, context, on_tokens)?.into())
-            }
-            (Mode::S4c, Some(s)) => Ok(s
-                .generate(&self.m.model, prompt, options, context, on_tokens)?
-                .into()),
-            (Mode::S4c, None) => Err(batch::no_speculation()),
-        }
+        self.generate_alone(prompt, options, mode, on_tokens)
     }
 
     /// Where two greedy answers to `prompt` first differ, with the target's logits there.

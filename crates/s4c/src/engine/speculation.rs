@@ -2,7 +2,6 @@
 //! lookup, chosen from [`TreeOptions`]; and one generation with the acceptor that matches the
 //! sampling options.
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -15,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::cost::{adaptive_sizer, cache_dir, profile};
 use crate::plain::GenerateOptions;
-use crate::speculative::{SpecGeneration, Speculator, TreeShape};
+use crate::speculative::{Speculator, TreeShape};
 use crate::{EngineError, Result};
 
 /// How each step's verification tree is shaped.
@@ -294,19 +293,6 @@ impl<B: Backend> Speculation<B> {
         model: &'a M,
     ) -> Result<Speculator<'a, B, M, Option<MultiHeadDrafter<B>>>> {
         Ok(Speculator::new(model, &self.drafter, self.shape.clone())?.with_lookup(self.lookup))
-    }
-
-    /// One S4C generation: greedy acceptance at temperature 0, lossless sampling otherwise.
-    pub fn generate<M: CausalLm<B>>(
-        &self,
-        model: &M,
-        prompt: &[u32],
-        opts: &GenerateOptions,
-        context: usize,
-        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
-    ) -> Result<SpecGeneration> {
-        self.speculator(model)?
-            .generate(prompt, opts, context, acceptor(opts)?, on_tokens)
     }
 }
 
