@@ -71,7 +71,6 @@ impl<B: Backend> Engine<B> {
             .as_ref()
             .map(|s| s.speculator(&self.m.model))
             .transpose()
-            .map_err(|e| EngineError::InvalidOption(e.to_string()))
     }
 
     /// A generation of `mode` after `prompt`, before its prefill.
