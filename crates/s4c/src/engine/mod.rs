@@ -428,18 +428,6 @@ impl<B: Backend> Engine<B> {
         self.options(request)
     }
 
-    /// Generates after the token ids `prompt` in `mode`, tokens only; `on_tokens` receives them
-    /// as they are accepted and may stop generation.
-    pub fn generate_tokens(
-        &self,
-        prompt: &[u32],
-        options: &GenerateOptions,
-        mode: Mode,
-        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
-    ) -> Result<TokenRun> {
-        self.generate_alone(prompt, options, mode, on_tokens)
-    }
-
     /// Where two greedy answers to `prompt` first differ, with the target's logits there.
     pub fn divergence(
         &self,

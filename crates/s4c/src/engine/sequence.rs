@@ -134,9 +134,10 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// One generation alone: prefill (after what the prompt cache holds), then a forward per
-    /// step — one token, or S4C's drafted tree — until it ends.
-    pub(super) fn generate_alone(
+    /// Generates after the token ids `prompt` in `mode`, tokens only; `on_tokens` receives them
+    /// as they are accepted and may stop generation. The prefill runs what the prompt cache does
+    /// not hold, then each forward verifies one token or S4C's drafted tree until the end.
+    pub fn generate_tokens(
         &self,
         prompt: &[u32],
         options: &GenerateOptions,
