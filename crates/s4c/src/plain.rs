@@ -123,11 +123,7 @@ pub fn generate_plain<B: Backend, M: CausalLm<B>>(
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation> {
     let mut seq = PlainSequence::start(model, prompt, options, context, on_tokens)?;
-    while let Some(token) = seq.pending() {
-        let pos = seq.cache.len();
-        let out = model.forward(&Input::causal(&[token], pos, Logits::Last), &mut seq.cache)?;
-        seq.advance(out.logits, on_tokens)?;
-    }
+    seq.run(model, on_tokens)?;
     Ok(seq.finish())
 }
 
@@ -215,6 +211,21 @@ impl<B: Backend> PlainSequence<B> {
         self.steps += 1;
         let token = next_token(logits, &mut self.sampler)?;
         self.push(token, on_tokens);
+        Ok(())
+    }
+
+    /// Decodes alone until generation ends: one forward of the newest token per step.
+    pub fn run<M: CausalLm<B>>(
+        &mut self,
+        model: &M,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        while let Some(token) = self.pending() {
+            let pos = self.cache.len();
+            let out =
+                model.forward(&Input::causal(&[token], pos, Logits::Last), &mut self.cache)?;
+            self.advance(out.logits, on_tokens)?;
+        }
         Ok(())
     }
 

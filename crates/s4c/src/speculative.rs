@@ -230,13 +230,7 @@ impl<'a, B: Backend, M: CausalLm<B>, D: Drafter<B>> Speculator<'a, B, M, D> {
             .model
             .forward(&Input::causal(prompt, 0, Logits::Last), seq.cache_mut())?;
         seq.begin(self, out, on_tokens)?;
-        while seq.is_running() {
-            let step = seq.draft(self)?;
-            let t = Instant::now();
-            let out = self.model.forward(&step.input(), seq.cache_mut())?;
-            let verify_s = t.elapsed().as_secs_f64();
-            seq.accept(self, step, out, verify_s, on_tokens)?;
-        }
+        seq.run(self, on_tokens)?;
         Ok(seq.finish())
     }
 
@@ -448,6 +442,22 @@ impl<B: Backend, A: Acceptor<B>> SpecSequence<B, A> {
         let flow = on_tokens(&[first]);
         self.plan = Some(plan_step(&sp.shape, sp.lookup, &mut self.sizer, &self.text));
         self.settle(flow);
+        Ok(())
+    }
+
+    /// Decodes alone until generation ends: draft → verify (one forward of the tree) → accept.
+    pub fn run<M: CausalLm<B>, D: Drafter<B>>(
+        &mut self,
+        sp: &Speculator<'_, B, M, D>,
+        on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        while self.is_running() {
+            let step = self.draft(sp)?;
+            let t = Instant::now();
+            let out = sp.model.forward(&step.input(), &mut self.cache)?;
+            let verify_s = t.elapsed().as_secs_f64();
+            self.accept(sp, step, out, verify_s, on_tokens)?;
+        }
         Ok(())
     }
 

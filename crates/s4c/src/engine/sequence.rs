@@ -3,7 +3,6 @@
 //! (an earlier conversation's keys and values reused), and its cache kept when it ends.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use s4c_draft::MultiHeadDrafter;
@@ -152,28 +151,15 @@ impl<B: Backend> Engine<B> {
         let input = Input::causal(&prompt[cached..], cached, Logits::Last);
         let out = model.forward(&input, seq.cache_mut())?;
         match (&mut seq, spec) {
-            (Decoding::Plain(s), _) => s.begin(out.logits, on_tokens)?,
-            (Decoding::S4c(s), Some(sp)) => s.begin(sp, out, on_tokens)?,
-            (Decoding::S4c(_), None) => return Err(no_speculation()),
-        }
-        while seq.is_running() {
-            match (&mut seq, spec) {
-                (Decoding::Plain(s), _) => {
-                    let Some(token) = s.pending() else { break };
-                    let (token, position) = ([token], s.cache_mut().len());
-                    let input = Input::causal(&token, position, Logits::Last);
-                    let out = model.forward(&input, s.cache_mut())?;
-                    s.advance(out.logits, on_tokens)?;
-                }
-                (Decoding::S4c(s), Some(sp)) => {
-                    let step = s.draft(sp)?;
-                    let t = Instant::now();
-                    let out = model.forward(&step.input(), s.cache_mut())?;
-                    let verify_s = t.elapsed().as_secs_f64();
-                    s.accept(sp, step, out, verify_s, on_tokens)?;
-                }
-                (Decoding::S4c(_), None) => return Err(no_speculation()),
+            (Decoding::Plain(s), _) => {
+                s.begin(out.logits, on_tokens)?;
+                s.run(model, on_tokens)?;
             }
+            (Decoding::S4c(s), Some(sp)) => {
+                s.begin(sp, out, on_tokens)?;
+                s.run(sp, on_tokens)?;
+            }
+            (Decoding::S4c(_), None) => return Err(no_speculation()),
         }
         let (run, cache) = seq.finish(cached);
         self.keep(prompt, &run.new_ids, cache);
